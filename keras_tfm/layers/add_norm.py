@@ -1,0 +1,138 @@
+"""Residual connection, dropout and normalization ("Add & Norm")."""
+
+import keras
+
+from keras_tfm._validation import (
+    check_choice,
+    check_positive_number,
+    check_rate,
+)
+
+NORMALIZATIONS = ("layer", "rms")
+
+
+@keras.saving.register_keras_serializable(package="keras_tfm")
+class AddNorm(keras.layers.Layer):
+    """Residual connection with dropout, then normalization over features.
+
+    `call([residual, sublayer_output])` returns
+    `Norm(residual + Dropout(sublayer_output))` (post-norm, the paper's).
+    With `norm_first=True` (pre-norm, GPT-2 style) it returns
+    `residual + Dropout(sublayer_output)` and the block normalizes the
+    sublayer's *input* with `normalize(x)`: one layer owns the norm either
+    way. Normalization runs over the last (model) axis — layer norm, not
+    batch norm, whose statistics across sentences mean nothing for text —
+    with statistics in float32 under mixed precision. The residual's Keras
+    mask is propagated.
+
+    Args:
+        normalization: `"layer"` (LayerNorm) or `"rms"` (RMSNorm).
+        epsilon: small constant added to the variance.
+        dropout: dropout rate applied to the sublayer output.
+        norm_first: pre-norm arrangement (see above).
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: list `[residual, sublayer_output]` of tensors of equal
+            shape `(..., model_dim)`.
+        training: whether dropout is active.
+
+    Returns:
+        Tensor of the same shape as the inputs.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> x = np.random.rand(2, 3, 8).astype("float32")
+    >>> out = ops.convert_to_numpy(AddNorm()([x, x]))
+    >>> [round(float(v), 4) + 0.0 for v in out.mean(-1)[0]]
+    [0.0, 0.0, 0.0]
+
+    References:
+        Vaswani et al., 2017, section 3.1; Ba et al., "Layer
+        Normalization", 2016; Zhang & Sennrich, "Root Mean Square Layer
+        Normalization", 2019.
+    """
+
+    def __init__(
+        self,
+        normalization="layer",
+        epsilon=1e-5,
+        dropout=0.0,
+        norm_first=False,
+        **kwargs,
+    ):
+        check_choice("normalization", normalization, NORMALIZATIONS)
+        check_positive_number("epsilon", epsilon)
+        check_rate("dropout", dropout)
+        super().__init__(**kwargs)
+        self.normalization = normalization
+        self.epsilon = epsilon
+        self.dropout = dropout
+        self.norm_first = bool(norm_first)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if (
+            not isinstance(input_shape, (list, tuple))
+            or len(input_shape) != 2
+            or not isinstance(input_shape[0], (list, tuple))
+        ):
+            raise ValueError(
+                "AddNorm expects `inputs` to be a list [residual, "
+                f"sublayer_output]. Received: inputs with shape {input_shape}"
+            )
+        residual_shape, sublayer_shape = (tuple(s) for s in input_shape)
+        if len(residual_shape) != len(sublayer_shape) or any(
+            a is not None and b is not None and a != b
+            for a, b in zip(residual_shape, sublayer_shape)
+        ):
+            raise ValueError(
+                "AddNorm `inputs` must have equal shapes. Received: "
+                f"residual {residual_shape} and sublayer_output "
+                f"{sublayer_shape}"
+            )
+        if self.normalization == "layer":
+            self.norm = keras.layers.LayerNormalization(
+                epsilon=self.epsilon, dtype=self.dtype_policy, name="norm"
+            )
+        else:
+            self.norm = keras.layers.RMSNormalization(
+                epsilon=self.epsilon, dtype=self.dtype_policy, name="norm"
+            )
+        self.norm.build(residual_shape)
+        self.dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="dropout"
+        )
+        self.built = True
+
+    def normalize(self, inputs):
+        """Apply this layer's normalization alone (for pre-norm blocks)."""
+        return self.norm(inputs)
+
+    def call(self, inputs, training=None):
+        residual, sublayer_output = inputs
+        total = residual + self.dropout_layer(sublayer_output, training=training)
+        return total if self.norm_first else self.norm(total)
+
+    def compute_mask(self, inputs, mask=None):
+        if mask is None:
+            return None
+        residual_mask, sublayer_mask = mask
+        return residual_mask if residual_mask is not None else sublayer_mask
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "normalization": self.normalization,
+                "epsilon": self.epsilon,
+                "dropout": self.dropout,
+                "norm_first": self.norm_first,
+            }
+        )
+        return config

@@ -1,0 +1,197 @@
+"""Boolean attention masks: the one place masks are built and merged.
+
+Convention (used by every layer in keras_tfm): masks are boolean and `True`
+means "real token" / "may attend". Padding masks have shape `(batch, seq)`;
+attention masks have shape `(batch, query_len, key_len)`.
+
+The decoder's first self-attention uses the padding mask AND the causal mask;
+every other attention (encoder self-attention, cross-attention) uses the key
+side's padding mask alone.
+
+All functions accept concrete or symbolic tensors on any backend and work
+under `jit_compile`.
+"""
+
+from keras import ops
+
+
+def _is_integer_dtype(dtype):
+    dtype = str(dtype)
+    return "int" in dtype or dtype == "bool"
+
+
+def padding_mask(token_ids, padding_id=0):
+    """Return the padding mask of a batch of token ids.
+
+    Args:
+        token_ids: integer tensor of shape `(batch, seq)`.
+        padding_id: the id used for padding. Defaults to `0`.
+
+    Returns:
+        Boolean tensor of shape `(batch, seq)`, `False` at padding.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> ids = np.array([[5, 7, 0, 0], [3, 0, 0, 0]])
+    >>> ops.convert_to_numpy(padding_mask(ids)).tolist()
+    [[True, True, False, False], [True, False, False, False]]
+    """
+    if not isinstance(padding_id, int) or isinstance(padding_id, bool):
+        raise TypeError(
+            "`padding_id` must be an integer. "
+            f"Received: padding_id={padding_id!r}"
+        )
+    token_ids = ops.convert_to_tensor(token_ids)
+    if not _is_integer_dtype(token_ids.dtype):
+        raise TypeError(
+            "`token_ids` must be an integer tensor of token ids. "
+            f"Received: token_ids with dtype={token_ids.dtype}"
+        )
+    return ops.not_equal(token_ids, padding_id)
+
+
+def causal_mask(query_length, key_length=None, batch_size=None, offset=0):
+    """Return the causal ("sequence") mask: query `t` sees keys `<= t`.
+
+    Query `i` sits at absolute position `offset + i`, so with a key/value cache
+    of `key_length` slots a single new query at step `offset` sees the keys
+    `0..offset`.
+
+    Args:
+        query_length: number of queries (int or scalar tensor).
+        key_length: number of keys. Defaults to `query_length`.
+        batch_size: when given, a leading batch axis of this size is added.
+        offset: absolute position of the first query (int or scalar tensor).
+
+    Returns:
+        Boolean tensor `(query_length, key_length)`, or
+        `(batch_size, query_length, key_length)` when `batch_size` is given;
+        lower-triangular including the diagonal.
+
+    Example:
+
+    >>> from keras import ops
+    >>> ops.convert_to_numpy(causal_mask(3)).astype(int).tolist()
+    [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    >>> tuple(causal_mask(3, batch_size=2).shape)
+    (2, 3, 3)
+    """
+    for name, value in (
+        ("query_length", query_length),
+        ("key_length", key_length),
+        ("batch_size", batch_size),
+    ):
+        if isinstance(value, bool) or (isinstance(value, int) and value <= 0):
+            raise ValueError(
+                f"`{name}` must be a positive integer. Received: {name}={value}"
+            )
+    if isinstance(offset, int) and offset < 0:
+        raise ValueError(
+            f"`offset` must be a non-negative integer. Received: offset={offset}"
+        )
+    if key_length is None:
+        key_length = query_length
+    query_positions = ops.arange(query_length, dtype="int32") + ops.cast(
+        offset, "int32"
+    )
+    key_positions = ops.arange(key_length, dtype="int32")
+    # (query_len, key_len)
+    mask = ops.greater_equal(
+        ops.expand_dims(query_positions, 1), ops.expand_dims(key_positions, 0)
+    )
+    if batch_size is not None:
+        mask = ops.broadcast_to(
+            ops.expand_dims(mask, 0), (batch_size, query_length, key_length)
+        )
+    return mask
+
+
+def _as_bool_mask(mask, name):
+    mask = ops.convert_to_tensor(mask)
+    if len(mask.shape) != 2:
+        raise ValueError(
+            f"`{name}` must be a padding mask of shape (batch, seq). "
+            f"Received: {name} with shape {tuple(mask.shape)}"
+        )
+    if str(mask.dtype) != "bool":
+        mask = ops.cast(mask, "bool")
+    return mask
+
+
+def attention_mask(
+    query_mask=None,
+    key_mask=None,
+    causal=False,
+    *,
+    query_length=None,
+    offset=0,
+):
+    """Merge padding and causal masks into one `(batch, Tq, Tk)` mask.
+
+    The decoder's first self-attention passes its padding mask as `key_mask`
+    with `causal=True`; every other attention passes the key side's padding
+    mask only (for cross-attention, the encoder's).
+
+    Args:
+        query_mask: optional `(batch, Tq)` padding mask of the queries. When
+            given, rows of padded queries are fully masked (they attend to
+            nothing). The blocks of keras_tfm do not pass it.
+        key_mask: optional `(batch, Tk)` padding mask of the keys.
+        causal: whether query `t` may only see keys `<= t`.
+        query_length: number of queries when `query_mask` is not given;
+            defaults to the key length (self-attention).
+        offset: absolute position of the first query, for causal masks over a
+            key/value cache.
+
+    Returns:
+        Boolean tensor of shape `(batch, Tq, Tk)`, or `None` when no mask
+        applies (no padding masks and `causal=False`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> keys = np.array([[True, True, False]])
+    >>> m = attention_mask(key_mask=keys, causal=True)
+    >>> ops.convert_to_numpy(m).astype(int).tolist()
+    [[[1, 0, 0], [1, 1, 0], [1, 1, 0]]]
+    """
+    if query_mask is None and key_mask is None:
+        if not causal:
+            return None
+        if query_length is None:
+            raise ValueError(
+                "A causal `attention_mask` without padding masks needs "
+                "`query_length`. Received: query_length=None"
+            )
+        return ops.expand_dims(causal_mask(query_length, offset=offset), 0)
+    if query_mask is not None:
+        query_mask = _as_bool_mask(query_mask, "query_mask")
+    if key_mask is not None:
+        key_mask = _as_bool_mask(key_mask, "key_mask")
+    # Build by broadcasting from the masks themselves (no `ops.ones(shape)`):
+    # lengths may be `None` on symbolic `keras.Input`s.
+    if query_mask is not None:
+        queries = ops.expand_dims(query_mask, 2)  # (batch, Tq, 1)
+    elif query_length is None:
+        queries = ops.expand_dims(ops.ones_like(key_mask), 2)  # Tq = Tk
+    else:
+        queries = ops.ones((query_length, 1), dtype="bool")  # (Tq, 1)
+    if key_mask is not None:
+        keys = ops.expand_dims(key_mask, 1)  # (batch, 1, Tk)
+    else:
+        keys = ops.expand_dims(ops.ones_like(query_mask), 1)  # Tk = Tq
+    # (batch, Tq, Tk)
+    mask = ops.logical_and(queries, keys)
+    if causal:
+        # 1-based positions along the broadcast axes: (..., Tq, 1), (..., 1, Tk)
+        query_positions = ops.cumsum(
+            ops.ones_like(queries, dtype="int32"), axis=-2
+        ) + ops.cast(offset, "int32")
+        key_positions = ops.cumsum(ops.ones_like(keys, dtype="int32"), axis=-1)
+        mask = ops.logical_and(
+            mask, ops.greater_equal(query_positions, key_positions)
+        )
+    return mask
