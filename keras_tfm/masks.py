@@ -89,7 +89,8 @@ def causal_mask(query_length, key_length=None, batch_size=None, offset=0):
             )
     if isinstance(offset, int) and offset < 0:
         raise ValueError(
-            f"`offset` must be a non-negative integer. Received: offset={offset}"
+            "`offset` must be a non-negative integer. "
+            f"Received: offset={offset}"
         )
     if key_length is None:
         key_length = query_length
@@ -195,3 +196,31 @@ def attention_mask(
             mask, ops.greater_equal(query_positions, key_positions)
         )
     return mask
+
+
+def combine_masks(*masks):
+    """AND together boolean masks that broadcast, skipping `None`.
+
+    Args:
+        *masks: boolean tensors (e.g. `(batch, Tq, Tk)` and `(1, Tq, Tk)`)
+            or `None`.
+
+    Returns:
+        Their logical AND, or `None` when every mask is `None`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> a = np.array([[[True, True]]])
+    >>> b = np.array([[[True, False]]])
+    >>> ops.convert_to_numpy(combine_masks(a, None, b)).tolist()
+    [[[True, False]]]
+    """
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    combined = ops.cast(present[0], "bool")
+    for mask in present[1:]:
+        combined = ops.logical_and(combined, ops.cast(mask, "bool"))
+    return combined

@@ -86,7 +86,7 @@ class AddNorm(keras.layers.Layer):
         residual_shape, sublayer_shape = (tuple(s) for s in input_shape)
         if len(residual_shape) != len(sublayer_shape) or any(
             a is not None and b is not None and a != b
-            for a, b in zip(residual_shape, sublayer_shape)
+            for a, b in zip(residual_shape, sublayer_shape, strict=True)
         ):
             raise ValueError(
                 "AddNorm `inputs` must have equal shapes. Received: "
@@ -113,7 +113,9 @@ class AddNorm(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         residual, sublayer_output = inputs
-        total = residual + self.dropout_layer(sublayer_output, training=training)
+        total = residual + self.dropout_layer(
+            sublayer_output, training=training
+        )
         return total if self.norm_first else self.norm(total)
 
     def compute_mask(self, inputs, mask=None):

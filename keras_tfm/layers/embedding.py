@@ -115,9 +115,7 @@ class TokenEmbedding(keras.layers.Layer):
                 )
             table = ops.cast(self.embeddings, "float32")
             # (..., dim) @ (dim, vocab) -> (..., vocab)
-            return ops.matmul(
-                ops.cast(inputs, "float32"), ops.transpose(table)
-            )
+            return ops.matmul(ops.cast(inputs, "float32"), ops.transpose(table))
         if not is_integer_dtype(inputs.dtype):
             raise TypeError(
                 "TokenEmbedding expects integer token ids (use reverse=True "

@@ -232,9 +232,7 @@ class LearnedPositionEmbedding(keras.layers.Layer):
         Devlin et al., "BERT", 2019.
     """
 
-    def __init__(
-        self, sequence_length, initializer="glorot_uniform", **kwargs
-    ):
+    def __init__(self, sequence_length, initializer="glorot_uniform", **kwargs):
         check_positive_int("sequence_length", sequence_length)
         try:
             keras.initializers.get(initializer)

@@ -1,0 +1,165 @@
+"""What the encoder and decoder blocks share: arguments and sublayers."""
+
+import keras
+
+from keras_tfm._validation import (
+    check_activation,
+    check_choice,
+    check_positive_int,
+    check_positive_number,
+    check_rank,
+    check_rate,
+)
+from keras_tfm.layers.add_norm import NORMALIZATIONS, AddNorm
+from keras_tfm.layers.attention import MultiHeadAttention
+from keras_tfm.layers.feed_forward import FeedForward
+
+ATTENTION_POSITIONS = ("none", "rotary")
+
+
+class TransformerBlock(keras.layers.Layer):
+    """Base of `TransformerEncoderBlock` and `TransformerDecoderBlock`."""
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        dropout=0.1,
+        activation="relu",
+        norm_first=False,
+        layer_norm_epsilon=1e-5,
+        gated=False,
+        normalization="layer",
+        position="none",
+        max_wavelength=10000,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("intermediate_dim", intermediate_dim)
+        check_rate("dropout", dropout)
+        check_activation("activation", activation)
+        check_positive_number("layer_norm_epsilon", layer_norm_epsilon)
+        check_choice("normalization", normalization, NORMALIZATIONS)
+        if position in ("sinusoidal", "learned"):
+            raise ValueError(
+                "`position` of a block must be 'none' or 'rotary': "
+                "sinusoidal and learned positions are added by "
+                f"TokenAndPositionEmbedding. Received: position={position!r}"
+            )
+        check_choice("position", position, ATTENTION_POSITIONS)
+        check_positive_number("max_wavelength", max_wavelength)
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.activation = keras.activations.get(activation)
+        self.norm_first = bool(norm_first)
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.gated = bool(gated)
+        self.normalization = normalization
+        self.position = position
+        self.max_wavelength = max_wavelength
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    def _check_inputs(self, name, shape):
+        check_rank(self, name, shape, (3,))
+        model_dim = shape[-1]
+        if model_dim is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a known last dimension. "
+                f"Received: {name} with shape {tuple(shape)}"
+            )
+        if model_dim % self.num_heads:
+            raise ValueError(
+                "`num_heads` must divide the model dimension "
+                f"{model_dim}. Received: num_heads={self.num_heads}"
+            )
+        return model_dim
+
+    def _initializer(self, initializer):
+        # A fresh instance per sublayer, so seeded initializers differ.
+        return keras.initializers.get(keras.initializers.serialize(initializer))
+
+    def _attention(self, name, model_dim, position, query_shape, value_shape):
+        layer = MultiHeadAttention(
+            num_heads=self.num_heads,
+            key_dim=model_dim // self.num_heads,
+            dropout=self.dropout,
+            position=position,
+            max_wavelength=self.max_wavelength,
+            kernel_initializer=self._initializer(self.kernel_initializer),
+            bias_initializer=self._initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+        layer.build(query_shape, value_shape)
+        return layer
+
+    def _add_norm(self, name, shape):
+        layer = AddNorm(
+            normalization=self.normalization,
+            epsilon=self.layer_norm_epsilon,
+            dropout=self.dropout,
+            norm_first=self.norm_first,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+        layer.build([shape, shape])
+        return layer
+
+    def _feed_forward(self, shape):
+        layer = FeedForward(
+            self.intermediate_dim,
+            activation=self.activation,
+            dropout=self.dropout,
+            gated=self.gated,
+            kernel_initializer=self._initializer(self.kernel_initializer),
+            bias_initializer=self._initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="feed_forward",
+        )
+        layer.build(shape)
+        return layer
+
+    def _residual(self, add_norm, inputs, sublayer, training):
+        """Post-norm `Norm(x + f(x))` or pre-norm `x + f(Norm(x))`."""
+        sublayer_inputs = (
+            add_norm.normalize(inputs) if self.norm_first else inputs
+        )
+        outputs = sublayer(sublayer_inputs)
+        extra = None
+        if isinstance(outputs, tuple):
+            outputs, *extra = outputs
+        result = add_norm([inputs, outputs], training=training)
+        return result if extra is None else (result, *extra)
+
+    def compute_mask(self, inputs, mask=None, *args, **kwargs):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "activation": keras.activations.serialize(self.activation),
+                "norm_first": self.norm_first,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "gated": self.gated,
+                "normalization": self.normalization,
+                "position": self.position,
+                "max_wavelength": self.max_wavelength,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+            }
+        )
+        return config

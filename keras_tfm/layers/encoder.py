@@ -1,0 +1,113 @@
+"""Transformer encoder block."""
+
+import keras
+
+from keras_tfm import masks
+from keras_tfm.layers._block import TransformerBlock
+
+
+@keras.saving.register_keras_serializable(package="keras_tfm")
+class TransformerEncoderBlock(TransformerBlock):
+    """Transformer encoder block: self-attention and a feed-forward network.
+
+    Post-norm (the paper's, `norm_first=False`):
+    `x = Norm(x + SelfAttention(x)); x = Norm(x + FFN(x))`. Pre-norm
+    (`norm_first=True`): `x = x + SelfAttention(Norm(x));
+    x = x + FFN(Norm(x))` — stack a final norm after the last block. Every
+    residual branch goes through `AddNorm`, with dropout on the sublayer
+    output; attention probabilities and the FFN hidden layer use the same
+    `dropout`. Self-attention uses the padding mask of the keys only, so
+    padding never changes the outputs at real positions and a fully padded
+    sequence stays finite. The layout matches
+    `torch.nn.TransformerEncoderLayer`, so weights copy across.
+
+    Args:
+        num_heads: number of attention heads; must divide the model width.
+        intermediate_dim: width of the feed-forward hidden layer.
+        dropout: dropout rate everywhere in the block.
+        activation: the FFN non-linearity.
+        norm_first: pre-norm instead of post-norm.
+        layer_norm_epsilon: epsilon of the normalization layers.
+        gated: gated (GLU) feed-forward network.
+        normalization: `"layer"` or `"rms"`.
+        position: `"none"` or `"rotary"` (rotary embedding of queries and
+            keys in self-attention).
+        max_wavelength: longest rotary wavelength.
+        kernel_initializer: initializer of every dense kernel.
+        bias_initializer: initializer of every dense bias.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: float tensor `(batch, seq, model_dim)`.
+        padding_mask: optional boolean `(batch, seq)`, `False` at padding.
+            Defaults to the Keras mask of `inputs`.
+        attention_mask: optional boolean `(batch, seq, seq)`, combined with
+            the padding mask.
+        training: whether dropout is active.
+        mask, inputs_mask: the Keras mask of `inputs`, filled in by Keras.
+
+    Returns:
+        Tensor `(batch, seq, model_dim)`, carrying the input's Keras mask.
+
+    Example:
+
+    >>> import numpy as np
+    >>> block = TransformerEncoderBlock(num_heads=2, intermediate_dim=32)
+    >>> x = np.random.rand(2, 5, 16).astype("float32")
+    >>> padding = np.array([[True] * 5, [True] * 3 + [False] * 2])
+    >>> tuple(block(x, padding_mask=padding).shape)
+    (2, 5, 16)
+
+    References:
+        Vaswani et al., "Attention Is All You Need", 2017, section 3.1;
+        Xiong et al., "On Layer Normalization in the Transformer
+        Architecture", 2020 (pre-norm).
+    """
+
+    def build(self, input_shape):
+        model_dim = self._check_inputs("inputs", input_shape)
+        self.self_attention = self._attention(
+            "self_attention", model_dim, self.position, input_shape, input_shape
+        )
+        self.self_attention_add_norm = self._add_norm(
+            "self_attention_add_norm", input_shape
+        )
+        self.feed_forward = self._feed_forward(input_shape)
+        self.feed_forward_add_norm = self._add_norm(
+            "feed_forward_add_norm", input_shape
+        )
+        self.built = True
+
+    def call(
+        self,
+        inputs,
+        padding_mask=None,
+        attention_mask=None,
+        training=None,
+        mask=None,
+        inputs_mask=None,
+    ):
+        self._check_inputs("inputs", inputs.shape)
+        if padding_mask is None:
+            padding_mask = mask if mask is not None else inputs_mask
+        merged = masks.combine_masks(
+            masks.attention_mask(key_mask=padding_mask), attention_mask
+        )
+
+        def attend(x):
+            return self.self_attention(
+                x, x, attention_mask=merged, training=training
+            )
+
+        x = self._residual(
+            self.self_attention_add_norm, inputs, attend, training
+        )
+        return self._residual(
+            self.feed_forward_add_norm,
+            x,
+            lambda h: self.feed_forward(h, training=training),
+            training,
+        )
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return tuple(input_shape)

@@ -1,0 +1,393 @@
+"""Functional-API builders: plain functions that return a `keras.Model`.
+
+Every builder takes the same `position=` flag ("sinusoidal", "learned",
+"rotary" or "none"), `norm_first`, `gated`, `normalization` and
+`dropout`; pre-norm stacks get a final normalization. Sublayers have
+predictable names (`token_embedding`, `encoder_embedding`,
+`encoder_layer_0`, `decoder_layer_1`, ...) so other code, such as
+generation, can find them. Token ids are integers with `0` as padding; the
+padding mask flows as a Keras mask to the logits, so a plain
+`model.compile(loss=...)` ignores padding.
+"""
+
+import keras
+
+from keras_tfm._validation import (
+    check_choice,
+    check_positive_int,
+)
+from keras_tfm.layers.decoder import TransformerDecoderBlock
+from keras_tfm.layers.embedding import (
+    POSITIONS,
+    TokenAndPositionEmbedding,
+    TokenEmbedding,
+)
+from keras_tfm.layers.encoder import TransformerEncoderBlock
+from keras_tfm.layers.pooling import POOLINGS, SequencePooling
+
+
+def _check_common(embedding_dim, num_heads, position, **positive):
+    for name, value in positive.items():
+        check_positive_int(name, value)
+    check_positive_int("embedding_dim", embedding_dim)
+    check_positive_int("num_heads", num_heads)
+    if embedding_dim % num_heads:
+        raise ValueError(
+            "`num_heads` must divide the model dimension "
+            f"{embedding_dim}. Received: num_heads={num_heads}"
+        )
+    check_choice("position", position, POSITIONS)
+
+
+def _block_kwargs(config):
+    return dict(
+        num_heads=config["num_heads"],
+        intermediate_dim=config["intermediate_dim"],
+        dropout=config["dropout"],
+        activation=config["activation"],
+        norm_first=config["norm_first"],
+        layer_norm_epsilon=config["layer_norm_epsilon"],
+        gated=config["gated"],
+        normalization=config["normalization"],
+        position="rotary" if config["position"] == "rotary" else "none",
+    )
+
+
+def _final_norm(config, name):
+    if config["normalization"] == "rms":
+        return keras.layers.RMSNormalization(
+            epsilon=config["layer_norm_epsilon"], name=name
+        )
+    return keras.layers.LayerNormalization(
+        epsilon=config["layer_norm_epsilon"], name=name
+    )
+
+
+def _embedding(config, vocabulary_size, token_embedding, name):
+    return TokenAndPositionEmbedding(
+        vocabulary_size,
+        config["sequence_length"],
+        config["embedding_dim"],
+        position=config["position"],
+        mask_zero=True,
+        scale=config["scale_embeddings"],
+        dropout=config["dropout"],
+        token_embedding=token_embedding,
+        name=name,
+    )
+
+
+def _token_ids(name):
+    return keras.Input(shape=(None,), dtype="int32", name=name)
+
+
+def _encode(config, token_ids, token_embedding, num_layers, prefix):
+    x = _embedding(
+        config,
+        token_embedding.vocabulary_size,
+        token_embedding,
+        f"{prefix}_embedding",
+    )(token_ids)
+    for i in range(num_layers):
+        x = TransformerEncoderBlock(
+            **_block_kwargs(config), name=f"{prefix}_layer_{i}"
+        )(x)
+    if config["norm_first"]:
+        x = _final_norm(config, f"{prefix}_final_norm")(x)
+    return x
+
+
+def _decode(config, token_ids, token_embedding, num_layers, encoder_outputs):
+    x = _embedding(
+        config,
+        token_embedding.vocabulary_size,
+        token_embedding,
+        "decoder_embedding",
+    )(token_ids)
+    for i in range(num_layers):
+        block = TransformerDecoderBlock(
+            **_block_kwargs(config),
+            cross_attention=encoder_outputs is not None,
+            name=f"decoder_layer_{i}",
+        )
+        x = block(x) if encoder_outputs is None else block(x, encoder_outputs)
+    if config["norm_first"]:
+        x = _final_norm(config, "decoder_final_norm")(x)
+    return x
+
+
+def _head(x, token_embedding, tie_embeddings, vocabulary_size):
+    if tie_embeddings:
+        return token_embedding(x, reverse=True)
+    return keras.layers.Dense(
+        vocabulary_size, dtype="float32", name="output_projection"
+    )(x)
+
+
+def seq2seq_transformer(
+    vocabulary_size,
+    sequence_length,
+    *,
+    target_vocabulary_size=None,
+    num_layers=6,
+    num_decoder_layers=None,
+    embedding_dim=512,
+    num_heads=8,
+    intermediate_dim=2048,
+    dropout=0.1,
+    activation="relu",
+    position="sinusoidal",
+    tie_embeddings=True,
+    scale_embeddings=True,
+    norm_first=False,
+    gated=False,
+    normalization="layer",
+    layer_norm_epsilon=1e-5,
+    name="seq2seq_transformer",
+):
+    """Build the encoder-decoder Transformer of "Attention Is All You Need".
+
+    Inputs are a dict `{"encoder_token_ids", "decoder_token_ids"}` of
+    integer `(batch, None)` tensors, `0` being padding; the output is
+    float32 logits `(batch, target_len, target_vocabulary_size)` that carry
+    the decoder padding mask. With one vocabulary and
+    `tie_embeddings=True`, the encoder embedding, the decoder embedding and
+    the output projection are one table (`token_embedding`), as in the
+    paper; with two vocabularies the decoder table is tied with the output.
+
+    Args:
+        vocabulary_size: source vocabulary size (and target, if
+            `target_vocabulary_size` is None).
+        sequence_length: longest sequence (the learned table's size).
+        target_vocabulary_size: optional separate target vocabulary.
+        num_layers: number of encoder layers (and decoder layers unless
+            `num_decoder_layers` is given).
+        num_decoder_layers: number of decoder layers.
+        embedding_dim: model width.
+        num_heads: attention heads; must divide `embedding_dim`.
+        intermediate_dim: feed-forward hidden width.
+        dropout: dropout rate everywhere.
+        activation: feed-forward non-linearity.
+        position: `"sinusoidal"`, `"learned"`, `"rotary"` or `"none"`.
+        tie_embeddings: share the token table with the output projection.
+        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`.
+        norm_first: pre-norm blocks (with final norms).
+        gated: gated (GLU) feed-forward networks.
+        normalization: `"layer"` or `"rms"`.
+        layer_norm_epsilon: epsilon of every normalization.
+        name: model name.
+
+    Returns:
+        A functional `keras.Model`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> model = seq2seq_transformer(50, 16, num_layers=1, embedding_dim=16,
+    ...                             num_heads=2, intermediate_dim=32)
+    >>> ids = {"encoder_token_ids": np.array([[4, 5, 6, 0]]),
+    ...        "decoder_token_ids": np.array([[1, 7, 0]])}
+    >>> tuple(model(ids).shape)
+    (1, 3, 50)
+    """
+    config = dict(locals())
+    _check_common(
+        embedding_dim,
+        num_heads,
+        position,
+        vocabulary_size=vocabulary_size,
+        sequence_length=sequence_length,
+        num_layers=num_layers,
+        intermediate_dim=intermediate_dim,
+    )
+    check_positive_int(
+        "target_vocabulary_size", target_vocabulary_size, allow_none=True
+    )
+    check_positive_int(
+        "num_decoder_layers", num_decoder_layers, allow_none=True
+    )
+    shared = target_vocabulary_size is None
+    target_vocabulary_size = target_vocabulary_size or vocabulary_size
+    source_table = TokenEmbedding(
+        vocabulary_size, embedding_dim, name="token_embedding"
+    )
+    target_table = source_table
+    if not shared or not tie_embeddings:
+        target_table = TokenEmbedding(
+            target_vocabulary_size,
+            embedding_dim,
+            name="decoder_token_embedding",
+        )
+    encoder_ids = _token_ids("encoder_token_ids")
+    decoder_ids = _token_ids("decoder_token_ids")
+    encoded = _encode(config, encoder_ids, source_table, num_layers, "encoder")
+    decoded = _decode(
+        config,
+        decoder_ids,
+        target_table,
+        num_decoder_layers or num_layers,
+        encoded,
+    )
+    logits = _head(
+        decoded, target_table, tie_embeddings, target_vocabulary_size
+    )
+    return keras.Model(
+        {"encoder_token_ids": encoder_ids, "decoder_token_ids": decoder_ids},
+        logits,
+        name=name,
+    )
+
+
+def encoder_classifier(
+    vocabulary_size,
+    sequence_length,
+    num_classes,
+    *,
+    num_layers=2,
+    embedding_dim=128,
+    num_heads=4,
+    intermediate_dim=512,
+    dropout=0.1,
+    activation="relu",
+    position="sinusoidal",
+    pooling="mean",
+    scale_embeddings=False,
+    norm_first=False,
+    gated=False,
+    normalization="layer",
+    layer_norm_epsilon=1e-5,
+    name="encoder_classifier",
+):
+    """Build a Transformer encoder with a pooled classification head.
+
+    Input: integer `token_ids` `(batch, None)`, `0` being padding. Output:
+    float32 logits `(batch, num_classes)`. Pooling is masked, so appending
+    padding never changes the prediction.
+
+    Args:
+        vocabulary_size: vocabulary size.
+        sequence_length: longest sequence (the learned table's size).
+        num_classes: number of classes.
+        num_layers: number of encoder layers.
+        embedding_dim: model width.
+        num_heads: attention heads; must divide `embedding_dim`.
+        intermediate_dim: feed-forward hidden width.
+        dropout: dropout rate everywhere.
+        activation: feed-forward non-linearity.
+        position: `"sinusoidal"`, `"learned"`, `"rotary"` or `"none"`.
+        pooling: `"mean"`, `"first"` or `"max"` (masked).
+        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`.
+        norm_first: pre-norm blocks (with a final norm).
+        gated: gated (GLU) feed-forward networks.
+        normalization: `"layer"` or `"rms"`.
+        layer_norm_epsilon: epsilon of every normalization.
+        name: model name.
+
+    Returns:
+        A functional `keras.Model`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> model = encoder_classifier(50, 16, 3, num_layers=1, embedding_dim=16,
+    ...                            num_heads=2, intermediate_dim=32)
+    >>> tuple(model(np.array([[4, 5, 0]])).shape)
+    (1, 3)
+    """
+    config = dict(locals())
+    _check_common(
+        embedding_dim,
+        num_heads,
+        position,
+        vocabulary_size=vocabulary_size,
+        sequence_length=sequence_length,
+        num_classes=num_classes,
+        num_layers=num_layers,
+        intermediate_dim=intermediate_dim,
+    )
+    check_choice("pooling", pooling, POOLINGS)
+    token_ids = _token_ids("token_ids")
+    table = TokenEmbedding(
+        vocabulary_size, embedding_dim, name="token_embedding"
+    )
+    x = _encode(config, token_ids, table, num_layers, "encoder")
+    x = SequencePooling(pooling, name="pooling")(x)
+    x = keras.layers.Dropout(dropout, name="classifier_dropout")(x)
+    logits = keras.layers.Dense(
+        num_classes, dtype="float32", name="classifier"
+    )(x)
+    return keras.Model(token_ids, logits, name=name)
+
+
+def decoder_lm(
+    vocabulary_size,
+    sequence_length,
+    *,
+    num_layers=6,
+    embedding_dim=512,
+    num_heads=8,
+    intermediate_dim=2048,
+    dropout=0.1,
+    activation="relu",
+    position="sinusoidal",
+    tie_embeddings=True,
+    scale_embeddings=False,
+    norm_first=False,
+    gated=False,
+    normalization="layer",
+    layer_norm_epsilon=1e-5,
+    name="decoder_lm",
+):
+    """Build a decoder-only (GPT-style) causal language model.
+
+    Input: integer `token_ids` `(batch, None)`, `0` being padding. Output:
+    float32 next-token logits `(batch, seq, vocabulary_size)` carrying the
+    padding mask; the output projection is the token table
+    (`tie_embeddings=True`).
+
+    Args:
+        vocabulary_size: vocabulary size.
+        sequence_length: longest sequence (the learned table's size).
+        num_layers: number of decoder layers.
+        embedding_dim: model width.
+        num_heads: attention heads; must divide `embedding_dim`.
+        intermediate_dim: feed-forward hidden width.
+        dropout: dropout rate everywhere.
+        activation: feed-forward non-linearity.
+        position: `"sinusoidal"`, `"learned"`, `"rotary"` or `"none"`.
+        tie_embeddings: share the token table with the output projection.
+        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`.
+        norm_first: pre-norm blocks (with a final norm).
+        gated: gated (GLU) feed-forward networks.
+        normalization: `"layer"` or `"rms"`.
+        layer_norm_epsilon: epsilon of every normalization.
+        name: model name.
+
+    Returns:
+        A functional `keras.Model`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> model = decoder_lm(50, 16, num_layers=1, embedding_dim=16,
+    ...                    num_heads=2, intermediate_dim=32)
+    >>> tuple(model(np.array([[4, 5, 0]])).shape)
+    (1, 3, 50)
+    """
+    config = dict(locals())
+    _check_common(
+        embedding_dim,
+        num_heads,
+        position,
+        vocabulary_size=vocabulary_size,
+        sequence_length=sequence_length,
+        num_layers=num_layers,
+        intermediate_dim=intermediate_dim,
+    )
+    token_ids = _token_ids("token_ids")
+    table = TokenEmbedding(
+        vocabulary_size, embedding_dim, name="token_embedding"
+    )
+    x = _decode(config, token_ids, table, num_layers, None)
+    logits = _head(x, table, tie_embeddings, vocabulary_size)
+    return keras.Model(token_ids, logits, name=name)
