@@ -1,0 +1,73 @@
+"""FeedForward: values against its Dense layers, GLU variants, errors."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_tfm.layers import FeedForward
+from tests.helpers import run_layer_test
+
+X = np.random.default_rng(0).normal(size=(2, 4, 8)).astype("float32")
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_layer_checks(gated):
+    run_layer_test(
+        FeedForward,
+        {"intermediate_dim": 16, "activation": "gelu", "gated": gated},
+        X,
+        expected_output_shape=(2, 4, 8),
+        input_mask=np.array([[1, 1, 1, 0], [1, 0, 0, 0]], bool),
+    )
+
+
+def _dense(layer, x):
+    kernel = ops.convert_to_numpy(layer.kernel)
+    return x @ kernel + ops.convert_to_numpy(layer.bias)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
+def test_matches_its_two_dense_layers(activation):
+    ffn = FeedForward(16, activation=activation)
+    out = ops.convert_to_numpy(ffn(X))
+    act = keras.activations.get(activation)
+    hidden = ops.convert_to_numpy(act(_dense(ffn.intermediate_dense, X)))
+    np.testing.assert_allclose(out, _dense(ffn.output_dense, hidden), atol=1e-5)
+
+
+def test_gated_is_activation_of_gate_times_linear():
+    ffn = FeedForward(16, activation="silu", gated=True)
+    out = ops.convert_to_numpy(ffn(X))
+    gate = _dense(ffn.gate_dense, X)
+    gate = gate / (1 + np.exp(-gate))
+    hidden = gate * _dense(ffn.intermediate_dense, X)
+    np.testing.assert_allclose(out, _dense(ffn.output_dense, hidden), atol=1e-5)
+
+
+def test_output_dim():
+    assert tuple(FeedForward(16, output_dim=3)(X).shape) == (2, 4, 3)
+
+
+def test_dropout_only_in_training():
+    ffn = FeedForward(64, dropout=0.5)
+    a = ops.convert_to_numpy(ffn(X, training=False))
+    b = ops.convert_to_numpy(ffn(X, training=False))
+    c = ops.convert_to_numpy(ffn(X, training=True))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"intermediate_dim": 0}, "intermediate_dim"),
+        ({"intermediate_dim": 4, "activation": "nope"}, "activation"),
+        ({"intermediate_dim": 4, "dropout": 1.5}, "dropout"),
+        ({"intermediate_dim": 4, "dropout": -0.5}, "dropout"),
+        ({"intermediate_dim": 4, "output_dim": 0}, "output_dim"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FeedForward(**kwargs)
