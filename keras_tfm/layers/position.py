@@ -175,6 +175,16 @@ def _check_fits(length, start_index, sequence_length):
             raise ValueError(message.format(end=end))
         if isinstance(start_index, int):
             return
+    if keras.backend.backend() != "tensorflow":
+        # A concrete tensor `start_index` (eager JAX/torch): check it, as
+        # JAX would silently clamp the slice. A traced one cannot be read.
+        try:
+            end = int(length) + int(start_index)
+        except (TypeError, RuntimeError):
+            return None
+        if end > sequence_length:
+            raise ValueError(message.format(end=end))
+        return None
     if keras.backend.backend() == "tensorflow":
         # A TensorFlow graph with an unknown length: `tf.gather` would fail
         # opaquely on CPU and return zeros on GPU, so assert explicitly. This

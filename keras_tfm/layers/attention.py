@@ -1,0 +1,650 @@
+"""Multi-head attention with a fixed-shape key/value cache."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_tfm import masks
+from keras_tfm._validation import (
+    check_positive_int,
+    check_positive_number,
+    check_rank,
+    check_rate,
+)
+from keras_tfm.layers.position import RotaryEmbedding
+
+_POSITIONS = ("none", "rotary")
+# Logits of masked keys; finite, so that no `inf - inf` can appear.
+_LARGE_NEGATIVE = -0.7 * float(np.finfo("float32").max)
+
+
+def _check_initializer(name, value):
+    try:
+        return keras.initializers.get(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"`{name}` must be a Keras initializer or its name. "
+            f"Received: {name}={value!r}"
+        ) from error
+
+
+def _clone_initializer(initializer):
+    # An unseeded initializer instance returns the same values at each call:
+    # every projection gets its own copy.
+    return initializer.__class__.from_config(initializer.get_config())
+
+
+def _static_dim(tensor, axis):
+    return tuple(tensor.shape)[axis]
+
+
+def _check_float(layer, name, tensor):
+    dtype = keras.backend.standardize_dtype(tensor.dtype)
+    if "float" not in dtype:
+        raise ValueError(
+            f"{type(layer).__name__} expects a floating-point `{name}`. "
+            f"Received: {name} with dtype={dtype}"
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_tfm")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head scaled dot-product attention with a key/value cache.
+
+    Queries, keys and values are projected by `Dense` layers to
+    `num_heads * key_dim` (`num_heads * value_dim` for values), split into
+    heads `(batch, seq, heads, head_dim)`, combined with
+    `softmax(q k^T / sqrt(key_dim)) v`, merged back and projected to
+    `output_dim`. The kernels are plain `(dim, heads * head_dim)` matrices,
+    so weights copy to `torch.nn.MultiheadAttention` (`in_proj_weight` is
+    the transposed query, key and value kernels stacked) and from the
+    `(dim, heads, head_dim)` `EinsumDense` kernels of
+    `keras.layers.MultiHeadAttention` and keras-hub by a reshape.
+
+    The attention itself runs through `keras.ops.dot_product_attention` (a
+    fused kernel where the backend has one; a causal mask alone uses its
+    `is_causal` kernel) unless attention dropout is active, the scores are
+    requested or `value_dim != key_dim` (JAX's kernel needs equal head
+    sizes); then an explicit path computes the logits, a float32 softmax,
+    dropout and the weighted sum. The softmax is in float32 under mixed
+    precision on both paths.
+
+    Masks follow `keras_tfm.masks`: boolean, `True` means "may attend". The
+    mask used is the AND of `attention_mask`, the key side's padding mask
+    (the Keras mask of `key`, else of `value`) and, with
+    `use_causal_mask=True`, the causal mask. The query's padding mask is
+    never used: padded queries attend like real ones and the loss ignores
+    them. Masked positions are inert:
+
+    - a query row with no allowed key gives exactly zero before the output
+      projection (so the layer returns the output bias there), and zero
+      attention scores, on every path and in every dtype;
+    - keys and values at positions that no query may attend to, and
+      queries of rows with no allowed key, are replaced by zeros (with
+      `where`, not a product) before use, so NaN or inf in padded positions
+      never reach real outputs.
+
+    Args:
+        num_heads: number of attention heads.
+        key_dim: size of each head for queries and keys.
+        value_dim: size of each head for values. Defaults to `key_dim`.
+        dropout: dropout rate on the attention probabilities, in `[0, 1)`.
+        use_bias: whether the projections have biases. Defaults to `True`.
+        output_dim: size of the output. Defaults to the query's last
+            dimension.
+        position: `"none"` or `"rotary"`: rotary position embedding of the
+            projected queries (from position `cache_index`, else 0) and
+            keys (from position 0). Sinusoidal and learned positions are
+            added by `TokenAndPositionEmbedding` instead.
+        max_wavelength: the longest rotary wavelength. Defaults to `10000`.
+        kernel_initializer: initializer of the projection kernels.
+        bias_initializer: initializer of the projection biases.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        query: float tensor `(batch, query_len, dim)`.
+        value: float tensor `(batch, key_len, dim_v)`. Ignored when a cross
+            attention `cache` is given (`cache_index=None`).
+        key: optional float tensor `(batch, key_len, dim_k)`. Defaults to
+            `value`.
+        attention_mask: optional boolean `(batch, query_len, key_len)` (or
+            a leading axis of 1); `key_len` is the cache length when a
+            cache is used.
+        use_causal_mask: whether query `t` may only see keys `<= t` (keys
+            `<= cache_index + t` when decoding with a cache).
+        return_attention_scores: whether to also return the attention
+            probabilities `(batch, heads, query_len, key_len)`.
+        training: whether attention dropout is active.
+        cache: optional key/value cache `(batch, 2, max_length, heads,
+            key_dim)`: index 0 holds keys (rotated when `position` is
+            `"rotary"`), index 1 values; see `compute_cache` and
+            `empty_cache`. Needs `value_dim == key_dim`.
+        cache_index: position of the first query when decoding with a self
+            attention cache. The projected `key`/`value` of the current
+            step(s) are written into `cache` at this index and the queries
+            attend over the whole cache; slots past the current step hold
+            zeros or stale keys, so the caller must pass
+            `use_causal_mask=True` (or an equivalent `attention_mask`). The
+            Keras padding masks of `key`/`value` cover only the current
+            steps and are not used in this mode. With `cache_index=None`
+            the cache is a cross-attention cache and is used as is.
+        query_mask, value_mask, key_mask: padding masks `(batch, seq)`,
+            filled in by Keras from the inputs' masks. `query_mask` is not
+            used for attention; the output keeps it as its Keras mask.
+
+    Returns:
+        The output `(batch, query_len, output_dim)`; with
+        `return_attention_scores=True` the tuple `(output, scores)`; with a
+        `cache`, the updated cache is appended: `(output, cache)` or
+        `(output, scores, cache)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.random.rand(2, 5, 16).astype("float32")
+    >>> keys = np.array([[True] * 5, [True] * 3 + [False] * 2])
+    >>> mask = keys[:, None, :].repeat(5, axis=1)
+    >>> layer = MultiHeadAttention(num_heads=2, key_dim=8)
+    >>> tuple(layer(x, x, attention_mask=mask).shape)
+    (2, 5, 16)
+    >>> cache = layer.empty_cache(batch_size=2, max_length=5)
+    >>> y, cache = layer(x[:, :1], x[:, :1], cache=cache, cache_index=0,
+    ...                  use_causal_mask=True)
+    >>> tuple(cache.shape)
+    (2, 2, 5, 2, 8)
+
+    References:
+        Vaswani et al., "Attention Is All You Need", 2017, section 3.2;
+        Su et al., "RoFormer: Enhanced Transformer with Rotary Position
+        Embedding", 2021.
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        value_dim=None,
+        dropout=0.0,
+        use_bias=True,
+        output_dim=None,
+        position="none",
+        max_wavelength=10000,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("key_dim", key_dim)
+        check_positive_int("value_dim", value_dim, allow_none=True)
+        dropout = check_rate("dropout", dropout)
+        if not isinstance(use_bias, bool):
+            raise ValueError(
+                f"`use_bias` must be a boolean. Received: use_bias={use_bias!r}"
+            )
+        check_positive_int("output_dim", output_dim, allow_none=True)
+        if position not in _POSITIONS:
+            raise ValueError(
+                '`position` must be "none" or "rotary"; sinusoidal and '
+                "learned positions are added by `TokenAndPositionEmbedding`. "
+                f"Received: position={position!r}"
+            )
+        if position == "rotary" and key_dim % 2:
+            raise ValueError(
+                '`key_dim` must be even with position="rotary". '
+                f"Received: key_dim={key_dim}"
+            )
+        check_positive_number("max_wavelength", max_wavelength)
+        kernel_initializer = _check_initializer(
+            "kernel_initializer", kernel_initializer
+        )
+        bias_initializer = _check_initializer(
+            "bias_initializer", bias_initializer
+        )
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.value_dim = value_dim
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.output_dim = output_dim
+        self.position = position
+        self.max_wavelength = max_wavelength
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        self.supports_masking = True
+        self._value_dim = key_dim if value_dim is None else value_dim
+
+    def _dense(self, units, name):
+        return keras.layers.Dense(
+            units,
+            use_bias=self.use_bias,
+            kernel_initializer=_clone_initializer(self.kernel_initializer),
+            bias_initializer=_clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        check_rank(self, "query", query_shape, (3,))
+        check_rank(self, "value", value_shape, (3,))
+        if key_shape is None:
+            key_shape = value_shape
+        check_rank(self, "key", key_shape, (3,))
+        heads = self.num_heads
+        self.query_dense = self._dense(heads * self.key_dim, "query_dense")
+        self.query_dense.build(query_shape)
+        self.key_dense = self._dense(heads * self.key_dim, "key_dense")
+        self.key_dense.build(key_shape)
+        self.value_dense = self._dense(heads * self._value_dim, "value_dense")
+        self.value_dense.build(value_shape)
+        output_dim = self.output_dim or query_shape[-1]
+        self.output_dense = self._dense(output_dim, "output_dense")
+        self.output_dense.build(
+            tuple(query_shape[:-1]) + (heads * self._value_dim,)
+        )
+        if self.position == "rotary":
+            self.rotary_embedding = RotaryEmbedding(
+                self.max_wavelength,
+                dtype=self.dtype_policy,
+                name="rotary_embedding",
+            )
+            self.rotary_embedding.build((None, None, heads, self.key_dim))
+        self.attention_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="attention_dropout"
+        )
+        self.built = True
+
+    def _check_inputs(self, attention_mask=None, cache=None, **tensors):
+        for name, tensor in tensors.items():
+            if tensor is None:
+                continue
+            check_rank(self, name, tensor.shape, (3,))
+            _check_float(self, name, tensor)
+        if cache is not None:
+            self._check_cache(cache)
+        if attention_mask is None:
+            return
+        query = tensors["query"]
+        if cache is not None:
+            key_length = _static_dim(cache, 2)
+        else:
+            key = tensors.get("key")
+            key_length = _static_dim(
+                tensors["value"] if key is None else key, 1
+            )
+        expected = (_static_dim(query, 0), _static_dim(query, 1), key_length)
+        mask_shape = tuple(attention_mask.shape)
+        mismatch = len(mask_shape) != 3 or any(
+            got is not None
+            and want is not None
+            and got != want
+            and not (axis == 0 and got == 1)
+            for axis, (got, want) in enumerate(
+                zip(mask_shape, expected, strict=True)
+            )
+        )
+        if mismatch:
+            raise ValueError(
+                "`attention_mask` must have shape (batch, query_len, "
+                f"key_len) = {expected}. Received: attention_mask with "
+                f"shape {mask_shape}, query with shape "
+                f"{tuple(query.shape)}"
+            )
+
+    def _check_cacheable(self):
+        if self._value_dim != self.key_dim:
+            raise ValueError(
+                "A key/value cache needs `value_dim` equal to `key_dim`. "
+                f"Received: key_dim={self.key_dim}, "
+                f"value_dim={self._value_dim}"
+            )
+
+    def _check_cache(self, cache):
+        self._check_cacheable()
+        expected = (None, 2, None, self.num_heads, self.key_dim)
+        shape = tuple(cache.shape)
+        if len(shape) != 5 or any(
+            want is not None and got is not None and got != want
+            for got, want in zip(shape, expected, strict=True)
+        ):
+            raise ValueError(
+                "`cache` must have shape (batch, 2, max_length, num_heads, "
+                f"key_dim) = (batch, 2, max_length, {self.num_heads}, "
+                f"{self.key_dim}). Received: cache with shape {shape}"
+            )
+
+    def _split_heads(self, x, head_dim):
+        # (batch, seq, heads * head_dim) -> (batch, seq, heads, head_dim)
+        shape = ops.shape(x)
+        return ops.reshape(x, (shape[0], shape[1], self.num_heads, head_dim))
+
+    def _project_key(self, key, start_index=0):
+        key = self._split_heads(self.key_dense(key), self.key_dim)
+        if self.position == "rotary":
+            key = self.rotary_embedding(key, start_index=start_index)
+        return key
+
+    def _project_value(self, value):
+        return self._split_heads(self.value_dense(value), self._value_dim)
+
+    def _keys_and_values(self, key, value, cache, cache_index):
+        """Return keys, values `(batch, key_len, heads, dim)` and cache."""
+        if cache is None:
+            return self._project_key(key), self._project_value(value), None
+        if cache_index is None:
+            # Cross-attention cache: used as is.
+            keys, values = cache[:, 0], cache[:, 1]
+        else:
+            # The new steps `(batch, steps, heads, key_dim)` are written at
+            # `cache_index` into the fixed-shape cache.
+            start = [0, cache_index, 0, 0]
+            keys = ops.slice_update(
+                cache[:, 0],
+                start,
+                ops.cast(self._project_key(key, cache_index), cache.dtype),
+            )
+            values = ops.slice_update(
+                cache[:, 1],
+                start,
+                ops.cast(self._project_value(value), cache.dtype),
+            )
+            cache = ops.stack([keys, values], axis=1)
+        return (
+            ops.cast(keys, self.compute_dtype),
+            ops.cast(values, self.compute_dtype),
+            cache,
+        )
+
+    def _merged_mask(
+        self,
+        query,
+        key_length,
+        attention_mask,
+        key_padding,
+        use_causal_mask,
+        offset,
+    ):
+        query_length = ops.shape(query)[1]
+        mask = None
+        if key_padding is not None:
+            mask = masks.attention_mask(
+                key_mask=key_padding,
+                causal=use_causal_mask,
+                query_length=query_length,
+                offset=offset,
+            )
+        elif use_causal_mask:
+            causal = masks.causal_mask(query_length, key_length, offset=offset)
+            mask = ops.expand_dims(causal, 0)
+        return masks.combine_masks(mask, attention_mask)
+
+    def _scores(self, query, key, mask, is_causal, has_key):
+        """Float32 attention probabilities, zero on rows with no key."""
+        if is_causal:
+            length = ops.shape(query)[1]
+            mask = ops.expand_dims(masks.causal_mask(length), 0)
+        query = query * ops.cast(1.0 / np.sqrt(self.key_dim), query.dtype)
+        # (batch, heads, query_len, key_len)
+        logits = ops.einsum("btnh,bsnh->bnts", query, key)
+        logits = ops.cast(logits, "float32")
+        if mask is not None:
+            logits = ops.where(
+                ops.expand_dims(mask, 1), logits, _LARGE_NEGATIVE
+            )
+        scores = ops.softmax(logits, axis=-1)
+        if has_key is not None:
+            keep = ops.expand_dims(ops.expand_dims(has_key, 1), -1)
+            scores = ops.where(keep, scores, ops.zeros_like(scores))
+        return scores
+
+    def call(
+        self,
+        query,
+        value,
+        key=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        training=None,
+        cache=None,
+        cache_index=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+    ):
+        self._check_inputs(
+            attention_mask, cache, query=query, value=value, key=key
+        )
+        if cache_index is not None and cache is None:
+            raise ValueError(
+                "`cache_index` needs a `cache`. Received: cache=None, "
+                f"cache_index={cache_index}"
+            )
+        key = value if key is None else key
+        start_index = 0 if cache_index is None else cache_index
+
+        # (batch, query_len, heads, key_dim)
+        query_heads = self._split_heads(self.query_dense(query), self.key_dim)
+        if self.position == "rotary":
+            query_heads = self.rotary_embedding(
+                query_heads, start_index=start_index
+            )
+
+        key_heads, value_heads, cache = self._keys_and_values(
+            key, value, cache, cache_index
+        )
+        key_padding = None
+        if cache_index is None:
+            # With a self-attention cache these cover only the new steps.
+            key_padding = masks.combine_masks(key_mask, value_mask)
+
+        query_length = _static_dim(query, 1)
+        key_length = _static_dim(key_heads, 1)
+        is_causal = (
+            use_causal_mask
+            and cache is None
+            and attention_mask is None
+            and key_padding is None
+            and query_length is not None
+            and query_length == key_length
+        )
+        mask = None
+        if not is_causal:
+            mask = self._merged_mask(
+                query,
+                ops.shape(key_heads)[1],
+                attention_mask,
+                key_padding,
+                use_causal_mask,
+                start_index,
+            )
+
+        has_key = None
+        if mask is not None:
+            # Inert masked positions: zero what no one may use, and let
+            # empty rows attend everywhere (finite), then zero their output.
+            has_key = ops.any(mask, axis=-1)  # (batch, query_len)
+            attended = ops.any(mask, axis=-2)  # (batch, key_len)
+            query_heads = _where_rows(has_key, query_heads)
+            key_heads = _where_rows(attended, key_heads)
+            value_heads = _where_rows(attended, value_heads)
+            mask = ops.logical_or(
+                mask, ops.expand_dims(ops.logical_not(has_key), -1)
+            )
+
+        use_dropout = self.dropout > 0 and bool(training)
+        scores = None
+        if (
+            use_dropout
+            or return_attention_scores
+            or self._value_dim != self.key_dim
+        ):
+            scores = self._scores(
+                query_heads, key_heads, mask, is_causal, has_key
+            )
+            weights = scores
+            if use_dropout:
+                weights = self.attention_dropout(weights, training=training)
+            weights = ops.cast(weights, value_heads.dtype)
+            # (batch, query_len, heads, value_dim)
+            output = ops.einsum("bnts,bsnh->btnh", weights, value_heads)
+            scores = ops.cast(scores, self.compute_dtype)
+        else:
+            output = ops.dot_product_attention(
+                query_heads,
+                key_heads,
+                value_heads,
+                mask=None if mask is None else ops.expand_dims(mask, 1),
+                scale=1.0 / float(np.sqrt(self.key_dim)),
+                is_causal=is_causal,
+            )
+        if has_key is not None:
+            output = _where_rows(has_key, output)
+
+        # (batch, query_len, heads * value_dim)
+        shape = ops.shape(output)
+        output = ops.reshape(
+            output, (shape[0], shape[1], self.num_heads * self._value_dim)
+        )
+        output = self.output_dense(output)
+        results = (output,)
+        if return_attention_scores:
+            results += (scores,)
+        if cache is not None:
+            results += (cache,)
+        return results[0] if len(results) == 1 else results
+
+    def compute_mask(self, query, mask=None):
+        return mask
+
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        output_dim = self.output_dim or query_shape[-1]
+        return tuple(query_shape[:-1]) + (output_dim,)
+
+    def compute_output_spec(
+        self,
+        query,
+        value,
+        key=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        training=None,
+        cache=None,
+        cache_index=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+    ):
+        self._check_inputs(
+            attention_mask, cache, query=query, value=value, key=key
+        )
+        output = keras.KerasTensor(
+            self.compute_output_shape(query.shape, value.shape),
+            dtype=self.compute_dtype,
+        )
+        results = (output,)
+        if return_attention_scores:
+            if cache is not None:
+                key_length = cache.shape[2]
+            else:
+                key_length = (value if key is None else key).shape[1]
+            scores_shape = (
+                query.shape[0],
+                self.num_heads,
+                query.shape[1],
+                key_length,
+            )
+            results += (
+                keras.KerasTensor(scores_shape, dtype=self.compute_dtype),
+            )
+        if cache is not None:
+            results += (keras.KerasTensor(cache.shape, dtype=cache.dtype),)
+        return results[0] if len(results) == 1 else results
+
+    def empty_cache(self, batch_size, max_length, dtype=None):
+        """Return a zero self-attention cache for `call(..., cache_index=)`.
+
+        Args:
+            batch_size: the batch size.
+            max_length: number of positions the cache holds.
+            dtype: dtype of the cache. Defaults to the compute dtype.
+
+        Returns:
+            Zeros `(batch_size, 2, max_length, num_heads, key_dim)`.
+        """
+        check_positive_int("max_length", max_length)
+        self._check_cacheable()
+        return ops.zeros(
+            (batch_size, 2, max_length, self.num_heads, self.key_dim),
+            dtype=dtype or self.compute_dtype,
+        )
+
+    def compute_cache(self, value, key=None, max_length=None):
+        """Project `key`/`value` once, for attention with a fixed cache.
+
+        For cross-attention, pass the result as `cache` with
+        `cache_index=None` at every decoding step. For self-attention, a
+        prompt's cache padded to `max_length` can be continued with
+        `cache_index=prompt_length`.
+
+        Args:
+            value: float tensor `(batch, key_len, dim_v)`.
+            key: optional float tensor `(batch, key_len, dim_k)`. Defaults
+                to `value`.
+            max_length: when given, the cache is padded with zeros to this
+                length along the key axis.
+
+        Returns:
+            Tensor `(batch, 2, key_len or max_length, num_heads, key_dim)`:
+            the projected keys (rotated from position 0 when `position` is
+            `"rotary"`) at index 0 and values at index 1.
+        """
+        if not self.built:
+            raise ValueError(
+                "`compute_cache` needs a built layer: call the layer once "
+                "or call `build(query_shape, value_shape)` first."
+            )
+        key = value if key is None else key
+        self._check_inputs(value=value, key=key)
+        self._check_cacheable()
+        # (batch, 2, key_len, heads, head_dim)
+        cache = ops.stack(
+            [self._project_key(key), self._project_value(value)], axis=1
+        )
+        if max_length is not None:
+            check_positive_int("max_length", max_length)
+            length = _static_dim(cache, 2)
+            if length is not None and length > max_length:
+                raise ValueError(
+                    "`max_length` must be at least the key length "
+                    f"{length}. Received: max_length={max_length}"
+                )
+            pad = max_length - ops.shape(cache)[2]
+            cache = ops.pad(cache, [[0, 0], [0, 0], [0, pad], [0, 0], [0, 0]])
+        return cache
+
+    def get_config(self):
+        config = {
+            "num_heads": self.num_heads,
+            "key_dim": self.key_dim,
+            "value_dim": self.value_dim,
+            "dropout": self.dropout,
+            "use_bias": self.use_bias,
+            "output_dim": self.output_dim,
+            "position": self.position,
+            "max_wavelength": self.max_wavelength,
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+            "bias_initializer": keras.initializers.serialize(
+                self.bias_initializer
+            ),
+        }
+        return {**super().get_config(), **config}
+
+
+def _where_rows(keep, x):
+    """Zero `x` (batch, seq, heads, dim) where `keep` (batch, seq) is False."""
+    keep = ops.expand_dims(ops.expand_dims(keep, -1), -1)
+    return ops.where(keep, x, ops.zeros_like(x))

@@ -1,0 +1,388 @@
+"""The checks every keras_tfm layer owes, in one helper (`run_layer_test`).
+
+Modelled on Keras core's `TestCase.run_layer_test`, but a plain function so
+that pytest tests (and hypothesis tests) can call it.
+"""
+
+import inspect
+import os
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+
+class AttachMask(keras.layers.Layer):
+    """Return `inputs[0]` carrying the boolean mask `inputs[1]`.
+
+    Attaches a Keras implicit mask inside a functional model, so the mask
+    travels the way it does behind an embedding with `mask_zero=True`.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return inputs[0]
+
+    def compute_mask(self, inputs, mask=None):
+        return ops.cast(inputs[1], "bool")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+
+class MaskProbe(keras.layers.Layer):
+    """Output the Keras mask that reaches this layer, as int32.
+
+    `1`/`0` where the mask is `True`/`False`, and all `-1` of shape
+    `(batch, seq)` when no mask arrives. This reads a mask on every backend,
+    eager or compiled, without touching Keras internals.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        if mask is None:
+            return -ops.ones(ops.shape(inputs)[:2], dtype="int32")
+        return ops.cast(mask, "int32")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:2]
+
+
+def _as_list(input_data):
+    return list(input_data) if isinstance(input_data, (list, tuple)) else None
+
+
+def _dtype(x):
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def _is_float(x):
+    return keras.backend.is_float_dtype(_dtype(x))
+
+
+def _numpy(x):
+    x = ops.convert_to_numpy(x)
+    if keras.backend.is_float_dtype(str(x.dtype)):
+        x = x.astype("float32")  # bfloat16 arrays do not compare well
+    return x
+
+
+def _has_sequence_axis(x):
+    # (batch, seq, ...features) or integer token ids (batch, seq).
+    return len(x.shape) >= 3 or (
+        len(x.shape) == 2 and not keras.backend.is_float_dtype(_dtype(x))
+    )
+
+
+def _symbolic_inputs(input_data, dynamic_sequence=False):
+    """`keras.Input`s matching the data, optionally with a `None` seq axis."""
+
+    def make(x):
+        shape = tuple(x.shape[1:])
+        if dynamic_sequence and _has_sequence_axis(x):
+            shape = (None, *shape[1:])
+        return keras.Input(shape=shape, dtype=_dtype(x))
+
+    listed = _as_list(input_data)
+    if listed is None:
+        return make(input_data)
+    return [make(x) for x in listed]
+
+
+def _call(layer, inputs, call_kwargs, tied_check):
+    if tied_check is not None:
+        return tied_check(layer, inputs)
+    return layer(inputs, **call_kwargs)
+
+
+def _flat(outputs):
+    return keras.tree.flatten(outputs)
+
+
+def _check_config(layer_cls, init_kwargs):
+    layer = layer_cls(**init_kwargs)
+    config = layer.get_config()
+    params = inspect.signature(layer_cls.__init__).parameters.values()
+    missing = [
+        p.name
+        for p in params
+        if p.name != "self"
+        and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        and p.name not in config
+    ]
+    assert not missing, (
+        f"{layer_cls.__name__}.get_config() lacks constructor arguments "
+        f"{missing}. Received: config keys {sorted(config)}"
+    )
+    revived = layer_cls.from_config(config)
+    assert type(revived) is layer_cls
+    assert revived.get_config() == config
+    # Serialising through Keras' registry (what `.keras` files use) too.
+    serialized = keras.saving.serialize_keras_object(layer)
+    revived = keras.saving.deserialize_keras_object(serialized)
+    assert type(revived) is layer_cls
+    assert revived.get_config() == config
+
+
+def _check_shapes(
+    layer_cls, init_kwargs, input_data, call_kwargs, expected_output_shape
+):
+    """Eager output vs `compute_output_shape` vs symbolic output."""
+    layer = layer_cls(**init_kwargs)
+    outputs = layer(input_data, **call_kwargs)
+    flat_outputs = _flat(outputs)
+    eager_shapes = [tuple(o.shape) for o in flat_outputs]
+    eager_dtypes = [_dtype(o) for o in flat_outputs]
+
+    if expected_output_shape is not None:
+        expected = expected_output_shape
+        if not isinstance(expected, list):
+            expected = [expected]
+        assert [tuple(s) for s in expected] == eager_shapes, (
+            f"expected {expected}, got {eager_shapes}"
+        )
+
+    listed = _as_list(input_data)
+    input_shape = (
+        tuple(input_data.shape)
+        if listed is None
+        else [tuple(x.shape) for x in listed]
+    )
+    # Keras passes only shapes to `compute_output_shape`; a layer whose call
+    # arguments change the shape (`reverse=True`) defines
+    # `compute_output_spec` instead, which the symbolic calls below check.
+    signature = inspect.signature(layer.compute_output_shape).parameters
+    if all(k in signature for k in call_kwargs):
+        computed = layer.compute_output_shape(input_shape, **call_kwargs)
+        computed = keras.tree.map_shape_structure(tuple, computed)
+        computed = computed if isinstance(computed, list) else [computed]
+        assert [tuple(s) for s in computed] == eager_shapes, (
+            f"compute_output_shape gave {computed}, eager call gave "
+            f"{eager_shapes}"
+        )
+
+    # Static and dynamic (sequence axis `None`) symbolic calls.
+    for dynamic in (False, True):
+        symbolic = _flat(
+            layer_cls(**init_kwargs)(
+                _symbolic_inputs(input_data, dynamic), **call_kwargs
+            )
+        )
+        assert len(symbolic) == len(flat_outputs)
+        for out, shape, dtype in zip(
+            symbolic, eager_shapes, eager_dtypes, strict=True
+        ):
+            assert len(out.shape) == len(shape), (out.shape, shape)
+            for sym_dim, dim in zip(out.shape, shape, strict=True):
+                assert sym_dim is None or sym_dim == dim, (out.shape, shape)
+            if not dynamic:
+                assert tuple(out.shape[1:]) == shape[1:], (out.shape, shape)
+            assert _dtype(out) == dtype, (out.dtype, dtype)
+    return flat_outputs
+
+
+def _check_saving(layer_cls, init_kwargs, input_data, call_kwargs, tied_check):
+    layer = layer_cls(**init_kwargs)
+    inputs = _symbolic_inputs(input_data)
+    model = keras.Model(inputs, _call(layer, inputs, call_kwargs, tied_check))
+    expected = _flat(model.predict(input_data, verbose=0))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+    loaded_layer = loaded.get_layer(layer.name)
+    assert type(loaded_layer) is layer_cls
+    assert loaded_layer.get_config() == layer.get_config()
+    if tied_check is not None:
+        # A tied layer is one set of variables however often it is called.
+        assert len(model.weights) == len(layer.weights)
+        assert len(loaded.weights) == len(loaded_layer.weights)
+    assert len(loaded.weights) == len(model.weights)
+    for a, b in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(_numpy(a), _numpy(b))
+    got = _flat(loaded.predict(input_data, verbose=0))
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_allclose(_numpy(b), _numpy(a), atol=1e-6)
+
+
+def _check_mask(
+    layer_cls, init_kwargs, input_data, call_kwargs, input_mask, expect_mask
+):
+    input_mask = np.asarray(input_mask, dtype="bool")
+    inputs = _symbolic_inputs(input_data)
+    mask_input = keras.Input(shape=input_mask.shape[1:], dtype="bool")
+    listed = _as_list(inputs)
+    if listed is None:
+        masked = AttachMask()([inputs, mask_input])
+        model_inputs = [inputs, mask_input]
+    else:
+        masked = [AttachMask()([x, mask_input]) for x in listed]
+        model_inputs = [*listed, mask_input]
+    outputs = layer_cls(**init_kwargs)(masked, **call_kwargs)
+    probe = MaskProbe()(_flat(outputs)[0])
+    model = keras.Model(model_inputs, probe)
+    if listed is None:
+        data = [input_data, input_mask]
+    else:
+        data = [*input_data, input_mask]
+    received = ops.convert_to_numpy(model.predict(data, verbose=0))
+    if expect_mask:
+        np.testing.assert_array_equal(
+            received,
+            input_mask.astype("int32"),
+            err_msg=f"{layer_cls.__name__} did not propagate the mask",
+        )
+    else:
+        assert (received == -1).all(), (
+            f"{layer_cls.__name__} should not output a mask. "
+            f"Received: {received}"
+        )
+
+
+def _jit_compile():
+    # "auto" would turn XLA off on a CPU-only TensorFlow; torch.compile is
+    # too slow for a unit test, so torch runs its default ("auto": eager).
+    return "auto" if keras.backend.backend() == "torch" else True
+
+
+def _check_fit(layer_cls, init_kwargs, input_data, call_kwargs, tied_check):
+    layer = layer_cls(**init_kwargs)
+    inputs = _symbolic_inputs(input_data)
+    outputs = [
+        o
+        for o in _flat(_call(layer, inputs, call_kwargs, tied_check))
+        if keras.backend.is_float_dtype(o.dtype)
+    ]
+    if not outputs:
+        return
+    model = keras.Model(inputs, outputs)
+    targets = [
+        np.zeros(tuple(o.shape), "float32")
+        for o in _flat(model.predict(input_data, verbose=0))
+    ]
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=["mse"] * len(outputs),
+        jit_compile=_jit_compile(),
+    )
+    batch_size = len(_flat(input_data)[0])
+    with warnings.catch_warnings():
+        # Weightless layers (e.g. sinusoids) still run the compiled step.
+        warnings.filterwarnings("ignore", "The model does not have any")
+        history = model.fit(
+            input_data, targets, batch_size=batch_size, epochs=1, verbose=0
+        )
+    loss = history.history["loss"][-1]
+    assert np.isfinite(loss), f"non-finite loss {loss}"
+
+
+def _check_mixed_precision(layer_cls, init_kwargs, input_data, call_kwargs):
+    previous = keras.config.dtype_policy()
+    try:
+        for policy in ("mixed_float16", "mixed_bfloat16"):
+            keras.config.set_dtype_policy(policy)
+            layer = layer_cls(**init_kwargs)
+            outputs = _flat(layer(input_data, **call_kwargs))
+            for out in outputs:
+                if _is_float(out):
+                    assert np.isfinite(_numpy(out)).all(), (
+                        f"non-finite output under {policy}"
+                    )
+            for variable in layer.weights:
+                if keras.backend.is_float_dtype(variable.dtype):
+                    assert _dtype(variable) == "float32", (
+                        f"{variable.path} is {variable.dtype} under {policy}"
+                    )
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_data,
+    *,
+    call_kwargs=None,
+    expected_output_shape=None,
+    input_mask=None,
+    expect_mask=True,
+    run_fit=True,
+    run_mixed_precision=True,
+    tied_check=None,
+):
+    """Run the checks every keras_tfm layer owes.
+
+    1. Config: every `__init__` argument of `layer_cls` (but `**kwargs`)
+       is in `get_config()`, and `from_config` and Keras (de)serialisation
+       give back an equal config.
+    2. Shapes: the eager output's shape equals `expected_output_shape`
+       (when given) and `compute_output_shape` (skipped when a call
+       argument is not one of its parameters), and a call on `keras.Input`s
+       (static, then with a `None` sequence axis) gives the same shape
+       (`None` allowed for dynamic axes) and dtype.
+    3. Saving: a functional model wrapping the layer survives a `.keras`
+       save/load with equal weights, identical outputs (atol 1e-6) and the
+       same layer class.
+    4. Masks (when `input_mask` is given): the boolean `(batch, seq)` mask
+       is attached to every input as a Keras implicit mask; the output's
+       mask must equal it (`expect_mask=True`) or be absent.
+    5. Training (`run_fit`): one `model.fit` step with an MSE loss on the
+       float outputs, XLA-compiled on TensorFlow and JAX; the loss is
+       finite.
+    6. Mixed precision (`run_mixed_precision`): under `mixed_float16` and
+       `mixed_bfloat16` a freshly built layer gives finite outputs and
+       keeps its float variables in float32. The policy is restored.
+
+    Args:
+        layer_cls: the layer class.
+        init_kwargs: dict of constructor arguments.
+        input_data: a NumPy array or a list of arrays (e.g. AddNorm's
+            `[residual, sublayer]`); `keras.Input` dtypes follow the arrays,
+            so integer token ids work.
+        call_kwargs: dict of extra Python-valued call arguments.
+        expected_output_shape: the eager output shape (or a list of shapes
+            for several outputs).
+        input_mask: optional boolean `(batch, seq)` array for check 4.
+        expect_mask: whether the output must carry `input_mask`.
+        run_fit: whether to run check 5.
+        run_mixed_precision: whether to run check 6.
+        tied_check: optional callable `tied_check(layer, inputs) ->
+            outputs` that calls the layer more than once (e.g.
+            `lambda layer, ids: layer(layer(ids), reverse=True)`). When
+            given, checks 3 and 5 use the model it builds, and check 3 also
+            asserts that the model, before and after loading, holds exactly
+            the layer's variables once (the tie survives).
+
+    Returns:
+        The eager outputs of check 2, flattened to a list.
+    """
+    call_kwargs = dict(call_kwargs or {})
+    _check_config(layer_cls, init_kwargs)
+    outputs = _check_shapes(
+        layer_cls, init_kwargs, input_data, call_kwargs, expected_output_shape
+    )
+    _check_saving(layer_cls, init_kwargs, input_data, call_kwargs, tied_check)
+    if input_mask is not None:
+        _check_mask(
+            layer_cls,
+            init_kwargs,
+            input_data,
+            call_kwargs,
+            input_mask,
+            expect_mask,
+        )
+    if run_fit:
+        _check_fit(layer_cls, init_kwargs, input_data, call_kwargs, tied_check)
+    if run_mixed_precision:
+        _check_mixed_precision(layer_cls, init_kwargs, input_data, call_kwargs)
+    return outputs

@@ -1,0 +1,573 @@
+"""Tests of keras_tfm.layers.attention.MultiHeadAttention."""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from keras import ops
+
+from keras_tfm import masks
+from keras_tfm.layers.attention import MultiHeadAttention
+
+DIM, HEADS, KEY_DIM, LENGTH, BATCH = 16, 2, 8, 6, 2
+BACKEND = keras.backend.backend()
+
+
+def to_numpy(x):
+    return ops.convert_to_numpy(ops.cast(x, "float32"))
+
+
+def random_inputs(seed=0, batch=BATCH, length=LENGTH, dim=DIM):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(batch, length, dim)).astype("float32")
+
+
+def padding(lengths, total=LENGTH):
+    # (batch, total), True at the first `lengths[b]` positions.
+    return np.arange(total)[None, :] < np.asarray(lengths)[:, None]
+
+
+@functools.cache
+def built_layer(position="none", dropout=0.0):
+    layer = MultiHeadAttention(
+        HEADS, KEY_DIM, position=position, dropout=dropout
+    )
+    x = random_inputs()
+    layer(x, x)
+    return layer
+
+
+# ---------------------------------------------------------------- NumPy
+
+
+def numpy_dense(dense, x):
+    kernel = to_numpy(dense.kernel)
+    bias = to_numpy(dense.bias) if dense.use_bias else 0.0
+    return x @ kernel + bias
+
+
+def numpy_rotary(x, start=0, max_wavelength=10000):
+    # x: (batch, seq, heads, dim); half-split pairs (x[i], x[i + d/2]).
+    dim = x.shape[-1]
+    positions = np.arange(x.shape[1]) + start
+    inverse = max_wavelength ** (-np.arange(0, dim, 2) / dim)
+    angles = positions[:, None] * inverse[None, :]
+    angles = np.concatenate([angles, angles], axis=-1)[None, :, None, :]
+    first, second = np.split(x, 2, axis=-1)
+    rotated = np.concatenate([-second, first], axis=-1)
+    return x * np.cos(angles) + rotated * np.sin(angles)
+
+
+def numpy_attention(layer, query, value, key_mask=None, causal=False):
+    """Reference MHA in float64 with the layer's weights."""
+    query, value = query.astype("float64"), value.astype("float64")
+    batch, tq, _ = query.shape
+    tk = value.shape[1]
+    value_dim = layer.value_dim or layer.key_dim
+    q = numpy_dense(layer.query_dense, query).reshape(batch, tq, HEADS, -1)
+    k = numpy_dense(layer.key_dense, value).reshape(batch, tk, HEADS, -1)
+    v = numpy_dense(layer.value_dense, value).reshape(batch, tk, HEADS, -1)
+    if layer.position == "rotary":
+        q, k = numpy_rotary(q), numpy_rotary(k)
+    logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(layer.key_dim)
+    allowed = np.ones((batch, tq, tk), bool)
+    if key_mask is not None:
+        allowed &= key_mask[:, None, :]
+    if causal:
+        allowed &= np.tril(np.ones((tq, tk), bool))[None]
+    logits = np.where(allowed[:, None], logits, -np.inf)
+    peak = np.max(logits, axis=-1, keepdims=True)
+    weights = np.exp(logits - np.where(np.isfinite(peak), peak, 0.0))
+    total = weights.sum(axis=-1, keepdims=True)
+    probabilities = np.where(total > 0, weights / np.maximum(total, 1e-30), 0)
+    out = np.einsum("bhts,bshd->bthd", probabilities, v)
+    out = out.reshape(batch, tq, HEADS * value_dim)
+    return numpy_dense(layer.output_dense, out), probabilities
+
+
+@pytest.mark.parametrize(
+    "position, value_dim, output_dim",
+    [("none", None, None), ("rotary", None, None), ("none", 4, 12)],
+)
+def test_matches_numpy_reference(position, value_dim, output_dim):
+    layer = MultiHeadAttention(
+        HEADS,
+        KEY_DIM,
+        value_dim=value_dim,
+        output_dim=output_dim,
+        position=position,
+        bias_initializer="random_normal",
+    )
+    query, value = random_inputs(0), random_inputs(1, length=LENGTH - 1)
+    key_mask = padding([LENGTH - 1, 3], LENGTH - 1)
+    output, scores = layer(
+        query, value, value_mask=key_mask, return_attention_scores=True
+    )
+    fused = layer(query, value, value_mask=key_mask)
+    expected, probabilities = numpy_attention(layer, query, value, key_mask)
+    assert output.shape == (BATCH, LENGTH, output_dim or DIM)
+    np.testing.assert_allclose(to_numpy(output), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(fused), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(scores), probabilities, atol=1e-6)
+
+
+def test_matches_numpy_reference_causal_self_attention():
+    layer = built_layer("rotary")
+    x = random_inputs(2)
+    key_mask = padding([LENGTH, 4])
+    expected, _ = numpy_attention(layer, x, x, key_mask, causal=True)
+    output = layer(x, x, value_mask=key_mask, use_causal_mask=True)
+    np.testing.assert_allclose(to_numpy(output), expected, atol=1e-5)
+    expected, _ = numpy_attention(layer, x, x, causal=True)
+    output = layer(x, x, use_causal_mask=True)
+    np.testing.assert_allclose(to_numpy(output), expected, atol=1e-5)
+
+
+def test_rotary_matches_rotary_embedding_reference():
+    # Rotating projected queries and keys by hand gives the same result.
+    layer = built_layer("rotary")
+    plain = MultiHeadAttention(HEADS, KEY_DIM)
+    x = random_inputs(3)
+    plain(x, x)
+    plain.set_weights(layer.get_weights())
+    q = numpy_dense(layer.query_dense, x).reshape(BATCH, LENGTH, HEADS, -1)
+    rotated = to_numpy(
+        layer.rotary_embedding(q.astype("float32"), start_index=2)
+    )
+    np.testing.assert_allclose(rotated, numpy_rotary(q, start=2), atol=1e-5)
+    assert not np.allclose(to_numpy(layer(x, x)), to_numpy(plain(x, x)))
+
+
+# ------------------------------------------------- other implementations
+
+
+def test_matches_torch_multihead_attention():
+    import torch
+
+    layer = MultiHeadAttention(HEADS, DIM // HEADS, bias_initializer="ones")
+    query, value = random_inputs(4), random_inputs(5)
+    layer(query, value)
+    reference = torch.nn.MultiheadAttention(DIM, HEADS, batch_first=True)
+    kernels = [
+        to_numpy(dense.kernel).T
+        for dense in (layer.query_dense, layer.key_dense, layer.value_dense)
+    ]
+    biases = [
+        to_numpy(dense.bias)
+        for dense in (layer.query_dense, layer.key_dense, layer.value_dense)
+    ]
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.tensor(np.concatenate(kernels)))
+        reference.in_proj_bias.copy_(torch.tensor(np.concatenate(biases)))
+        reference.out_proj.weight.copy_(
+            torch.tensor(to_numpy(layer.output_dense.kernel).T)
+        )
+        reference.out_proj.bias.copy_(
+            torch.tensor(to_numpy(layer.output_dense.bias))
+        )
+    key_mask = padding([LENGTH, 2])
+    expected, _ = reference(
+        torch.tensor(query),
+        torch.tensor(value),
+        torch.tensor(value),
+        key_padding_mask=torch.tensor(~key_mask),
+        need_weights=False,
+    )
+    output = layer(query, value, value_mask=key_mask)
+    real = padding([LENGTH, 4])  # real queries
+    np.testing.assert_allclose(
+        to_numpy(output)[real], expected.detach().numpy()[real], atol=1e-5
+    )
+
+
+def test_loads_keras_multi_head_attention_weights_by_reshape():
+    reference = keras.layers.MultiHeadAttention(HEADS, KEY_DIM)
+    layer = MultiHeadAttention(HEADS, KEY_DIM)
+    query, value = random_inputs(6), random_inputs(7)
+    reference(query, value)
+    layer(query, value)
+    for ours, theirs in (
+        (layer.query_dense, reference.query_dense),
+        (layer.key_dense, reference.key_dense),
+        (layer.value_dense, reference.value_dense),
+        (layer.output_dense, reference.output_dense),
+    ):
+        kernel, bias = (to_numpy(w) for w in theirs.weights)
+        ours.kernel.assign(kernel.reshape(ours.kernel.shape))
+        ours.bias.assign(bias.reshape(ours.bias.shape))
+    key_mask = padding([LENGTH, 3])
+    mask = np.repeat(key_mask[:, None, :], LENGTH, axis=1)
+    expected = reference(query, value, attention_mask=mask)
+    output = layer(query, value, attention_mask=mask)
+    np.testing.assert_allclose(to_numpy(output), to_numpy(expected), atol=1e-5)
+
+
+# ------------------------------------------------------------ inertness
+
+GARBAGE = st.sampled_from([np.nan, np.inf, -np.inf, 1e4])
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, LENGTH), min_size=2, max_size=2),
+    garbage=GARBAGE,
+    position=st.sampled_from(["none", "rotary"]),
+    scores=st.booleans(),
+    causal=st.booleans(),
+)
+def test_garbage_at_padding_does_not_reach_real_outputs(
+    lengths, garbage, position, scores, causal
+):
+    layer = built_layer(position)
+    key_mask = padding(lengths)
+    clean = random_inputs(8)
+    dirty = np.where(key_mask[..., None], clean, garbage).astype("float32")
+    kwargs = dict(
+        value_mask=key_mask,
+        use_causal_mask=causal,
+        return_attention_scores=scores,
+    )
+    expected = layer(clean, clean, **kwargs)
+    output = layer(dirty, dirty, **kwargs)
+    if scores:
+        (expected, expected_scores), (output, output_scores) = expected, output
+        # (batch, heads, query_len, key_len) at real queries
+        rows = np.broadcast_to(
+            key_mask[:, None, :, None], (BATCH, HEADS) + (LENGTH,) * 2
+        )
+        np.testing.assert_array_equal(
+            to_numpy(output_scores)[rows], to_numpy(expected_scores)[rows]
+        )
+    real = to_numpy(output)[key_mask]
+    assert np.isfinite(real).all()
+    np.testing.assert_allclose(real, to_numpy(expected)[key_mask], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float32", "mixed_float16", "mixed_bfloat16"]
+)
+@pytest.mark.parametrize("scores", [False, True])
+def test_rows_without_keys_are_zero_and_finite(dtype, scores):
+    layer = MultiHeadAttention(HEADS, KEY_DIM, use_bias=False, dtype=dtype)
+    x = random_inputs(9) * 100
+    mask = np.ones((BATCH, LENGTH, LENGTH), bool)
+    mask[0, 2] = False  # one empty row
+    mask[1] = False  # a sequence with no key at all
+    result = layer(x, x, attention_mask=mask, return_attention_scores=scores)
+    output = result[0] if scores else result
+    output = to_numpy(output)
+    assert np.isfinite(output).all()
+    assert output.dtype == np.float32
+    np.testing.assert_array_equal(output[0, 2], 0.0)
+    np.testing.assert_array_equal(output[1], 0.0)
+    assert np.abs(output[0, 3]).max() > 0
+    if scores:
+        attention = to_numpy(result[1])
+        np.testing.assert_array_equal(attention[0, :, 2], 0.0)
+        np.testing.assert_array_equal(attention[1], 0.0)
+        np.testing.assert_allclose(attention[0, :, 3].sum(-1), 1.0, atol=1e-2)
+
+
+def test_fused_path_equals_explicit_path():
+    layer = built_layer("rotary")
+    x = random_inputs(10)
+    mask = masks.attention_mask(key_mask=padding([LENGTH, 3]), causal=True)
+    mask = np.array(to_numpy(mask), bool)
+    mask[0, 1] = False
+    fused = layer(x, x, attention_mask=mask)
+    explicit, _ = layer(x, x, attention_mask=mask, return_attention_scores=True)
+    np.testing.assert_allclose(to_numpy(fused), to_numpy(explicit), atol=1e-6)
+    np.testing.assert_array_equal(to_numpy(fused)[0, 1], 0.0)
+
+
+def test_dropout_paths_agree_on_rows_without_keys():
+    layer = MultiHeadAttention(HEADS, KEY_DIM, dropout=0.5, use_bias=False)
+    x = random_inputs(11)
+    mask = np.ones((BATCH, LENGTH, LENGTH), bool)
+    mask[:, 4] = False
+    inference = to_numpy(layer(x, x, attention_mask=mask, training=False))
+    train = to_numpy(layer(x, x, attention_mask=mask, training=True))
+    np.testing.assert_array_equal(inference[:, 4], 0.0)
+    np.testing.assert_array_equal(train[:, 4], 0.0)
+    assert np.isfinite(train).all()
+    assert not np.allclose(train, inference)  # dropout is active
+
+
+@pytest.mark.parametrize("key_lengths", [None, [LENGTH, 4]])
+@pytest.mark.parametrize("scores", [False, True])
+def test_future_does_not_change_past(key_lengths, scores):
+    layer = built_layer("rotary")
+    key_mask = None if key_lengths is None else padding(key_lengths)
+    x = random_inputs(12)
+    changed = x.copy()
+    changed[:, 3:] = random_inputs(13)[:, 3:]
+    kwargs = dict(
+        value_mask=key_mask,
+        use_causal_mask=True,
+        return_attention_scores=scores,
+    )
+    before, after = layer(x, x, **kwargs), layer(changed, changed, **kwargs)
+    if scores:
+        before, after = before[0], after[0]
+    before, after = to_numpy(before), to_numpy(after)
+    np.testing.assert_allclose(before[:, :3], after[:, :3], atol=1e-6)
+    assert not np.allclose(before[:, 3:], after[:, 3:])
+
+
+# ---------------------------------------------------------------- cache
+
+
+def compiled(function):
+    """`function` compiled the way the backend's generation loop would be."""
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(function)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, jit_compile=True)
+    return function
+
+
+@pytest.mark.parametrize("position", ["none", "rotary"])
+def test_cached_decoding_equals_full_causal_attention(position):
+    layer = built_layer(position)
+    x = random_inputs(14)
+    full = to_numpy(layer(x, x, use_causal_mask=True))
+
+    def step(inputs, cache, index):
+        return layer(
+            inputs, inputs, cache=cache, cache_index=index, use_causal_mask=True
+        )
+
+    compiled_step = compiled(step)
+    cache = layer.empty_cache(BATCH, LENGTH)
+    # A prompt of 2 tokens at once, then one token at a time.
+    prompt, cache = step(x[:, :2], cache, 0)
+    outputs = [to_numpy(prompt)]
+    for index in range(2, LENGTH):
+        index = ops.convert_to_tensor(index, "int32")
+        output, cache = compiled_step(x[:, index : index + 1], cache, index)
+        outputs.append(to_numpy(output))
+    assert tuple(cache.shape) == (BATCH, 2, LENGTH, HEADS, KEY_DIM)
+    np.testing.assert_allclose(np.concatenate(outputs, 1), full, atol=1e-5)
+    # The cache holds the projected (rotated) keys and values.
+    np.testing.assert_allclose(
+        to_numpy(cache), to_numpy(layer.compute_cache(x)), atol=1e-5
+    )
+
+
+def test_cross_attention_cache_equals_direct_call():
+    layer = built_layer("none")
+    query, memory = random_inputs(15), random_inputs(16, length=LENGTH - 2)
+    memory_mask = padding([LENGTH - 2, 2], LENGTH - 2)
+    direct, direct_scores = layer(
+        query, memory, value_mask=memory_mask, return_attention_scores=True
+    )
+    cache = layer.compute_cache(memory)
+    assert tuple(cache.shape) == (BATCH, 2, LENGTH - 2, HEADS, KEY_DIM)
+    output, scores, new_cache = layer(
+        query,
+        memory,
+        value_mask=memory_mask,
+        cache=cache,
+        return_attention_scores=True,
+    )
+    np.testing.assert_allclose(to_numpy(output), to_numpy(direct), atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(scores), to_numpy(direct_scores), atol=1e-6
+    )
+    np.testing.assert_array_equal(to_numpy(new_cache), to_numpy(cache))
+    for index in range(LENGTH):
+        step, _ = layer(
+            query[:, index : index + 1],
+            memory,
+            value_mask=memory_mask,
+            cache=cache,
+        )
+        np.testing.assert_allclose(
+            to_numpy(step)[:, 0], to_numpy(direct)[:, index], atol=1e-5
+        )
+    padded = layer.compute_cache(memory, max_length=LENGTH + 1)
+    assert tuple(padded.shape) == (BATCH, 2, LENGTH + 1, HEADS, KEY_DIM)
+    np.testing.assert_array_equal(to_numpy(padded)[:, :, LENGTH - 2 :], 0.0)
+
+
+# ------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(num_heads=0), "num_heads"),
+        (dict(num_heads=-2), "num_heads"),
+        (dict(key_dim=0), "key_dim"),
+        (dict(key_dim=2.5), "key_dim"),
+        (dict(value_dim=0), "value_dim"),
+        (dict(output_dim=-1), "output_dim"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(dropout=-0.1), "dropout"),
+        (dict(position="sinusoidal"), "TokenAndPositionEmbedding"),
+        (dict(position="learned"), "position"),
+        (dict(position="alibi"), "position"),
+        (dict(position="rotary", key_dim=7), "key_dim"),
+        (dict(max_wavelength=0), "max_wavelength"),
+        (dict(use_bias="yes"), "use_bias"),
+        (dict(kernel_initializer="nope"), "kernel_initializer"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, name):
+    arguments = dict(num_heads=HEADS, key_dim=KEY_DIM)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        MultiHeadAttention(**arguments)
+
+
+def test_bad_inputs_raise():
+    layer = MultiHeadAttention(HEADS, KEY_DIM)
+    x = random_inputs(17)
+    with pytest.raises(ValueError, match="query"):
+        layer(x[0], x)
+    with pytest.raises(ValueError, match="value"):
+        layer(x, x[0])
+    with pytest.raises(ValueError, match="query"):
+        layer(np.ones((BATCH, LENGTH, DIM), "int32"), x)
+    layer(x, x)
+    with pytest.raises(ValueError, match="query"):
+        layer(x[0], x)
+    with pytest.raises(ValueError, match=r"attention_mask.*\(2, 6, 5\)"):
+        layer(x, x, attention_mask=np.ones((BATCH, LENGTH, 5), bool))
+    with pytest.raises(ValueError, match="attention_mask"):
+        layer(x, x, attention_mask=np.ones((LENGTH, LENGTH), bool))
+    with pytest.raises(ValueError, match="cache"):
+        layer(x, x, cache_index=0)
+    with pytest.raises(ValueError, match="cache"):
+        layer(x, x, cache=ops.zeros((BATCH, 2, LENGTH, HEADS, 4)))
+    symbolic = keras.Input((LENGTH, DIM))
+    with pytest.raises(ValueError, match="attention_mask"):
+        layer(symbolic, symbolic, attention_mask=keras.Input((LENGTH, 3)))
+    with pytest.raises(ValueError, match="value_dim"):
+        MultiHeadAttention(HEADS, KEY_DIM, value_dim=4).empty_cache(1, 4)
+    with pytest.raises(ValueError, match="build"):
+        MultiHeadAttention(HEADS, KEY_DIM).compute_cache(x)
+    with pytest.raises(ValueError, match="value"):
+        layer.compute_cache(x[0])
+
+
+# ------------------------------------------------- Keras integration
+
+
+def test_keras_masks_are_used_for_keys_only_and_propagated():
+    ids = keras.Input((LENGTH,), dtype="int32")
+    embedded = keras.layers.Embedding(30, DIM, mask_zero=True)(ids)
+    layer = MultiHeadAttention(HEADS, KEY_DIM)
+    attended = layer(embedded, embedded)
+    pooled = keras.layers.GlobalAveragePooling1D()(attended)
+    model = keras.Model(ids, [attended, pooled])
+    tokens = np.array([[3, 4, 5, 6, 7, 8], [9, 2, 5, 0, 0, 0]], "int32")
+    attended, pooled = (to_numpy(t) for t in model(tokens))
+    vectors = to_numpy(model.layers[1](tokens))
+    key_mask = tokens != 0
+    mask = np.repeat(key_mask[:, None, :], LENGTH, axis=1)
+    # The query mask is not used: padded queries attend like real ones.
+    expected = to_numpy(layer(vectors, vectors, attention_mask=mask))
+    np.testing.assert_allclose(attended, expected, atol=1e-6)
+    # The output keeps the query's Keras mask: pooling skips padding.
+    mean = (expected * key_mask[..., None]).sum(1) / key_mask.sum(1)[:, None]
+    np.testing.assert_allclose(pooled, mean, atol=1e-5)
+
+
+def test_symbolic_outputs_with_scores_and_cache():
+    layer = MultiHeadAttention(HEADS, KEY_DIM, output_dim=10)
+    x = keras.Input((LENGTH, DIM))
+    cache = keras.Input((2, LENGTH + 2, HEADS, KEY_DIM))
+    output, scores, new_cache = layer(
+        x[:, :1],
+        x[:, :1],
+        cache=cache,
+        cache_index=0,
+        use_causal_mask=True,
+        return_attention_scores=True,
+    )
+    assert tuple(output.shape) == (None, 1, 10)
+    assert tuple(scores.shape) == (None, HEADS, 1, LENGTH + 2)
+    assert tuple(new_cache.shape) == (None, 2, LENGTH + 2, HEADS, KEY_DIM)
+    model = keras.Model([x, cache], [output, scores, new_cache])
+    empty = to_numpy(layer.empty_cache(BATCH, LENGTH + 2))
+    eager = model([random_inputs(18), empty])
+    assert tuple(eager[0].shape) == (BATCH, 1, 10)
+    assert tuple(eager[1].shape) == (BATCH, HEADS, 1, LENGTH + 2)
+    assert layer.compute_output_shape((None, 3, DIM), (None, 5, 4)) == (
+        None,
+        3,
+        10,
+    )
+
+
+def test_config_round_trip():
+    layer = MultiHeadAttention(
+        HEADS,
+        KEY_DIM,
+        value_dim=4,
+        dropout=0.1,
+        use_bias=False,
+        output_dim=12,
+        position="rotary",
+        max_wavelength=500,
+        kernel_initializer="he_normal",
+        name="attention",
+    )
+    config = layer.get_config()
+    for name in ("num_heads", "key_dim", "value_dim", "dropout", "position"):
+        assert config[name] == getattr(layer, name)
+    clone = MultiHeadAttention.from_config(config)
+    assert clone.get_config() == config
+    x = random_inputs(19)
+    layer(x, x)
+    clone(x, x)
+    clone.set_weights(layer.get_weights())
+    assert layer.get_config() == config  # build does not rewrite it
+    np.testing.assert_allclose(
+        to_numpy(clone(x, x)), to_numpy(layer(x, x)), atol=1e-6
+    )
+
+
+def test_saved_model_reloads_with_identical_outputs(tmp_path):
+    ids = keras.Input((LENGTH,), dtype="int32")
+    x = keras.layers.Embedding(30, DIM, mask_zero=True)(ids)
+    x = MultiHeadAttention(HEADS, KEY_DIM, position="rotary", dropout=0.1)(
+        x, x, use_causal_mask=True
+    )
+    model = keras.Model(ids, keras.layers.Dense(30)(x))
+    tokens = np.array([[3, 4, 5, 6, 7, 8], [9, 2, 5, 0, 0, 0]], "int32")
+    path = str(tmp_path / "attention.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        to_numpy(loaded(tokens)), to_numpy(model(tokens)), atol=1e-6
+    )
+    assert isinstance(loaded.layers[2], MultiHeadAttention)
+
+
+def test_fit_step_under_jit_compile():
+    ids = keras.Input((LENGTH,), dtype="int32")
+    x = keras.layers.Embedding(30, DIM, mask_zero=True)(ids)
+    layer = MultiHeadAttention(HEADS, KEY_DIM, dropout=0.1, position="rotary")
+    x = layer(x, x, use_causal_mask=True)
+    model = keras.Model(ids, keras.layers.Dense(30)(x))
+    model.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        jit_compile=BACKEND != "torch" or "auto",
+    )
+    rng = np.random.default_rng(20)
+    tokens = rng.integers(1, 30, size=(4, LENGTH)).astype("int32")
+    tokens[1, 4:] = 0
+    before = to_numpy(layer.query_dense.kernel)
+    history = model.fit(tokens, tokens, epochs=2, batch_size=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert not np.allclose(to_numpy(layer.query_dense.kernel), before)

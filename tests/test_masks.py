@@ -1,0 +1,275 @@
+"""Truth tables for `keras_tfm.masks`, written out by hand."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_tfm import masks
+
+T, F = True, False
+
+
+def as_numpy(mask):
+    return np.asarray(ops.convert_to_numpy(mask))
+
+
+def assert_mask(mask, expected):
+    expected = np.array(expected, dtype="bool")
+    got = as_numpy(mask)
+    assert got.dtype == np.bool_, got.dtype
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    np.testing.assert_array_equal(got, expected)
+
+
+# --- padding_mask ----------------------------------------------------------
+
+
+def test_padding_mask_marks_padding_false():
+    ids = np.array([[5, 7, 0, 0], [3, 0, 0, 0], [0, 1, 2, 3]])
+    assert_mask(
+        masks.padding_mask(ids),
+        [[T, T, F, F], [T, F, F, F], [F, T, T, T]],
+    )
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_padding_mask_other_padding_id(dtype):
+    ids = np.array([[4, 1, 1], [1, 2, 1]], dtype=dtype)
+    assert_mask(masks.padding_mask(ids, padding_id=1), [[T, F, F], [F, T, F]])
+
+
+def test_padding_mask_negative_padding_id_keeps_zero_tokens():
+    ids = np.array([[0, 3, -1]])
+    assert_mask(masks.padding_mask(ids, padding_id=-1), [[T, T, F]])
+
+
+def test_padding_mask_float_ids_raise():
+    with pytest.raises(TypeError, match="token_ids"):
+        masks.padding_mask(np.array([[1.0, 0.0]], dtype="float32"))
+
+
+@pytest.mark.parametrize("padding_id", [1.5, "0", True, None])
+def test_padding_mask_bad_padding_id_raises(padding_id):
+    with pytest.raises(TypeError, match="padding_id"):
+        masks.padding_mask(np.array([[1, 0]]), padding_id=padding_id)
+
+
+# --- causal_mask -----------------------------------------------------------
+
+
+def test_causal_mask_square():
+    assert_mask(
+        masks.causal_mask(4),
+        [
+            [T, F, F, F],
+            [T, T, F, F],
+            [T, T, T, F],
+            [T, T, T, T],
+        ],
+    )
+
+
+def test_causal_mask_length_one():
+    assert_mask(masks.causal_mask(1), [[T]])
+
+
+def test_causal_mask_more_keys_than_queries():
+    # Queries sit at positions 0 and 1 (offset 0).
+    assert_mask(
+        masks.causal_mask(2, key_length=4),
+        [[T, F, F, F], [T, T, F, F]],
+    )
+
+
+def test_causal_mask_offset_for_a_cache():
+    # Two new queries at positions 3 and 4 over a 5-slot cache.
+    assert_mask(
+        masks.causal_mask(2, key_length=5, offset=3),
+        [[T, T, T, T, F], [T, T, T, T, T]],
+    )
+    # One query at step 2 sees keys 0..2.
+    assert_mask(masks.causal_mask(1, key_length=4, offset=2), [[T, T, T, F]])
+
+
+def test_causal_mask_tensor_offset():
+    offset = ops.convert_to_tensor(1, dtype="int32")
+    assert_mask(
+        masks.causal_mask(2, key_length=3, offset=offset),
+        [[T, T, F], [T, T, T]],
+    )
+
+
+def test_causal_mask_batch_size():
+    mask = masks.causal_mask(3, batch_size=2)
+    table = [[T, F, F], [T, T, F], [T, T, T]]
+    assert_mask(mask, [table, table])
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"query_length": 0}, "query_length"),
+        ({"query_length": -2}, "query_length"),
+        ({"query_length": True}, "query_length"),
+        ({"query_length": 3, "key_length": 0}, "key_length"),
+        ({"query_length": 3, "batch_size": 0}, "batch_size"),
+        ({"query_length": 3, "batch_size": -1}, "batch_size"),
+        ({"query_length": 3, "offset": -1}, "offset"),
+    ],
+)
+def test_causal_mask_bad_lengths_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        masks.causal_mask(**kwargs)
+
+
+# --- attention_mask --------------------------------------------------------
+
+
+def test_attention_mask_nothing_gives_none():
+    assert masks.attention_mask() is None
+    assert masks.attention_mask(query_length=3) is None
+
+
+def test_attention_mask_key_only():
+    key_mask = np.array([[T, T, F], [T, F, F]])
+    assert_mask(
+        masks.attention_mask(key_mask=key_mask),
+        [
+            [[T, T, F], [T, T, F], [T, T, F]],
+            [[T, F, F], [T, F, F], [T, F, F]],
+        ],
+    )
+
+
+def test_attention_mask_key_and_causal_decoder_self_attention():
+    key_mask = np.array([[T, T, F], [T, F, F], [T, T, T]])
+    assert_mask(
+        masks.attention_mask(key_mask=key_mask, causal=True),
+        [
+            [[T, F, F], [T, T, F], [T, T, F]],
+            [[T, F, F], [T, F, F], [T, F, F]],
+            [[T, F, F], [T, T, F], [T, T, T]],
+        ],
+    )
+
+
+def test_attention_mask_query_and_key():
+    query_mask = np.array([[T, T, F]])
+    key_mask = np.array([[T, F, T]])
+    assert_mask(
+        masks.attention_mask(query_mask=query_mask, key_mask=key_mask),
+        [[[T, F, T], [T, F, T], [F, F, F]]],
+    )
+
+
+def test_attention_mask_query_only_is_self_attention():
+    query_mask = np.array([[T, T, F]])
+    assert_mask(
+        masks.attention_mask(query_mask=query_mask, causal=True),
+        [[[T, F, F], [T, T, F], [F, F, F]]],
+    )
+
+
+def test_attention_mask_cross_attention_query_length():
+    # Two decoder queries over four encoder keys; no causality.
+    key_mask = np.array([[T, T, T, F], [T, F, F, F]])
+    assert_mask(
+        masks.attention_mask(key_mask=key_mask, query_length=2),
+        [
+            [[T, T, T, F], [T, T, T, F]],
+            [[T, F, F, F], [T, F, F, F]],
+        ],
+    )
+
+
+def test_attention_mask_cross_attention_query_and_key_masks():
+    query_mask = np.array([[T, F]])
+    key_mask = np.array([[T, T, F, T]])
+    assert_mask(
+        masks.attention_mask(query_mask=query_mask, key_mask=key_mask),
+        [[[T, T, F, T], [F, F, F, F]]],
+    )
+
+
+def test_attention_mask_causal_with_offset_over_cache():
+    # One query at step 2 of a 4-slot cache whose last slot is padding.
+    key_mask = np.array([[T, T, T, F]])
+    assert_mask(
+        masks.attention_mask(
+            key_mask=key_mask, causal=True, query_length=1, offset=2
+        ),
+        [[[T, T, T, F]]],
+    )
+
+
+def test_attention_mask_causal_only():
+    assert_mask(
+        masks.attention_mask(causal=True, query_length=3),
+        [[[T, F, F], [T, T, F], [T, T, T]]],
+    )
+    with pytest.raises(ValueError, match="query_length"):
+        masks.attention_mask(causal=True)
+
+
+def test_attention_mask_accepts_integer_masks():
+    key_mask = np.array([[1, 0]], dtype="int32")
+    assert_mask(masks.attention_mask(key_mask=key_mask), [[[T, F], [T, F]]])
+
+
+@pytest.mark.parametrize("name", ["key_mask", "query_mask"])
+def test_attention_mask_wrong_rank_raises(name):
+    with pytest.raises(ValueError, match=name):
+        masks.attention_mask(**{name: np.ones((2, 3, 3), "bool")})
+
+
+# --- compiled and symbolic -------------------------------------------------
+
+
+class DecoderSelfAttentionMask(keras.layers.Layer):
+    """Token ids -> the decoder's self-attention mask, as int32."""
+
+    def call(self, token_ids):
+        mask = masks.attention_mask(
+            key_mask=masks.padding_mask(token_ids), causal=True
+        )
+        return ops.cast(mask, "int32")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], input_shape[1])
+
+
+def test_masks_inside_a_compiled_model():
+    ids = keras.Input(shape=(None,), dtype="int32")
+    model = keras.Model(ids, DecoderSelfAttentionMask()(ids))
+    # torch.compile is slow to start; the other backends compile with XLA.
+    jit = keras.backend.backend() != "torch"
+    model.compile(jit_compile=jit)
+    data = np.array([[4, 2, 0], [7, 0, 0]], dtype="int32")
+    got = model.predict(data, verbose=0)
+    np.testing.assert_array_equal(
+        got,
+        [
+            [[1, 0, 0], [1, 1, 0], [1, 1, 0]],
+            [[1, 0, 0], [1, 0, 0], [1, 0, 0]],
+        ],
+    )
+
+
+@pytest.mark.parametrize("length", [5, None])
+def test_masks_on_symbolic_tensors(length):
+    ids = keras.Input(shape=(length,), dtype="int32")
+    padding = masks.padding_mask(ids)
+    assert tuple(padding.shape) == (None, length)
+    assert keras.backend.standardize_dtype(padding.dtype) == "bool"
+
+    self_mask = masks.attention_mask(key_mask=padding, causal=True)
+    assert tuple(self_mask.shape) == (None, length, length)
+    assert keras.backend.standardize_dtype(self_mask.dtype) == "bool"
+
+    cross = masks.attention_mask(key_mask=padding, query_length=3)
+    assert tuple(cross.shape) == (None, 3, length)
+
+    queries = keras.Input(shape=(4,), dtype="bool")
+    both = masks.attention_mask(query_mask=queries, key_mask=padding)
+    assert tuple(both.shape) == (None, 4, length)
