@@ -80,6 +80,26 @@ class TransformerBlock(keras.layers.Layer):
             )
         return model_dim
 
+    def _check_attention_mask(self, attention_mask, inputs):
+        # Checked before merging with the padding mask, where a wrong shape
+        # would broadcast silently or fail with a backend-specific error.
+        shape = tuple(attention_mask.shape)
+        batch, length = tuple(inputs.shape)[:2]
+        expected = (batch, length, length)
+        if len(shape) != 3 or any(
+            got is not None
+            and want is not None
+            and got != want
+            and not (axis == 0 and got == 1)
+            for axis, (got, want) in enumerate(
+                zip(shape, expected, strict=True)
+            )
+        ):
+            raise ValueError(
+                "`attention_mask` must have shape (batch, seq, seq) = "
+                f"{expected}. Received: attention_mask with shape {shape}"
+            )
+
     def _initializer(self, initializer):
         # A fresh instance per sublayer, so seeded initializers differ.
         return keras.initializers.get(keras.initializers.serialize(initializer))

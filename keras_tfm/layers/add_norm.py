@@ -101,6 +101,9 @@ class AddNorm(keras.layers.Layer):
             self.norm = keras.layers.RMSNormalization(
                 epsilon=self.epsilon, dtype=self.dtype_policy, name="norm"
             )
+        # keras.layers.RMSNormalization does not declare mask support; both
+        # norms are position-wise, so masks pass through unchanged.
+        self.norm.supports_masking = True
         self.norm.build(residual_shape)
         self.dropout_layer = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="dropout"

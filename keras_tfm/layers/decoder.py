@@ -3,6 +3,7 @@
 import keras
 
 from keras_tfm import masks
+from keras_tfm._validation import check_rank
 from keras_tfm.layers._block import TransformerBlock
 
 
@@ -93,6 +94,7 @@ class TransformerDecoderBlock(TransformerBlock):
         if self.cross_attention:
             if encoder_outputs_shape is None:
                 encoder_outputs_shape = input_shape
+            check_rank(self, "encoder_outputs", encoder_outputs_shape, (3,))
             encoder_dim = encoder_outputs_shape[-1]
             if encoder_dim != model_dim:
                 raise ValueError(

@@ -88,6 +88,8 @@ class TransformerEncoderBlock(TransformerBlock):
         inputs_mask=None,
     ):
         self._check_inputs("inputs", inputs.shape)
+        if attention_mask is not None:
+            self._check_attention_mask(attention_mask, inputs)
         if padding_mask is None:
             padding_mask = mask if mask is not None else inputs_mask
         merged = masks.combine_masks(

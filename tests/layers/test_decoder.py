@@ -1,0 +1,477 @@
+"""Tests of keras_tfm.layers.decoder.TransformerDecoderBlock."""
+
+import functools
+import os
+
+import keras
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keras_tfm.layers.decoder import TransformerDecoderBlock
+from keras_tfm.layers.embedding import TokenAndPositionEmbedding
+from keras_tfm.layers.encoder import TransformerEncoderBlock
+from tests.helpers import MaskProbe, run_layer_test
+from tests.layers.test_encoder import (
+    BATCH,
+    DIM,
+    FFN,
+    FILLS,
+    HEADS,
+    LENGTH,
+    PADDED_LENGTH,
+    POLICIES,
+    REAL_LENGTHS,
+    VOCAB,
+    assert_real_positions_close,
+    block_kwargs,
+    copy_attention,
+    copy_feed_forward,
+    copy_norm,
+    fill_values,
+    jit_compile,
+    padding,
+    random_inputs,
+    randomize_weights,
+    to_numpy,
+    torch_encoder_layer,
+    torch_tensor,
+)
+
+SOURCE = 5  # encoder length
+
+
+@functools.cache
+def built_decoder(
+    norm_first=False, activation="relu", position="none", cross=True
+):
+    block = TransformerDecoderBlock(
+        **block_kwargs(
+            norm_first=norm_first,
+            activation=activation,
+            position=position,
+            cross_attention=cross,
+        )
+    )
+    block.build((None, None, DIM), (None, None, DIM) if cross else None)
+    randomize_weights(block, seed=7)
+    return block
+
+
+def decode(block, x, source=None, **kwargs):
+    if block.cross_attention:
+        return to_numpy(block(x, source, **kwargs))
+    return to_numpy(block(x, **kwargs))
+
+
+def torch_causal_mask(length):
+    # torch: True = may NOT attend.
+    return torch.from_numpy(~np.tril(np.ones((length, length), bool)))
+
+
+# ------------------------------------------------------- generic checks
+
+
+def test_run_layer_test_without_cross_attention():
+    outputs = run_layer_test(
+        TransformerDecoderBlock,
+        {
+            "num_heads": HEADS,
+            "intermediate_dim": FFN,
+            "cross_attention": False,
+            "norm_first": True,
+            "position": "rotary",
+        },
+        random_inputs(),
+        expected_output_shape=(BATCH, LENGTH, DIM),
+        input_mask=padding([LENGTH, 3]),
+        run_fit=False,  # test_fit_step_under_jit_compile trains the block
+    )
+    assert np.isfinite(to_numpy(outputs[0])).all()
+
+
+def test_cross_attention_keras_round_trip(tmp_path):
+    target = keras.Input((None, DIM))
+    source = keras.Input((None, DIM))
+    block = TransformerDecoderBlock(**block_kwargs(dropout=0.1), name="dec")
+    outputs = block(target, source)
+    assert tuple(outputs.shape) == (None, None, DIM)
+    model = keras.Model([target, source], outputs)
+    randomize_weights(block)
+    data = [random_inputs(seed=1), random_inputs(seed=2, length=SOURCE)]
+    expected = model.predict(data, verbose=0)
+    assert expected.shape == (BATCH, LENGTH, DIM)
+
+    path = os.path.join(tmp_path, "decoder.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    loaded_block = loaded.get_layer("dec")
+    assert type(loaded_block) is TransformerDecoderBlock
+    assert loaded_block.cross_attention
+    assert loaded_block.get_config() == block.get_config()
+    assert len(loaded.weights) == len(model.weights) == 26
+    np.testing.assert_array_equal(loaded.predict(data, verbose=0), expected)
+
+    revived = TransformerDecoderBlock.from_config(block.get_config())
+    assert revived.get_config() == block.get_config()
+
+
+# ------------------------------------------------ reference equality
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_matches_torch_decoder_layer(norm_first, activation):
+    block = built_decoder(norm_first, activation)
+    reference = torch.nn.TransformerDecoderLayer(
+        DIM,
+        HEADS,
+        dim_feedforward=FFN,
+        dropout=0.0,
+        activation=activation,
+        layer_norm_eps=1e-5,
+        batch_first=True,
+        norm_first=norm_first,
+    )
+    copy_attention(block.self_attention, reference.self_attn)
+    copy_attention(block.cross_attention_layer, reference.multihead_attn)
+    copy_feed_forward(block.feed_forward, reference)
+    copy_norm(block.self_attention_add_norm, reference.norm1)
+    copy_norm(block.cross_attention_add_norm, reference.norm2)
+    copy_norm(block.feed_forward_add_norm, reference.norm3)
+    reference.eval()
+
+    x = random_inputs(seed=3)
+    source = random_inputs(seed=4, length=SOURCE)
+    lengths = [LENGTH, 4]
+    target_keep = padding(lengths)
+    source_keep = padding([3, SOURCE], SOURCE)
+    ours = decode(
+        block,
+        x,
+        source,
+        decoder_padding_mask=target_keep,
+        encoder_padding_mask=source_keep,
+    )
+    with torch.no_grad():
+        theirs = reference(
+            torch_tensor(x),
+            torch_tensor(source),
+            tgt_mask=torch_causal_mask(LENGTH),
+            tgt_key_padding_mask=torch.from_numpy(~target_keep),
+            memory_key_padding_mask=torch.from_numpy(~source_keep),
+        ).numpy()
+    worst = assert_real_positions_close(ours, theirs, lengths)
+    print(f"max |ours - torch| = {worst:.2e}")
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_without_cross_attention_matches_causal_torch_encoder_layer(
+    norm_first,
+):
+    block = built_decoder(norm_first, "gelu", cross=False)
+    reference = torch_encoder_layer(block)
+    x = random_inputs(seed=5)
+    lengths = [LENGTH, 2]
+    keep = padding(lengths)
+    ours = decode(block, x, decoder_padding_mask=keep)
+    with torch.no_grad():
+        theirs = reference(
+            torch_tensor(x),
+            src_mask=torch_causal_mask(LENGTH),
+            src_key_padding_mask=torch.from_numpy(~keep),
+        ).numpy()
+    worst = assert_real_positions_close(ours, theirs, lengths)
+    print(f"max |ours - torch| = {worst:.2e}")
+
+
+# ----------------------------------------------------------- properties
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    lengths=REAL_LENGTHS,
+    fill=FILLS,
+    norm_first=st.booleans(),
+    cross=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_appended_padding_does_not_change_real_positions(
+    lengths, fill, norm_first, cross, seed
+):
+    block = built_decoder(norm_first, position="rotary", cross=cross)
+    rng = np.random.default_rng(seed)
+    total = PADDED_LENGTH
+    x = rng.normal(size=(len(lengths), total, DIM)).astype("float32")
+    source = rng.normal(size=(len(lengths), SOURCE, DIM)).astype("float32")
+    keep = padding(lengths, total)
+    x[~keep] = fill_values(fill, x[~keep].shape, rng)
+    padded = decode(block, x, source, decoder_padding_mask=keep)
+    for row, length in enumerate(lengths):
+        alone = decode(block, x[row : row + 1, :length], source[row : row + 1])
+        np.testing.assert_allclose(
+            padded[row, :length], alone[0], rtol=0, atol=1e-5
+        )
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    lengths=st.lists(st.sampled_from((1, 3)), min_size=BATCH, max_size=BATCH),
+    fill=FILLS,
+    norm_first=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_padded_encoder_outputs_do_not_change_the_decoder(
+    lengths, fill, norm_first, seed
+):
+    block = built_decoder(norm_first)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(BATCH, PADDED_LENGTH, DIM)).astype("float32")
+    source = rng.normal(size=(BATCH, SOURCE, DIM)).astype("float32")
+    keep = padding(lengths, SOURCE)
+    source[~keep] = fill_values(fill, source[~keep].shape, rng)
+    padded = decode(block, x, source, encoder_padding_mask=keep)
+    assert np.isfinite(padded).all()
+    for row, length in enumerate(lengths):
+        alone = decode(block, x[row : row + 1], source[row : row + 1, :length])
+        np.testing.assert_allclose(padded[row], alone[0], rtol=0, atol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    norm_first=st.booleans(),
+    cross=st.booleans(),
+    position=st.sampled_from(["none", "rotary"]),
+    seed=st.integers(0, 2**16),
+)
+def test_future_does_not_change_the_past(norm_first, cross, position, seed):
+    block = built_decoder(norm_first, position=position, cross=cross)
+    rng = np.random.default_rng(seed)
+    length = PADDED_LENGTH
+    x = rng.normal(size=(BATCH, length, DIM)).astype("float32")
+    source = random_inputs(seed=seed, length=SOURCE)
+    outputs = decode(block, x, source)
+    for t in range(length - 1):
+        changed = x.copy()
+        changed[:, t + 1 :] = 5.0 * rng.normal(size=changed[:, t + 1 :].shape)
+        got = decode(block, changed, source)
+        np.testing.assert_allclose(
+            got[:, : t + 1], outputs[:, : t + 1], rtol=0, atol=1e-5
+        )
+        assert not np.allclose(got[:, t + 1 :], outputs[:, t + 1 :])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("cross", [False, True])
+def test_fully_padded_rows_are_finite(cross, norm_first, policy):
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy(policy)
+        block = TransformerDecoderBlock(
+            **block_kwargs(norm_first=norm_first, cross_attention=cross)
+        )
+        source = random_inputs(seed=1, length=SOURCE)
+        kwargs = {"decoder_padding_mask": padding([LENGTH, 0])}
+        if cross:
+            kwargs["encoder_padding_mask"] = padding([0, 0], SOURCE)
+        outputs = decode(block, random_inputs(), source, **kwargs)
+        assert block.compute_dtype == policy.removeprefix("mixed_")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert outputs.shape == (BATCH, LENGTH, DIM)
+    assert np.isfinite(outputs).all(), f"non-finite output under {policy}"
+
+
+# ---------------------------------------------------------- Keras masks
+
+
+def test_uses_keras_masks_of_inputs_and_encoder_outputs():
+    source_ids = np.array([[3, 4, 5, 6, 7], [8, 9, 0, 0, 0]], "int32")
+    target_ids = np.array([[3, 4, 5, 6, 7, 8], [9, 10, 11, 0, 0, 0]], "int32")
+    source_embedding = TokenAndPositionEmbedding(VOCAB, SOURCE, DIM)
+    target_embedding = TokenAndPositionEmbedding(VOCAB, LENGTH, DIM)
+    encoder = TransformerEncoderBlock(**block_kwargs())
+    decoder = TransformerDecoderBlock(**block_kwargs())
+    source_input = keras.Input((SOURCE,), dtype="int32")
+    target_input = keras.Input((LENGTH,), dtype="int32")
+    encoded = encoder(source_embedding(source_input))
+    outputs = decoder(target_embedding(target_input), encoded)
+    model = keras.Model(
+        [source_input, target_input], [outputs, MaskProbe()(outputs)]
+    )
+    got, mask = model.predict([source_ids, target_ids], verbose=0)
+    np.testing.assert_array_equal(mask, (target_ids != 0).astype("int32"))
+
+    # The same with explicit masks on NumPy vectors (no Keras masks).
+    source_keep, target_keep = source_ids != 0, target_ids != 0
+    source = to_numpy(
+        encoder(
+            to_numpy(source_embedding(source_ids)), padding_mask=source_keep
+        )
+    )
+    target = to_numpy(target_embedding(target_ids))
+    explicit = to_numpy(
+        decoder(
+            target,
+            source,
+            decoder_padding_mask=target_keep,
+            encoder_padding_mask=source_keep,
+        )
+    )
+    np.testing.assert_allclose(got, explicit, rtol=0, atol=1e-5)
+    # ... and the encoder's mask matters for row 1.
+    no_source_mask = to_numpy(
+        decoder(target, source, decoder_padding_mask=target_keep)
+    )
+    assert not np.allclose(got[1, :3], no_source_mask[1, :3], atol=1e-3)
+
+
+# ---------------------------------------------------------------- cache
+
+
+@pytest.mark.parametrize(
+    "position, cross, norm_first",
+    [("none", True, False), ("rotary", True, True), ("rotary", False, False)],
+)
+def test_cached_decoding_equals_full_call(position, cross, norm_first):
+    block = built_decoder(norm_first, position=position, cross=cross)
+    x = random_inputs(seed=8)
+    source = random_inputs(seed=9, length=SOURCE)
+    source_keep = padding([SOURCE, 2], SOURCE)
+    kwargs = {"encoder_padding_mask": source_keep} if cross else {}
+    full = decode(block, x, source, **kwargs)
+    if cross:
+        kwargs["cross_attention_cache"] = block.compute_cross_attention_cache(
+            source
+        )
+    cache = block.self_attention.empty_cache(BATCH, LENGTH)
+    steps = []
+    for index in range(LENGTH):
+        output, cache = block(
+            x[:, index : index + 1], cache=cache, cache_index=index, **kwargs
+        )
+        steps.append(to_numpy(output))
+    assert tuple(cache.shape) == (BATCH, 2, LENGTH, HEADS, DIM // HEADS)
+    np.testing.assert_allclose(
+        np.concatenate(steps, axis=1), full, rtol=0, atol=1e-5
+    )
+
+
+# --------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_heads": 0}, "num_heads"),
+        ({"num_heads": -1}, "num_heads"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"position": "alibi"}, "position"),
+        ({"position": "learned"}, "position"),
+        ({"normalization": "batch"}, "normalization"),
+        ({"layer_norm_epsilon": 0}, "layer_norm_epsilon"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TransformerDecoderBlock(**block_kwargs(**kwargs))
+
+
+def test_num_heads_must_divide_the_width():
+    block = TransformerDecoderBlock(num_heads=3, intermediate_dim=FFN)
+    x = random_inputs(dim=8)
+    with pytest.raises(ValueError, match="num_heads.*divide.*8"):
+        block(x, x)
+
+
+def test_wrong_input_rank_raises():
+    block = TransformerDecoderBlock(**block_kwargs(cross_attention=False))
+    with pytest.raises(ValueError, match="rank 3"):
+        block(np.zeros((BATCH, DIM), "float32"))
+
+
+@pytest.mark.parametrize("built", [False, True])
+def test_wrong_encoder_outputs_rank_raises(built):
+    block = TransformerDecoderBlock(**block_kwargs())
+    if built:
+        block(random_inputs(), random_inputs(length=SOURCE))
+    with pytest.raises(ValueError, match="`encoder_outputs` of rank 3"):
+        block(random_inputs(), np.zeros((BATCH, DIM), "float32"))
+
+
+def test_integer_inputs_raise():
+    block = TransformerDecoderBlock(**block_kwargs(cross_attention=False))
+    with pytest.raises(ValueError, match="floating-point"):
+        block(np.zeros((BATCH, LENGTH, DIM), "int32"))
+
+
+@pytest.mark.parametrize("built", [False, True])
+def test_mismatched_encoder_width_raises(built):
+    block = TransformerDecoderBlock(**block_kwargs())
+    if built:
+        block(random_inputs(), random_inputs(length=SOURCE))
+    with pytest.raises(ValueError, match="encoder_outputs.*width 16"):
+        block(random_inputs(), random_inputs(length=SOURCE, dim=8))
+
+
+@pytest.mark.parametrize("built", [False, True])
+def test_cross_attention_needs_encoder_outputs(built):
+    block = TransformerDecoderBlock(**block_kwargs())
+    if built:
+        block(random_inputs(), random_inputs(length=SOURCE))
+    with pytest.raises(ValueError, match="needs `encoder_outputs`"):
+        block(random_inputs())
+
+
+def test_no_cross_attention_rejects_encoder_outputs():
+    block = TransformerDecoderBlock(**block_kwargs(cross_attention=False))
+    with pytest.raises(ValueError, match="cross_attention=False"):
+        block(random_inputs(), random_inputs(length=SOURCE))
+    block(random_inputs())
+    with pytest.raises(ValueError, match="cross_attention=False"):
+        block.compute_cross_attention_cache(random_inputs(length=SOURCE))
+
+
+# ------------------------------------------------------------- training
+
+
+def test_fit_step_under_jit_compile():
+    source_ids = keras.Input((SOURCE,), dtype="int32")
+    target_ids = keras.Input((LENGTH,), dtype="int32")
+    # The embedding's Keras mask reaches cross-attention under XLA too.
+    source = TokenAndPositionEmbedding(VOCAB, SOURCE, DIM)(source_ids)
+    target = TokenAndPositionEmbedding(VOCAB, LENGTH, DIM)(target_ids)
+    decoder = TransformerDecoderBlock(**block_kwargs(dropout=0.1), name="dec")
+    logits = keras.layers.Dense(VOCAB)(decoder(target, source))
+    model = keras.Model([source_ids, target_ids], logits)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile(),
+    )
+    rng = np.random.default_rng(0)
+    inputs = [
+        rng.integers(1, VOCAB, size=(4, SOURCE)).astype("int32"),
+        rng.integers(1, VOCAB, size=(4, LENGTH)).astype("int32"),
+    ]
+    inputs[0][1, 3:] = 0
+    inputs[1][2, 4:] = 0
+    before = [keras.ops.convert_to_numpy(w) for w in decoder.trainable_weights]
+    history = model.fit(inputs, inputs[1], batch_size=4, epochs=2, verbose=0)
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all()
+    assert losses[-1] < losses[0]
+    # The key biases shift every logit of a query equally: zero gradient.
+    unchanged = [
+        w.path
+        for a, w in zip(before, decoder.trainable_weights, strict=True)
+        if np.allclose(a, keras.ops.convert_to_numpy(w))
+    ]
+    assert unchanged == [
+        "dec/self_attention/key_dense/bias",
+        "dec/cross_attention/key_dense/bias",
+    ]
