@@ -21,6 +21,14 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "keras_tfm"))
 
 
+if keras.backend.backend() == "torch":
+    import torch
+
+    # Tiny test models: a second intra-op thread only adds contention (a
+    # training step measured ~20x slower with two on a loaded 2-core box).
+    torch.set_num_threads(1)
+
+
 def pytest_report_header(config):
     return f"keras {keras.__version__}, backend {keras.backend.backend()}"
 

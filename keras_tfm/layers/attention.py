@@ -490,6 +490,12 @@ class MultiHeadAttention(keras.layers.Layer):
             output = ops.einsum("bnts,bsnh->btnh", weights, value_heads)
             scores = ops.cast(scores, self.compute_dtype)
         else:
+            fused_dtype = query_heads.dtype
+            if _float16_unsupported(fused_dtype):
+                query_heads, key_heads, value_heads = (
+                    ops.cast(t, "float32")
+                    for t in (query_heads, key_heads, value_heads)
+                )
             output = ops.dot_product_attention(
                 query_heads,
                 key_heads,
@@ -498,6 +504,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 scale=1.0 / float(np.sqrt(self.key_dim)),
                 is_causal=is_causal,
             )
+            output = ops.cast(output, fused_dtype)
         if has_key is not None:
             output = _where_rows(has_key, output)
 
@@ -648,3 +655,13 @@ def _where_rows(keep, x):
     """Zero `x` (batch, seq, heads, dim) where `keep` (batch, seq) is False."""
     keep = ops.expand_dims(ops.expand_dims(keep, -1), -1)
     return ops.where(keep, x, ops.zeros_like(x))
+
+
+def _float16_unsupported(dtype):
+    """Whether the fused kernel rejects float16 here (compiled JAX on CPU:
+    "precision 'F16_F16_F32' is not supported by dot_general on CPU")."""
+    if keras.backend.standardize_dtype(dtype) != "float16":
+        return False
+    if keras.backend.backend() != "jax":
+        return False
+    return keras.distribution.list_devices()[0].lower().startswith("cpu")
