@@ -34,11 +34,14 @@ class TransformerBlock(keras.layers.Layer):
         max_wavelength=10000,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        activation_dropout=None,
         **kwargs,
     ):
         check_positive_int("num_heads", num_heads)
         check_positive_int("intermediate_dim", intermediate_dim)
         check_rate("dropout", dropout)
+        if activation_dropout is not None:
+            check_rate("activation_dropout", activation_dropout)
         check_activation("activation", activation)
         check_positive_number("layer_norm_epsilon", layer_norm_epsilon)
         check_choice("normalization", normalization, NORMALIZATIONS)
@@ -63,6 +66,7 @@ class TransformerBlock(keras.layers.Layer):
         self.max_wavelength = max_wavelength
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.activation_dropout = activation_dropout
         self.supports_masking = True
 
     def _check_inputs(self, name, shape):
@@ -135,7 +139,11 @@ class TransformerBlock(keras.layers.Layer):
         layer = FeedForward(
             self.intermediate_dim,
             activation=self.activation,
-            dropout=self.dropout,
+            dropout=(
+                self.dropout
+                if self.activation_dropout is None
+                else self.activation_dropout
+            ),
             gated=self.gated,
             kernel_initializer=self._initializer(self.kernel_initializer),
             bias_initializer=self._initializer(self.bias_initializer),
@@ -180,6 +188,7 @@ class TransformerBlock(keras.layers.Layer):
                 "bias_initializer": keras.initializers.serialize(
                     self.bias_initializer
                 ),
+                "activation_dropout": self.activation_dropout,
             }
         )
         return config

@@ -378,8 +378,9 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = ops.expand_dims(causal, 0)
         return masks.combine_masks(mask, attention_mask)
 
-    def _scores(self, query, key, mask, is_causal, has_key):
-        """Float32 attention probabilities, zero on rows with no key."""
+    def _scores(self, query, key, mask, is_causal):
+        """Float32 attention probabilities (uniform on rows with no key;
+        `call` zeroes those rows where they are visible)."""
         if is_causal:
             length = ops.shape(query)[1]
             mask = ops.expand_dims(masks.causal_mask(length), 0)
@@ -391,11 +392,7 @@ class MultiHeadAttention(keras.layers.Layer):
             logits = ops.where(
                 ops.expand_dims(mask, 1), logits, _LARGE_NEGATIVE
             )
-        scores = ops.softmax(logits, axis=-1)
-        if has_key is not None:
-            keep = ops.expand_dims(ops.expand_dims(has_key, 1), -1)
-            scores = ops.where(keep, scores, ops.zeros_like(scores))
-        return scores
+        return ops.softmax(logits, axis=-1)
 
     def call(
         self,
@@ -479,15 +476,19 @@ class MultiHeadAttention(keras.layers.Layer):
             or return_attention_scores
             or self._value_dim != self.key_dim
         ):
-            scores = self._scores(
-                query_heads, key_heads, mask, is_causal, has_key
-            )
+            scores = self._scores(query_heads, key_heads, mask, is_causal)
             weights = scores
             if use_dropout:
                 weights = self.attention_dropout(weights, training=training)
             weights = ops.cast(weights, value_heads.dtype)
             # (batch, query_len, heads, value_dim)
             output = ops.einsum("bnts,bsnh->btnh", weights, value_heads)
+            if return_attention_scores and has_key is not None:
+                # Only the returned scores need zero rows: the output of
+                # such rows is zeroed below, so the training graph skips
+                # this (batch, heads, query, key) select.
+                keep = ops.expand_dims(ops.expand_dims(has_key, 1), -1)
+                scores = ops.where(keep, scores, ops.zeros_like(scores))
             scores = ops.cast(scores, self.compute_dtype)
         else:
             fused_dtype = query_heads.dtype

@@ -40,6 +40,10 @@ class TransformerDecoderBlock(TransformerBlock):
         cross_attention: whether the block attends to encoder outputs.
         kernel_initializer: initializer of every dense kernel.
         bias_initializer: initializer of every dense bias.
+        activation_dropout: dropout rate on the feed-forward hidden layer;
+            `None` (default) uses `dropout`, as
+            `torch.nn.TransformerEncoderLayer` does. keras-hub's blocks
+            have no dropout there (`activation_dropout=0.0`).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
