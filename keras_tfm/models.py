@@ -16,6 +16,7 @@ from keras_tfm._validation import (
     check_choice,
     check_positive_int,
 )
+from keras_tfm.layers.add_norm import normalization_layer
 from keras_tfm.layers.decoder import TransformerDecoderBlock
 from keras_tfm.layers.embedding import (
     POSITIONS,
@@ -54,12 +55,8 @@ def _block_kwargs(config):
 
 
 def _final_norm(config, name):
-    if config["normalization"] == "rms":
-        return keras.layers.RMSNormalization(
-            epsilon=config["layer_norm_epsilon"], name=name
-        )
-    return keras.layers.LayerNormalization(
-        epsilon=config["layer_norm_epsilon"], name=name
+    return normalization_layer(
+        config["normalization"], config["layer_norm_epsilon"], name=name
     )
 
 

@@ -12,6 +12,26 @@ NORMALIZATIONS = ("layer", "rms")
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
+class MaskedRMSNormalization(keras.layers.RMSNormalization):
+    """`keras.layers.RMSNormalization` that passes Keras masks through.
+
+    The Keras layer does not declare mask support, so a padding mask would
+    stop at it; RMS normalization is position-wise, so the mask is kept.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+
+def normalization_layer(normalization, epsilon, **kwargs):
+    """A LayerNormalization or mask-keeping RMSNormalization layer."""
+    if normalization == "rms":
+        return MaskedRMSNormalization(epsilon=epsilon, **kwargs)
+    return keras.layers.LayerNormalization(epsilon=epsilon, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="keras_tfm")
 class AddNorm(keras.layers.Layer):
     """Residual connection with dropout, then normalization over features.
 
@@ -93,17 +113,12 @@ class AddNorm(keras.layers.Layer):
                 f"residual {residual_shape} and sublayer_output "
                 f"{sublayer_shape}"
             )
-        if self.normalization == "layer":
-            self.norm = keras.layers.LayerNormalization(
-                epsilon=self.epsilon, dtype=self.dtype_policy, name="norm"
-            )
-        else:
-            self.norm = keras.layers.RMSNormalization(
-                epsilon=self.epsilon, dtype=self.dtype_policy, name="norm"
-            )
-        # keras.layers.RMSNormalization does not declare mask support; both
-        # norms are position-wise, so masks pass through unchanged.
-        self.norm.supports_masking = True
+        self.norm = normalization_layer(
+            self.normalization,
+            self.epsilon,
+            dtype=self.dtype_policy,
+            name="norm",
+        )
         self.norm.build(residual_shape)
         self.dropout_layer = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="dropout"
