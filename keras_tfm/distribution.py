@@ -1,0 +1,255 @@
+"""Training on several devices with the engines Keras already supports.
+
+keras_tfm models are plain Keras models, so they train unchanged under
+`tf.distribute.MirroredStrategy` / `MultiWorkerMirroredStrategy`
+(TensorFlow backend) and `keras.distribution.DataParallel` (JAX backend).
+This module holds the two things that are not already Keras's job:
+
+- `global_sum` and `masked_global_mean`, the reduction a masked loss needs
+  to give the same value on several replicas as on one device. Under
+  `tf.distribute` Keras reduces each replica's loss on its own and then
+  averages the replicas, so replicas holding different amounts of padding
+  weigh their real tokens differently; dividing each replica's sum by the
+  count of real tokens over *all* replicas fixes it. Under JAX
+  `DataParallel` the step is one program over the global batch, so the
+  local sum and count already are global.
+- `strategy_scope(name)` and `resolve_jit_compile`, used by the example
+  scripts' `--distribute {none,mirrored,multi-worker,data-parallel}` flag.
+"""
+
+import contextlib
+import json
+import os
+
+import keras
+from keras import ops
+
+DISTRIBUTE_CHOICES = ("none", "mirrored", "multi-worker", "data-parallel")
+
+_BACKENDS = {
+    "mirrored": "tensorflow",
+    "multi-worker": "tensorflow",
+    "data-parallel": "jax",
+}
+
+XLA_NOTE = (
+    "XLA (jit_compile=True) is turned off under tf.distribute: "
+    "TensorFlow compiles a jit_compile function for one device, and a "
+    "step that spans several replicas fails with 'Trying to access "
+    "resource ... located in device CPU:1 from device CPU:0' (Keras's own "
+    "jit_compile='auto' turns XLA off under tf.distribute too)."
+)
+
+
+def _replica_context():
+    """The `tf.distribute` replica context of a multi-replica step, or None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return None
+    return context
+
+
+def global_sum(value):
+    """Sum `value` over the replicas of a `tf.distribute` step.
+
+    Inside `strategy.run` (as in `model.fit` under a `tf.distribute`
+    strategy with several replicas) this is an all-reduce SUM; everywhere
+    else (one device, JAX `DataParallel`, PyTorch) `value` is returned
+    unchanged, since there it already covers the whole batch.
+
+    Args:
+        value: a tensor, typically a count that carries no gradient.
+
+    Returns:
+        The sum of `value` over all replicas.
+
+    Example:
+
+    >>> import numpy as np
+    >>> float(global_sum(np.float32(3.0)))
+    3.0
+    """
+    context = _replica_context()
+    if context is None:
+        return value
+    import tensorflow as tf
+
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def masked_global_mean(values, mask=None, sample_weight=None):
+    """Sum of weighted `values` over real tokens / real tokens globally.
+
+    The value returned on each replica is its own weighted sum divided by
+    the count of real tokens over all replicas, so the replicas' values add
+    up to the mean over every real token of the global batch; Keras sums
+    the replicas' gradients, so the gradient is that of one device too. On
+    one device this is `sum(values * sample_weight * mask) / sum(mask)`,
+    what Keras's `"sum_over_batch_size"` reduction gives for a masked loss.
+
+    Args:
+        values: per-token losses, any shape.
+        mask: optional boolean mask of `values`' shape; `True` is real.
+        sample_weight: optional weights, `(batch,)` or broadcastable to
+            `values`.
+
+    Returns:
+        A float32 scalar (0 when there is no real token).
+
+    Example:
+
+    >>> import numpy as np
+    >>> values = np.array([[1.0, 3.0, 9.0]], "float32")
+    >>> mask = np.array([[True, True, False]])
+    >>> float(masked_global_mean(values, mask))
+    2.0
+    """
+    values = ops.cast(values, "float32")
+    weights = ops.ones_like(values)
+    if mask is not None:
+        weights = ops.cast(ops.broadcast_to(mask, ops.shape(values)), "float32")
+    count = ops.sum(weights)
+    if sample_weight is not None:
+        sample_weight = ops.cast(sample_weight, "float32")
+        while len(sample_weight.shape) < len(values.shape):
+            # (batch,) -> (batch, 1, ...)
+            sample_weight = ops.expand_dims(sample_weight, -1)
+        weights = weights * sample_weight
+    total = ops.sum(values * weights)
+    count = ops.stop_gradient(global_sum(count))
+    return ops.divide_no_nan(total, count)
+
+
+def check_distribute(name):
+    """Validate a `--distribute` choice against the Keras backend.
+
+    Raises:
+        ValueError: for an unknown name, a strategy the backend has no
+            engine for, or `"multi-worker"` without `TF_CONFIG`.
+    """
+    if name not in DISTRIBUTE_CHOICES:
+        listed = ", ".join(repr(c) for c in DISTRIBUTE_CHOICES)
+        raise ValueError(
+            f"`distribute` must be one of {listed}. Received: "
+            f"distribute={name!r}"
+        )
+    backend = keras.backend.backend()
+    needed = _BACKENDS.get(name)
+    if needed is not None and backend != needed:
+        raise ValueError(
+            f"`distribute={name!r}` needs the {needed} backend "
+            f"(KERAS_BACKEND={needed}). Received: backend={backend!r}"
+        )
+    if name == "multi-worker":
+        try:
+            config = json.loads(os.environ.get("TF_CONFIG", ""))
+            config["cluster"]["worker"], config["task"]["index"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(
+                "`distribute='multi-worker'` needs TF_CONFIG describing the "
+                'cluster, e.g. TF_CONFIG=\'{"cluster": {"worker": '
+                '["host1:12345", "host2:12345"]}, "task": {"type": '
+                '"worker", "index": 0}}\'. Received: TF_CONFIG='
+                f"{os.environ.get('TF_CONFIG')!r}"
+            ) from None
+    return name
+
+
+def multi_worker_strategy(**kwargs):
+    """A `tf.distribute.MultiWorkerMirroredStrategy` that Keras 3 can fit.
+
+    Keras 3's TensorFlow trainer hands the first input batch, a nested
+    structure, to `strategy.reduce` before training; with more than one
+    worker `MultiWorkerMirroredStrategy.reduce` accepts single tensors only
+    and `fit` fails with "Attempt to convert a value ({...: PerReplica...})
+    with an unsupported type" (keras-team/keras#20585); after each step it
+    averages the scalar loss with `axis=0`, which fails with "Invalid
+    reduction dimension 0 for input with 0 dimensions"
+    (tensorflow/tensorflow#72388). This strategy reduces a nest leaf by
+    leaf and a scalar across replicas, and is otherwise the TensorFlow one.
+    Create it at program start, before TensorFlow runs anything else.
+
+    Args:
+        **kwargs: passed to `tf.distribute.MultiWorkerMirroredStrategy`.
+
+    Returns:
+        The strategy; the cluster comes from `TF_CONFIG`.
+    """
+    import tensorflow as tf
+
+    class _KerasFitStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis):
+            parent = super()
+
+            def reduce_one(v):
+                local = self.experimental_local_results(v)[0]
+                # Keras averages scalar metrics with axis=0.
+                leaf_axis = None if local.shape.rank == 0 else axis
+                return parent.reduce(reduce_op, v, leaf_axis)
+
+            return tf.nest.map_structure(reduce_one, value)
+
+    return _KerasFitStrategy(**kwargs)
+
+
+def strategy_scope(name):
+    """A context manager to build and compile a model in, for `name`.
+
+    - `"none"`: one device (a no-op scope).
+    - `"mirrored"`: `tf.distribute.MirroredStrategy` over the local
+      devices (TensorFlow backend).
+    - `"multi-worker"`: `tf.distribute.MultiWorkerMirroredStrategy`, the
+      cluster read from `TF_CONFIG` (TensorFlow backend). Create it before
+      TensorFlow runs anything else.
+    - `"data-parallel"`: sets `keras.distribution.DataParallel` over every
+      local device as the global distribution (JAX backend) and enters its
+      scope.
+
+    Models built under the scope train with `model.fit` as usual; use
+    `keras_tfm.losses.MaskedSparseCategoricalCrossentropy`, which reduces
+    over real tokens globally, for a loss that does not depend on how the
+    batch is split.
+
+    Example:
+
+    >>> with strategy_scope("none"):
+    ...     layer = keras.layers.Dense(2)
+    """
+    check_distribute(name)
+    if name == "none":
+        return contextlib.nullcontext()
+    if name == "data-parallel":
+        distribution = keras.distribution.DataParallel()
+        keras.distribution.set_distribution(distribution)
+        return distribution.scope()
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy().scope()
+    return multi_worker_strategy().scope()
+
+
+def resolve_jit_compile(name, jit_compile):
+    """The `jit_compile` to use under `--distribute name`, with a note.
+
+    XLA cannot compile a TensorFlow step that spans several replicas (see
+    `XLA_NOTE`), so under `"mirrored"` and `"multi-worker"` a requested
+    `jit_compile=True` becomes `False`; elsewhere it is kept.
+
+    Returns:
+        `(jit_compile, note)`; `note` is None when nothing changed.
+
+    Example:
+
+    >>> resolve_jit_compile("none", True)
+    (True, None)
+    >>> resolve_jit_compile("mirrored", True)[0]
+    False
+    """
+    if name in ("mirrored", "multi-worker") and jit_compile is True:
+        return False, XLA_NOTE
+    return jit_compile, None
