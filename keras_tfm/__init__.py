@@ -1,8 +1,25 @@
 """keras_tfm: Keras 3 layers for building Transformers."""
 
-from keras_tfm import layers, masks, models
+from keras_tfm import (
+    layers,
+    losses,
+    masks,
+    metrics,
+    models,
+    plotting,
+    schedules,
+)
 from keras_tfm.layers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
-__all__ = ["layers", "masks", "models", *layers.__all__]
+__all__ = [
+    "layers",
+    "losses",
+    "masks",
+    "metrics",
+    "models",
+    "plotting",
+    "schedules",
+    *layers.__all__,
+]

@@ -1,0 +1,155 @@
+"""Losses: sparse cross-entropy with label smoothing and an ignored class."""
+
+import keras
+from keras import ops
+
+from keras_tfm._validation import check_rate
+
+
+class _AttachMask(keras.layers.Layer):
+    """Return `inputs[0]` carrying the boolean mask `inputs[1]`.
+
+    `keras.losses.Loss.__call__` reduces over the Keras mask of the values
+    that `call` returns, AND the mask of `y_pred`, exactly as Keras's own
+    `SparseCategoricalCrossentropy(ignore_class=...)` does. A layer's
+    `compute_mask` is the public way to attach such a mask.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(dtype="float32", autocast=False, **kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return inputs[0]
+
+    def compute_mask(self, inputs, mask=None):
+        return inputs[1]
+
+
+class _ReadMask(keras.layers.Layer):
+    """Return the Keras mask of `inputs` (all `True` when it has none).
+
+    Keras hands a layer the mask of its input as the `mask` argument, the
+    public way to read a mask on every backend.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(dtype="float32", autocast=False, **kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return ops.ones(ops.shape(inputs)[:-1], dtype="bool")
+        return ops.cast(mask, "bool")
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
+def _sparse_labels(y_true, y_pred):
+    """Integer labels `(batch, ...)` for logits `(batch, ..., classes)`."""
+    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
+        y_true = ops.squeeze(y_true, axis=-1)
+    return ops.cast(y_true, "int32")
+
+
+@keras.saving.register_keras_serializable(package="keras_tfm")
+class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
+    """Sparse categorical cross-entropy with label smoothing and padding.
+
+    The target distribution of a label `y` among `V` classes is
+    `(1 - label_smoothing) * one_hot(y) + label_smoothing / V`, and the
+    loss is its cross-entropy with the predicted distribution,
+    `-sum_v q_v log p_v`, computed in float32. Positions whose label is
+    `ignore_class` add nothing, and the mean is over the real positions
+    only; a Keras mask on `y_pred` (from a model whose output carries the
+    padding mask) is honoured too, so the mean is over positions that are
+    real in both. With `label_smoothing=0` this is Keras's
+    `SparseCategoricalCrossentropy(from_logits=..., ignore_class=...)`,
+    which has no label smoothing.
+
+    Args:
+        from_logits: whether `y_pred` holds logits (else probabilities).
+        label_smoothing: `epsilon` in `[0, 1)`; `0.1` in the paper.
+        ignore_class: label to ignore (the padding id), or `None`.
+        reduction: Keras loss reduction; the default averages over the
+            real positions.
+        name: loss name.
+        dtype: dtype of the loss computation (float32 by default).
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = MaskedSparseCategoricalCrossentropy(label_smoothing=0.0)
+    >>> y_true = np.array([[3, 1, 0]])  # the last label is padding
+    >>> y_pred = np.zeros((1, 3, 4), "float32")  # uniform over 4 classes
+    >>> round(float(loss(y_true, y_pred)), 4)  # log(4), padding ignored
+    1.3863
+
+    References:
+        Szegedy et al., "Rethinking the Inception Architecture for Computer
+        Vision", 2016 (label smoothing); Vaswani et al., "Attention Is All
+        You Need", 2017, section 5.4.
+    """
+
+    def __init__(
+        self,
+        from_logits=True,
+        label_smoothing=0.1,
+        ignore_class=0,
+        reduction="sum_over_batch_size",
+        name="masked_sparse_categorical_crossentropy",
+        dtype=None,
+    ):
+        label_smoothing = check_rate("label_smoothing", label_smoothing)
+        if ignore_class is not None and (
+            isinstance(ignore_class, bool) or not isinstance(ignore_class, int)
+        ):
+            raise ValueError(
+                "`ignore_class` must be an integer label or None. "
+                f"Received: ignore_class={ignore_class!r}"
+            )
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
+        self.label_smoothing = label_smoothing
+        self.ignore_class = ignore_class
+        self._attach_mask = _AttachMask(name=f"{name}_mask")
+
+    def call(self, y_true, y_pred):
+        labels = _sparse_labels(y_true, y_pred)
+        y_pred = ops.cast(y_pred, "float32")
+        if self.from_logits:
+            log_probs = ops.log_softmax(y_pred, axis=-1)
+        else:
+            probs = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
+            log_probs = ops.log(ops.clip(probs, 1e-7, 1.0))
+        valid = None
+        if self.ignore_class is not None:
+            valid = ops.not_equal(labels, self.ignore_class)
+            labels = ops.where(valid, labels, ops.zeros_like(labels))
+        # (batch, ..., 1) -> (batch, ...)
+        picked = ops.take_along_axis(
+            log_probs, ops.expand_dims(labels, -1), axis=-1
+        )
+        losses = -ops.squeeze(picked, axis=-1)
+        if self.label_smoothing:
+            uniform = -ops.mean(log_probs, axis=-1)
+            losses = (
+                1.0 - self.label_smoothing
+            ) * losses + self.label_smoothing * uniform
+        if valid is None:
+            return losses
+        losses = ops.where(valid, losses, ops.zeros_like(losses))
+        return self._attach_mask([losses, valid])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "from_logits": self.from_logits,
+                "label_smoothing": self.label_smoothing,
+                "ignore_class": self.ignore_class,
+                "dtype": self.dtype,
+            }
+        )
+        return config
