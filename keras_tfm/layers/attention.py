@@ -335,20 +335,21 @@ class MultiHeadAttention(keras.layers.Layer):
             # Cross-attention cache: used as is.
             keys, values = cache[:, 0], cache[:, 1]
         else:
-            # The new steps `(batch, steps, heads, key_dim)` are written at
-            # `cache_index` into the fixed-shape cache.
-            start = [0, cache_index, 0, 0]
-            keys = ops.slice_update(
-                cache[:, 0],
-                start,
-                ops.cast(self._project_key(key, cache_index), cache.dtype),
+            # The new steps `(batch, 2, steps, heads, key_dim)` are written
+            # at `cache_index` into the fixed-shape cache with one update of
+            # the whole cache, which compiled loops do in place (splitting
+            # and re-stacking it copied the cache at every step).
+            update = ops.stack(
+                [
+                    self._project_key(key, cache_index),
+                    self._project_value(value),
+                ],
+                axis=1,
             )
-            values = ops.slice_update(
-                cache[:, 1],
-                start,
-                ops.cast(self._project_value(value), cache.dtype),
+            cache = ops.slice_update(
+                cache, [0, 0, cache_index, 0, 0], ops.cast(update, cache.dtype)
             )
-            cache = ops.stack([keys, values], axis=1)
+            keys, values = cache[:, 0], cache[:, 1]
         return (
             ops.cast(keys, self.compute_dtype),
             ops.cast(values, self.compute_dtype),
