@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_tfm._validation import check_rate
+from keras_tfm.distribution import masked_global_mean
 
 
 class _AttachMask(keras.layers.Layer):
@@ -68,6 +69,15 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
     `SparseCategoricalCrossentropy(from_logits=..., ignore_class=...)`,
     which has no label smoothing.
 
+    The mean is global under distribution: with the default reduction
+    each replica returns its own sum divided by the count of real tokens
+    over *all* replicas (`keras_tfm.distribution.masked_global_mean`), so
+    the replicas' values add up to the one-device mean however the padding
+    is split among them. Keras's own masked reduction averages each
+    replica over its own tokens and then averages the replicas, which
+    weighs a token on a padding-heavy replica more. Other reductions
+    (`"sum"`, `None`) are Keras's.
+
     Args:
         from_logits: whether `y_pred` holds logits (else probabilities).
         label_smoothing: `epsilon` in `[0, 1)`; `0.1` in the paper.
@@ -114,6 +124,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         self.label_smoothing = label_smoothing
         self.ignore_class = ignore_class
         self._attach_mask = _AttachMask(name=f"{name}_mask")
+        self._read_mask = _ReadMask(name=f"{name}_read_mask")
 
     def call(self, y_true, y_pred):
         labels = _sparse_labels(y_true, y_pred)
@@ -141,6 +152,19 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
             return losses
         losses = ops.where(valid, losses, ops.zeros_like(losses))
         return self._attach_mask([losses, valid])
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if self.reduction not in ("sum_over_batch_size", "mean"):
+            return super().__call__(y_true, y_pred, sample_weight)
+        in_mask = self._read_mask(y_pred)
+        y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+        y_true = ops.convert_to_tensor(y_true)
+        losses = self.call(y_true, y_pred)
+        if self.ignore_class is not None:
+            labels = _sparse_labels(y_true, y_pred)
+            valid = ops.not_equal(labels, self.ignore_class)
+            in_mask = ops.logical_and(in_mask, valid)
+        return masked_global_mean(losses, in_mask, sample_weight)
 
     def get_config(self):
         config = super().get_config()

@@ -69,22 +69,7 @@ def make_loss(keras_loss):
         return keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, ignore_class=0
         )
-    from keras import ops
-
-    from keras_tfm.distribution import masked_global_mean
-    from keras_tfm.losses import _ReadMask
-
-    # Until keras_tfm.losses reduces globally itself (the patch in the
-    # issue 6 note), the worker applies the global reduction here.
-    class GlobalMaskedLoss(MaskedSparseCategoricalCrossentropy):
-        def __call__(self, y_true, y_pred, sample_weight=None):
-            reader = _ReadMask()
-            in_mask = reader(y_pred)
-            losses = self.call(y_true, y_pred)
-            mask = ops.logical_and(in_mask, reader(losses))
-            return masked_global_mean(losses, mask, sample_weight)
-
-    return GlobalMaskedLoss(label_smoothing=0.1)
+    return MaskedSparseCategoricalCrossentropy(label_smoothing=0.1)
 
 
 _STRATEGIES = {}
