@@ -1,0 +1,636 @@
+"""Plumbing the example scripts share: flags, data files, tokenizing, the
+output directory, resumable training and greedy decoding.
+
+Each script stays a readable recipe (data -> model -> compile -> fit ->
+evaluate); what is not about Transformers lives here. Keras (and with it
+TensorFlow, slow to import) is imported only once the flags and the data
+are known to be good, so `--help` and a bad flag answer at once, in one
+line.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+POSITIONS = ("sinusoidal", "learned", "rotary")
+PAD, START, END, UNK = 0, 1, 2, 3
+SPECIAL_TOKENS = ("<pad>", "<start>", "<end>", "<unk>")
+
+# Files a run writes under --output-dir.
+BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore; gone when done
+RUN_ARGS = "run_args.json"  # in BACKUP_DIR: the settings being resumed
+HISTORY = "history.csv"
+CHECKPOINT = "checkpoint.keras"
+MODEL = "model.keras"
+METRICS = "metrics.json"
+
+# Flags that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {
+    "epochs",
+    "stop_after_epochs",
+    "verbose",
+    "tensorboard",
+    "output_dir",
+}
+EXIT_INTERRUPTED = 3
+
+
+# --- flags ----------------------------------------------------------------
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but an error is one line on stderr (and exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive {kind.__name__}, got {text!r}"
+            ) from None
+        if not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _positive(int)
+positive_float = _positive(float)
+
+
+def rate(text):
+    """A float in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in [0, 1), got {text!r}"
+        ) from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
+def make_parser(doc):
+    """A parser whose description and epilog are the script's docstring."""
+    summary, _, details = doc.strip().partition("\n")
+    return ArgumentParser(
+        description=summary,
+        epilog=details.strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_model_flags(
+    parser,
+    *,
+    num_layers,
+    embedding_dim,
+    num_heads,
+    intermediate_dim,
+    dropout,
+):
+    """The flags every example shares to size its Transformer."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--position",
+        choices=POSITIONS,
+        default="sinusoidal",
+        help="how the model sees token order (default: %(default)s)",
+    )
+    group.add_argument(
+        "--num-layers",
+        type=positive_int,
+        default=num_layers,
+        help="Transformer blocks per stack (default: %(default)s)",
+    )
+    group.add_argument(
+        "--embedding-dim",
+        type=positive_int,
+        default=embedding_dim,
+        help="model width d_model (default: %(default)s)",
+    )
+    group.add_argument(
+        "--num-heads",
+        type=positive_int,
+        default=num_heads,
+        help="attention heads; must divide --embedding-dim "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--intermediate-dim",
+        type=positive_int,
+        default=intermediate_dim,
+        help="feed-forward hidden width (default: %(default)s)",
+    )
+    group.add_argument(
+        "--dropout",
+        type=rate,
+        default=dropout,
+        help="dropout rate everywhere (default: %(default)s)",
+    )
+
+
+def add_training_flags(
+    parser,
+    *,
+    epochs,
+    batch_size,
+    warmup_steps,
+    lr_scale,
+    label_smoothing,
+    output_dir,
+):
+    """Flags for the optimizer, the run's length and its outputs."""
+    group = parser.add_argument_group("training")
+    group.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=epochs,
+        help="passes over the training data (default: %(default)s)",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=batch_size,
+        help="examples per update (default: %(default)s)",
+    )
+    group.add_argument(
+        "--warmup-steps",
+        type=positive_int,
+        default=warmup_steps,
+        help="TransformerSchedule warm-up updates (default: %(default)s)",
+    )
+    group.add_argument(
+        "--lr-scale",
+        type=positive_float,
+        default=lr_scale,
+        help="factor on the TransformerSchedule learning rate "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--label-smoothing",
+        type=rate,
+        default=label_smoothing,
+        help="label smoothing epsilon of the loss (default: %(default)s)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data, the initialization and dropout "
+        "(default: %(default)s)",
+    )
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "--output-dir",
+        default=output_dir,
+        help="where checkpoints, plots, history.csv and metrics.json go; "
+        "re-running with the same directory resumes an interrupted run "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard logs to OUTPUT_DIR/logs",
+    )
+    group.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line "
+        "per epoch (default: %(default)s)",
+    )
+    group.add_argument(
+        "--stop-after-epochs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="stop as if interrupted after N epochs of this run (exit "
+        f"status {EXIT_INTERRUPTED}); run again without it to resume",
+    )
+
+
+def check_args(parser, args):
+    """Checks that need several flags; call before touching any file."""
+    if args.embedding_dim % args.num_heads:
+        parser.error(
+            f"--num-heads {args.num_heads} must divide --embedding-dim "
+            f"{args.embedding_dim}"
+        )
+    if args.position == "rotary" and (args.embedding_dim // args.num_heads) % 2:
+        parser.error(
+            "--position rotary needs an even head width "
+            "(--embedding-dim / --num-heads)"
+        )
+    check_output_dir(parser, args)
+
+
+def check_output_dir(parser, args):
+    """Refuse an unusable --output-dir, or one resuming other settings."""
+    path = os.path.abspath(args.output_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"--output-dir {args.output_dir} is not a directory")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        parser.error(f"--output-dir {args.output_dir} is not writable")
+    saved = _read_json(os.path.join(path, BACKUP_DIR, RUN_ARGS))
+    if saved is not None:
+        changed = sorted(
+            name
+            for name, value in _resumable_args(args).items()
+            if saved.get(name, value) != value
+        )
+        if changed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            parser.error(
+                f"--output-dir {args.output_dir} holds an unfinished run "
+                f"with other {flags}; resume it with the same settings, or "
+                f"use another --output-dir (or delete its {BACKUP_DIR}/)"
+            )
+
+
+def _resumable_args(args):
+    return {
+        name: value
+        for name, value in vars(args).items()
+        if name not in RESUMABLE_CHANGES
+    }
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+# --- data -----------------------------------------------------------------
+
+
+def read_text(parser, flag, path):
+    """The text of a user's file, or a one-line error naming `flag`."""
+    if not os.path.exists(path):
+        parser.error(f"{flag} {path}: no such file")
+    if os.path.isdir(path):
+        parser.error(f"{flag} {path}: is a directory, not a file")
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except UnicodeDecodeError as error:
+        parser.error(f"{flag} {path}: not UTF-8 text ({error.reason})")
+    except OSError as error:
+        parser.error(f"{flag} {path}: cannot read it ({error.strerror})")
+    if not text.strip():
+        parser.error(f"{flag} {path}: the file is empty")
+    return text
+
+
+def read_tsv(parser, flag, path, columns):
+    """Rows `(first, second)` of a tab-separated file.
+
+    Extra columns (such as the attribution of Anki/Tatoeba pairs) are
+    dropped; blank lines are skipped; a line without a tab, or with an
+    empty field, is an error that names the line.
+    """
+    rows = []
+    text = read_text(parser, flag, path)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            parser.error(
+                f"{flag} {path}, line {number}: no tab; expected "
+                f"{columns[0]}<TAB>{columns[1]}"
+            )
+        first, second = fields[0].strip(), fields[1].strip()
+        if not first or not second:
+            parser.error(
+                f"{flag} {path}, line {number}: empty "
+                f"{columns[0] if not first else columns[1]}"
+            )
+        rows.append((first, second))
+    return rows
+
+
+class Vocabulary:
+    """Character- or whitespace-level tokens <-> ids.
+
+    Ids 0-3 are `<pad>`, `<start>`, `<end>`, `<unk>`; the others are the
+    tokens of the texts it was built from, most frequent first.
+    """
+
+    def __init__(self, tokens, level="char"):
+        if level not in ("char", "word"):
+            raise ValueError(f"level must be 'char' or 'word', got {level}")
+        self.level = level
+        self.tokens = list(SPECIAL_TOKENS) + [
+            t for t in tokens if t not in SPECIAL_TOKENS
+        ]
+        self.ids = {token: i for i, token in enumerate(self.tokens)}
+
+    @classmethod
+    def build(cls, texts, level="char", max_size=None):
+        counts = {}
+        for text in texts:
+            for token in cls.split_text(text, level):
+                counts[token] = counts.get(token, 0) + 1
+        ranked = sorted(counts, key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            ranked = ranked[: max(0, max_size - len(SPECIAL_TOKENS))]
+        return cls(ranked, level)
+
+    @staticmethod
+    def split_text(text, level):
+        return list(text) if level == "char" else text.split()
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def encode(self, text, start=False, end=False):
+        ids = [self.ids.get(t, UNK) for t in self.split_text(text, self.level)]
+        return [START] * start + ids + [END] * end
+
+    def decode(self, ids):
+        """Text of `ids`, up to the first `<end>`, without specials."""
+        tokens = []
+        for i in ids:
+            i = int(i)
+            if i == END:
+                break
+            if i >= len(SPECIAL_TOKENS):
+                tokens.append(self.tokens[i])
+        return ("" if self.level == "char" else " ").join(tokens)
+
+    def save(self, path):
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump({"level": self.level, "tokens": self.tokens}, file)
+
+
+def pad(sequences, length):
+    """Right-pad id lists with 0 into an int32 array `(count, length)`."""
+    array = np.zeros((len(sequences), length), "int32")
+    for row, ids in enumerate(sequences):
+        array[row, : len(ids)] = ids[:length]
+    return array
+
+
+def split(items, test_fraction, rng):
+    """Shuffle, then `(train, test)` with at least one of each."""
+    items = list(items)
+    order = rng.permutation(len(items))
+    test_size = min(len(items) - 1, max(1, round(len(items) * test_fraction)))
+    test = [items[i] for i in order[:test_size]]
+    train = [items[i] for i in order[test_size:]]
+    return train, test
+
+
+# --- model ----------------------------------------------------------------
+
+
+def model_kwargs(args):
+    return dict(
+        # Token vectors times sqrt(d_model), as in the paper: a small
+        # initial table would otherwise drown in the position encoding.
+        scale_embeddings=True,
+        num_layers=args.num_layers,
+        embedding_dim=args.embedding_dim,
+        num_heads=args.num_heads,
+        intermediate_dim=args.intermediate_dim,
+        dropout=args.dropout,
+        position=args.position,
+    )
+
+
+def build(parser, builder, *args, **kwargs):
+    """Call a `keras_tfm.models` builder; a bad size is a flag error."""
+    try:
+        return builder(*args, **kwargs)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def optimizer(args):
+    """Adam on the paper's warm-up schedule (beta_2=0.98, eps=1e-9)."""
+    import keras
+
+    import keras_tfm as tfm
+
+    schedule = tfm.schedules.TransformerSchedule(
+        args.embedding_dim, warmup_steps=args.warmup_steps, scale=args.lr_scale
+    )
+    return keras.optimizers.Adam(
+        schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9
+    )
+
+
+# --- running --------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """Raised by `stop_after`, as a crash or Ctrl-C would stop a run."""
+
+
+def stop_after(epochs):
+    """A callback that interrupts training after `epochs` epochs."""
+    import keras
+
+    seen = []
+
+    def on_epoch_end(epoch, logs=None):
+        seen.append(epoch)
+        if len(seen) >= epochs:
+            raise Interrupted(f"stopped after epoch {epoch + 1}")
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+
+
+class Run:
+    """One training run's output directory: created only once every input
+    is known to be good, so a failed start destroys nothing."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dir = args.output_dir
+        self.started = time.time()
+        self.backup_dir = self.path(BACKUP_DIR)
+        self.resuming = os.path.isdir(self.backup_dir)
+        os.makedirs(self.dir, exist_ok=True)
+        if self.resuming:
+            print(f"Resuming the unfinished run in {self.backup_dir}")
+        elif os.path.exists(self.path(HISTORY)):
+            os.remove(self.path(HISTORY))  # a fresh run's history
+
+    def path(self, *names):
+        return os.path.join(self.dir, *names)
+
+    def callbacks(self):
+        import keras
+
+        args = self.args
+        # The CSV row of an epoch is written before its backup: resuming
+        # never loses a row (a repeated epoch replaces its old row).
+        callbacks = [
+            keras.callbacks.CSVLogger(self.path(HISTORY), append=True),
+            keras.callbacks.BackupAndRestore(
+                self.backup_dir, double_checkpoint=True
+            ),
+            keras.callbacks.ModelCheckpoint(self.path(CHECKPOINT)),
+        ]
+        if args.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(self.path("logs")))
+        if args.stop_after_epochs:
+            callbacks.append(stop_after(args.stop_after_epochs))
+        return callbacks
+
+    def fit(self, model, x, y, validation_data=None, **kwargs):
+        """`model.fit` with the run's callbacks; the whole history back.
+
+        An interruption (Ctrl-C, or `--stop-after-epochs`) leaves the
+        backup of the last finished epoch and exits; running the same
+        command again continues from there.
+        """
+        os.makedirs(self.backup_dir, exist_ok=True)
+        with open(self.path(BACKUP_DIR, RUN_ARGS), "w") as file:
+            json.dump(_resumable_args(self.args), file, indent=2)
+        try:
+            model.fit(
+                x,
+                y,
+                validation_data=validation_data,
+                batch_size=self.args.batch_size,
+                epochs=self.args.epochs,
+                callbacks=self.callbacks(),
+                verbose=self.args.verbose,
+                **kwargs,
+            )
+        except (Interrupted, KeyboardInterrupt) as error:
+            status = EXIT_INTERRUPTED if isinstance(error, Interrupted) else 130
+            reason = str(error) or "interrupted"
+            print(
+                f"{reason}; run the same command again to resume from the "
+                f"last finished epoch (backup in {self.backup_dir})",
+                file=sys.stderr,
+            )
+            print(json.dumps({"interrupted": True, "output_dir": self.dir}))
+            sys.exit(status)
+        return self.history()
+
+    def history(self):
+        """Per-epoch logs of the whole run, resumed parts included."""
+        rows = {}
+        with open(self.path(HISTORY), newline="") as file:
+            for row in csv.DictReader(file):
+                rows[int(row.pop("epoch"))] = row
+        history = {}
+        for epoch in sorted(rows):
+            for name, value in rows[epoch].items():
+                history.setdefault(name, []).append(float(value))
+        return history
+
+    def finish(self, model, metrics):
+        """Save the model and `metrics.json`; print the metrics last."""
+        import keras
+
+        model.save(self.path(MODEL))
+        metrics = {
+            **metrics,
+            "backend": keras.backend.backend(),
+            "position": self.args.position,
+            "seconds": round(time.time() - self.started, 1),
+            "output_dir": self.dir,
+        }
+        with open(self.path(METRICS), "w") as file:
+            json.dump(metrics, file, indent=2)
+        print(json.dumps(metrics))
+        return metrics
+
+    def plot(self, name, plot, *args, **kwargs):
+        """Write `name.png` with a `keras_tfm.plotting` function, if
+        matplotlib is installed (it is an optional extra)."""
+        path = self.path(f"{name}.png")
+        try:
+            plot(*args, path=path, **kwargs)
+        except ImportError as error:
+            print(f"not plotting {name}: {error}", file=sys.stderr)
+            return None
+        return path
+
+
+# --- decoding -------------------------------------------------------------
+
+
+def greedy_decode(model, sources, max_length, start_id, end_id, batch_size=512):
+    """Greedy decoding without a cache: re-run the model on the prefix.
+
+    Slow (quadratic in the length) but needs nothing from the model but
+    `predict_on_batch`; `keras_tfm.generation.Generator` does the same with
+    a key/value cache. The decoder input keeps one shape, padded after the
+    prefix, so the compiled predict function is traced once: with the
+    causal mask, padding after position `t` cannot change its logits.
+
+    Args:
+        model: a seq2seq model (`{"encoder_token_ids",
+            "decoder_token_ids"}` -> logits).
+        sources: int array `(batch, source_len)`.
+        max_length: most tokens to generate.
+        start_id: the first decoder input.
+        end_id: the token that ends a sequence.
+        batch_size: examples decoded at once.
+
+    Returns:
+        int32 array `(batch, max_length)`: the generated tokens (the end
+        token included), `0` after the end.
+    """
+    results = []
+    for first in range(0, len(sources), batch_size):
+        chunk = np.asarray(sources[first : first + batch_size], "int32")
+        decoder_inputs = np.zeros((len(chunk), max_length), "int32")
+        decoder_inputs[:, 0] = start_id
+        generated = np.zeros((len(chunk), max_length), "int32")
+        done = np.zeros(len(chunk), bool)
+        for step in range(max_length):
+            logits = model.predict_on_batch(
+                {
+                    "encoder_token_ids": chunk,
+                    "decoder_token_ids": decoder_inputs,
+                }
+            )
+            token = np.asarray(logits)[:, step].argmax(-1)
+            generated[:, step] = np.where(done, PAD, token)
+            done |= generated[:, step] == end_id
+            if done.all() or step + 1 == max_length:
+                break
+            decoder_inputs[:, step + 1] = generated[:, step]
+        results.append(generated)
+    return np.concatenate(results)
+
+
+def exact_match(predicted, targets):
+    """Fraction of rows whose tokens up to `END` equal the target's."""
+    hits = 0
+    for guess, truth in zip(predicted, targets, strict=True):
+        hits += _until_end(guess) == _until_end(truth)
+    return hits / len(targets)
+
+
+def _until_end(ids):
+    ids = [int(i) for i in ids]
+    return ids[: ids.index(END)] if END in ids else ids

@@ -1,0 +1,271 @@
+"""Train a character-level decoder-only Transformer language model.
+
+    python examples/train_lm.py
+    python examples/train_lm.py --position rotary --epochs 10
+    python examples/train_lm.py --text-file tinyshakespeare.txt
+
+The default corpus is real English prose that ships with every Python:
+the docstrings of the standard library, read from its source files at run
+time (nothing is imported or downloaded). `--text-file PATH` trains on any
+UTF-8 text instead, such as Tiny Shakespeare.
+
+The model is `keras_tfm.models.decoder_lm` with its output tied to the
+token table, trained on windows of `--sequence-length` characters with the
+TransformerSchedule. The last tenth of the text is held out: the script
+reports its perplexity per character (exp of the cross-entropy) and prints
+a sample. OUTPUT_DIR receives checkpoints, history.csv, metrics.json and
+plots; the last line printed is the JSON of the final metrics. Interrupt
+it and run the same command again to resume.
+"""
+
+import ast
+import math
+import os
+import sysconfig
+
+import _common as common
+import numpy as np
+
+
+def stdlib_docstrings(max_chars):
+    """Docstrings of the standard library's modules, classes and
+    functions, in file order, up to `max_chars` characters."""
+    root = sysconfig.get_paths()["stdlib"]
+    try:
+        names = sorted(
+            name for name in os.listdir(root) if name.endswith(".py")
+        )
+    except OSError:
+        names = []
+    pieces, total = [], 0
+    for name in names:
+        try:
+            with open(os.path.join(root, name), encoding="utf-8") as file:
+                tree = ast.parse(file.read())
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(
+                node,
+                (
+                    ast.Module,
+                    ast.ClassDef,
+                    ast.FunctionDef,
+                    ast.AsyncFunctionDef,
+                ),
+            ):
+                continue
+            doc = ast.get_docstring(node)
+            if doc and len(doc) >= 80:
+                pieces.append(doc)
+                total += len(doc) + 2
+                if total >= max_chars:
+                    return "\n\n".join(pieces)[:max_chars]
+    return "\n\n".join(pieces)
+
+
+def build_parser():
+    parser = common.make_parser(__doc__)
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--text-file",
+        metavar="PATH",
+        help="a UTF-8 text file to train on instead of the standard "
+        "library's docstrings",
+    )
+    group.add_argument(
+        "--corpus-chars",
+        type=common.positive_int,
+        default=400_000,
+        help="characters of the text to use (default: %(default)s)",
+    )
+    group.add_argument(
+        "--sequence-length",
+        type=common.positive_int,
+        default=128,
+        help="characters of context per training window (default: %(default)s)",
+    )
+    group.add_argument(
+        "--validation-fraction",
+        type=common.rate,
+        default=0.1,
+        help="share of the text, at its end, held out for validation "
+        "(default: %(default)s)",
+    )
+    group = parser.add_argument_group("sampling")
+    group.add_argument(
+        "--prompt",
+        default="Return the ",
+        help="text that starts the printed sample (default: %(default)r)",
+    )
+    group.add_argument(
+        "--sample-length",
+        type=int,
+        default=300,
+        help="characters to sample after training; 0 for none "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--temperature",
+        type=common.positive_float,
+        default=0.8,
+        help="sampling temperature (default: %(default)s)",
+    )
+    common.add_model_flags(
+        parser,
+        num_layers=3,
+        embedding_dim=128,
+        num_heads=4,
+        intermediate_dim=512,
+        dropout=0.1,
+    )
+    common.add_training_flags(
+        parser,
+        epochs=6,
+        batch_size=32,
+        warmup_steps=400,
+        lr_scale=0.5,
+        label_smoothing=0.0,
+        output_dir="runs/lm",
+    )
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.sample_length < 0:
+        parser.error(f"--sample-length must be >= 0, got {args.sample_length}")
+    if args.validation_fraction == 0:
+        parser.error("--validation-fraction must be > 0")
+    common.check_args(parser, args)
+    return parser, args
+
+
+def windows(ids, length, stride):
+    """Inputs `ids[i : i + length]` and next-character labels."""
+    starts = range(0, len(ids) - length - 1 + 1, stride)
+    x = np.stack([ids[s : s + length] for s in starts])
+    y = np.stack([ids[s + 1 : s + length + 1] for s in starts])
+    return x, y
+
+
+def load_corpus(parser, args):
+    """Train and validation windows, and the vocabulary."""
+    if args.text_file is None:
+        text = stdlib_docstrings(args.corpus_chars)
+        source = "the standard library's docstrings"
+    else:
+        text = common.read_text(parser, "--text-file", args.text_file)
+        text = text[: args.corpus_chars]
+        source = args.text_file
+    split_at = int(len(text) * (1 - args.validation_fraction))
+    needed = args.sequence_length + 1
+    if split_at < needed or len(text) - split_at < needed:
+        parser.error(
+            f"{source}: {len(text)} characters is too short for "
+            f"--sequence-length {args.sequence_length} in both the training "
+            "and the validation part"
+        )
+    vocabulary = common.Vocabulary.build([text[:split_at]], level="char")
+    ids = np.asarray(vocabulary.encode(text), "int32")
+    train = windows(
+        ids[:split_at], args.sequence_length, args.sequence_length // 2 or 1
+    )
+    validation = windows(
+        ids[split_at:], args.sequence_length, args.sequence_length
+    )
+    return train, validation, vocabulary, source
+
+
+def sample(
+    model, vocabulary, prompt, length, sequence_length, temperature, rng
+):
+    """Sample `length` characters after `prompt`, one model call each.
+
+    The window keeps one shape (the last `sequence_length` characters,
+    padded after them), so the compiled predict function is traced once.
+    """
+    ids = vocabulary.encode(prompt) or [common.UNK]
+    start = len(ids)
+    for _ in range(length):
+        context = ids[-sequence_length:]
+        window = common.pad([context], sequence_length)
+        logits = np.asarray(model.predict_on_batch(window))[0, len(context) - 1]
+        logits = logits.astype("float64") / temperature
+        logits[: len(common.SPECIAL_TOKENS)] = -np.inf  # no <pad>, <unk>...
+        probs = np.exp(logits - logits.max())
+        ids.append(int(rng.choice(len(probs), p=probs / probs.sum())))
+    return prompt + vocabulary.decode(ids[start:])
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
+    train, validation, vocabulary, source = load_corpus(parser, args)
+
+    # Imported once the inputs are known to be good (see _common).
+    import keras
+
+    import keras_tfm as tfm
+
+    keras.utils.set_random_seed(args.seed)
+    model = common.build(
+        parser,
+        tfm.models.decoder_lm,
+        len(vocabulary),
+        args.sequence_length,
+        **common.model_kwargs(args),
+    )
+    model.compile(
+        optimizer=common.optimizer(args),
+        loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
+            label_smoothing=args.label_smoothing
+        ),
+        metrics=[
+            # Unsmoothed, for the perplexity whatever --label-smoothing is.
+            keras.metrics.SparseCategoricalCrossentropy(
+                from_logits=True, name="cross_entropy"
+            ),
+            tfm.metrics.MaskedAccuracy(),
+        ],
+    )
+    run = common.Run(args)
+    vocabulary.save(run.path("vocabulary.json"))
+    print(
+        f"{source}: {len(train[0])} training and {len(validation[0])} "
+        f"validation windows of {args.sequence_length} characters, "
+        f"{len(vocabulary)} tokens"
+    )
+    history = run.fit(model, *train, validation_data=validation)
+
+    text = ""
+    if args.sample_length:
+        text = sample(
+            model,
+            vocabulary,
+            args.prompt,
+            args.sample_length,
+            args.sequence_length,
+            args.temperature,
+            np.random.default_rng(args.seed),
+        )
+        print(f"--- sample ---\n{text}\n--------------")
+    metrics = {
+        "val_perplexity": math.exp(history["val_cross_entropy"][-1]),
+        "val_cross_entropy": history["val_cross_entropy"][-1],
+        "val_masked_accuracy": history["val_masked_accuracy"][-1],
+        "first_loss": history["loss"][0],
+        "loss": history["loss"][-1],
+        "epochs": len(history["loss"]),
+        "sample": text,
+    }
+    run.plot("learning_curves", tfm.plotting.plot_history, history)
+    if args.position != "rotary":
+        run.plot(
+            "position_encoding", tfm.plotting.plot_position_encoding, model
+        )
+    return run.finish(model, metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""The example scripts, end to end on tiny settings, in this process.
+
+Each script's `main(argv)` runs on the backend under test; a failed start
+must be one line on stderr with exit status 2 and must leave
+`--output-dir` as it was.
+"""
+
+import csv
+import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+sys.path.insert(0, EXAMPLES)
+
+common = importlib.import_module("_common")
+# Plots need matplotlib, an optional extra; without it runs skip them.
+PLOTS = importlib.util.find_spec("matplotlib") is not None
+NAMES = ("train_seq2seq", "train_classifier", "train_lm")
+
+TINY_MODEL = [
+    "--num-layers", "1", "--embedding-dim", "16", "--num-heads", "2",
+    "--intermediate-dim", "32", "--dropout", "0", "--batch-size", "16",
+    "--warmup-steps", "4", "--lr-scale", "2", "--verbose", "2",
+]  # fmt: skip
+TINY = {
+    "train_seq2seq": [
+        "--train-size", "64", "--test-size", "8", "--epochs", "2",
+    ],
+    "train_classifier": [
+        "--train-size", "64", "--test-size", "16", "--epochs", "2",
+        "--max-length", "16", "--position", "learned",
+    ],
+    "train_lm": [
+        "--corpus-chars", "2500", "--sequence-length", "32", "--epochs",
+        "2", "--sample-length", "5", "--position", "rotary", "--tensorboard",
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: more torch threads only
+    contend with each other."""
+    if keras.backend.backend() != "torch":
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def example(name):
+    return importlib.import_module(name)
+
+
+def run(name, output_dir, *extra):
+    argv = [*TINY_MODEL, *TINY[name], "--output-dir", str(output_dir)]
+    return example(name).main([*argv, *extra])
+
+
+def read_history(output_dir):
+    with open(os.path.join(output_dir, common.HISTORY), newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_runs_end_to_end(name, tmp_path, capsys):
+    metrics = run(name, tmp_path)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(printed[-1]) == metrics  # the last line printed
+    with open(tmp_path / common.METRICS) as file:
+        assert json.load(file) == metrics
+    assert metrics["backend"] == keras.backend.backend()
+    assert metrics["epochs"] == 2
+    assert metrics["loss"] < metrics["first_loss"]
+    files = set(os.listdir(tmp_path))
+    assert {common.MODEL, common.CHECKPOINT, common.HISTORY} <= files
+    plots = {
+        "train_seq2seq": {"attention", "position_encoding", "learning_curves"},
+        "train_classifier": {
+            "attention",
+            "position_encoding",
+            "learning_curves",
+        },
+        "train_lm": {"learning_curves"},  # rotary: no position table
+    }[name]
+    assert ({f"{plot}.png" for plot in plots} <= files) == PLOTS
+    assert common.BACKUP_DIR not in files  # a finished run leaves none
+    assert len(read_history(tmp_path)) == 2
+    if name == "train_seq2seq":
+        assert 0 <= metrics["test_exact_match"] <= 1
+    if name == "train_classifier":
+        assert 0 <= metrics["test_accuracy"] <= 1
+    if name == "train_lm":
+        assert os.listdir(tmp_path / "logs")  # --tensorboard
+        assert 1 < metrics["val_perplexity"] < 200
+        assert metrics["sample"].startswith("Return the ")
+
+
+def test_resumes_an_interrupted_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run("train_classifier", tmp_path, "--epochs", "3",
+            "--stop-after-epochs", "1")  # fmt: skip
+    assert stopped.value.code == common.EXIT_INTERRUPTED
+    out, err = capsys.readouterr()
+    assert "run the same command again to resume" in err
+    assert json.loads(out.strip().splitlines()[-1])["interrupted"] is True
+    assert [row["epoch"] for row in read_history(tmp_path)] == ["0"]
+    assert os.path.isdir(tmp_path / common.BACKUP_DIR)
+    assert not os.path.exists(tmp_path / common.METRICS)
+
+    # Other settings would not resume this run: refused, backup kept.
+    with pytest.raises(SystemExit) as refused:
+        run("train_classifier", tmp_path, "--epochs", "3",
+            "--embedding-dim", "32")  # fmt: skip
+    assert refused.value.code == 2
+    assert "--embedding-dim" in capsys.readouterr().err
+    assert os.path.isdir(tmp_path / common.BACKUP_DIR)
+
+    metrics = run("train_classifier", tmp_path, "--epochs", "3")
+    out = capsys.readouterr().out
+    assert "Resuming" in out
+    assert "Epoch 1/3" not in out
+    assert "Epoch 2/3" in out and "Epoch 3/3" in out
+    assert [row["epoch"] for row in read_history(tmp_path)] == ["0", "1", "2"]
+    assert metrics["epochs"] == 3
+    # The optimizer continued too: three epochs of updates in all.
+    model = keras.saving.load_model(tmp_path / common.MODEL)
+    steps_per_epoch = 64 // 16
+    assert int(model.optimizer.iterations.numpy()) == 3 * steps_per_epoch
+
+
+def snapshot(directory):
+    """Every file under `directory` with its content."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as file:
+                files[os.path.relpath(path, directory)] = file.read()
+    return files
+
+
+@pytest.fixture
+def data_files(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    files = {
+        "good.tsv": "one\tuno\ttatoeba\ntwo\tdos\nthree\ttres\n",
+        "no_tab.tsv": "one\tuno\ntwo dos\n",
+        "empty.tsv": "",
+        "blank.tsv": "\n  \n\n",
+        "empty_field.tsv": "one\t\n",
+        "one_label.tsv": "pos\tgood film\npos\tgreat film\n",
+        "short.txt": "too short",
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    (folder / "latin1.tsv").write_bytes("caf\xe9\tcoffee\n".encode("latin-1"))
+    return folder
+
+
+BAD_INPUTS = [
+    ("train_seq2seq", ["--data", "{data}/missing.tsv"], "no such file"),
+    ("train_seq2seq", ["--data", "{data}"], "is a directory"),
+    ("train_seq2seq", ["--data", "{data}/latin1.tsv"], "not UTF-8"),
+    ("train_seq2seq", ["--data", "{data}/no_tab.tsv"], "line 2: no tab"),
+    ("train_seq2seq", ["--data", "{data}/empty.tsv"], "the file is empty"),
+    ("train_seq2seq", ["--data", "{data}/blank.tsv"], "the file is empty"),
+    ("train_seq2seq", ["--data", "{data}/empty_field.tsv"], "empty target"),
+    ("train_seq2seq", ["--position", "sinus"], "invalid choice: 'sinus'"),
+    ("train_seq2seq", ["--batch-size", "0"], "--batch-size: must be"),
+    ("train_seq2seq", ["--epochs", "two"], "--epochs: expected a positive"),
+    ("train_seq2seq", ["--num-heads", "3"], "--num-heads 3 must divide"),
+    ("train_seq2seq", ["--dropout", "1.5"], "--dropout: must be in"),
+    ("train_classifier", ["--data", "{data}/no_tab.tsv"], "no tab"),
+    ("train_classifier", ["--data", "{data}/one_label.tsv"], "2 different"),
+    ("train_classifier", ["--position", "rope"], "invalid choice"),
+    ("train_classifier", ["--batch-size", "0"], "--batch-size: must be"),
+    ("train_lm", ["--text-file", "{data}/missing.txt"], "no such file"),
+    ("train_lm", ["--text-file", "{data}/empty.tsv"], "the file is empty"),
+    ("train_lm", ["--text-file", "{data}/short.txt"], "too short"),
+    ("train_lm", ["--position", "learnt"], "invalid choice"),
+    ("train_lm", ["--batch-size", "0"], "--batch-size: must be"),
+]
+
+
+@pytest.mark.parametrize("name, args, message", BAD_INPUTS)
+def test_bad_input_is_one_line_and_exit_status_2(
+    name, args, message, data_files, tmp_path, capsys
+):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    (output_dir / common.METRICS).write_text('{"from": "an earlier run"}')
+    (output_dir / "notes.txt").write_text("keep me")
+    before = snapshot(output_dir)
+    args = [a.replace("{data}", str(data_files)) for a in args]
+    with pytest.raises(SystemExit) as error:
+        run(name, output_dir, *args)
+    assert error.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1, err  # exactly one line
+    assert err.startswith(f"{os.path.basename(sys.argv[0])}: error: ")
+    assert message in err
+    assert "Traceback" not in out + err
+    assert snapshot(output_dir) == before  # nothing destroyed or added
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys):
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    with pytest.raises(SystemExit) as error:
+        run("train_seq2seq", path)
+    assert error.value.code == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert path.read_text() == "not a directory"
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root reads any file",
+)
+def test_unreadable_data_file(tmp_path, capsys):
+    path = tmp_path / "secret.tsv"
+    path.write_text("a\tb\n")
+    path.chmod(0)
+    with pytest.raises(SystemExit) as error:
+        run("train_seq2seq", tmp_path / "out", "--data", str(path))
+    assert error.value.code == 2
+    assert "cannot read it" in capsys.readouterr().err
+
+
+def test_a_real_process_prints_no_traceback(tmp_path):
+    script = os.path.join(EXAMPLES, "train_seq2seq.py")
+    result = subprocess.run(
+        [sys.executable, script, "--batch-size", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [
+        "train_seq2seq.py: error: argument --batch-size: must be positive, "
+        "got '0' (see --help)"
+    ]
+    assert "Traceback" not in result.stderr
+    assert os.listdir(tmp_path) == []  # no runs/ directory made
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help_documents_every_flag(name, capsys):
+    module = example(name)
+    parser = module.build_parser()
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help"
+    with pytest.raises(SystemExit) as done:
+        module.parse_args(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for action in parser._actions:
+        for flag in action.option_strings:
+            assert flag in text
+    assert f"python examples/{name}.py" in text  # the docstring's command
+
+
+def test_the_docstring_commands_parse():
+    for name in NAMES:
+        module = example(name)
+        for line in module.__doc__.splitlines():
+            line = line.strip()
+            if line.startswith(f"python examples/{name}.py"):
+                argv = line.split()[2:]
+                parsed = module.build_parser().parse_args(argv)
+                assert parsed.position in common.POSITIONS
+
+
+class ScriptedModel:
+    """A stand-in seq2seq model: at position `t` it predicts
+    `tokens[t]`, then `<end>`, whatever its inputs."""
+
+    def __init__(self, tokens, vocabulary_size=8):
+        self.tokens = tokens
+        self.vocabulary_size = vocabulary_size
+        self.calls = 0
+
+    def predict_on_batch(self, inputs):
+        self.calls += 1
+        batch, length = inputs["decoder_token_ids"].shape
+        logits = np.zeros((batch, length, self.vocabulary_size), "float32")
+        for t in range(length):
+            token = self.tokens[t] if t < len(self.tokens) else common.END
+            logits[:, t, token] = 1.0
+        return logits
+
+
+def test_greedy_decode_stops_at_end_and_pads():
+    sources = np.ones((3, 4), "int32")
+    model = ScriptedModel([5, 6, 7])
+    decoded = common.greedy_decode(model, sources, 6, common.START, common.END)
+    assert decoded.tolist() == [[5, 6, 7, common.END, 0, 0]] * 3
+    assert model.calls == 4  # stops once every row has ended
+    short = common.greedy_decode(
+        ScriptedModel([5, 6, 7]), sources, 2, common.START, common.END
+    )
+    assert short.tolist() == [[5, 6]] * 3
+    targets = np.array([[5, 6, 7, 2, 0, 0], [5, 6, 2, 0, 0, 0]])
+    assert common.exact_match(decoded[:2], targets) == 0.5
+
+
+def test_vocabulary_round_trip():
+    vocabulary = common.Vocabulary.build(["abc", "aab"], level="char")
+    assert vocabulary.tokens[:6] == [*common.SPECIAL_TOKENS, "a", "b"]
+    ids = vocabulary.encode("abz", start=True, end=True)
+    assert ids[0] == common.START and ids[-1] == common.END
+    assert ids[3] == common.UNK
+    assert vocabulary.decode(ids) == "ab"
+    words = common.Vocabulary.build(["the cat", "the dog"], level="word")
+    assert words.decode(words.encode("the dog")) == "the dog"
+
+
+def test_seq2seq_reads_pairs(data_files, tmp_path):
+    module = example("train_seq2seq")
+    lines = [f"{i} apples\tmanzanas {i}" for i in range(40)]
+    lines += ["a b c d e f g h\tx", "x\ttoo long for four words here"]
+    (data_files / "pairs.tsv").write_text("\n".join(lines) + "\n")
+    parser, args = module.parse_args(
+        ["--data", str(data_files / "pairs.tsv"), "--tokenizer", "word",
+         "--max-length", "4", "--test-fraction", "0.25",
+         "--output-dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    train, test, vocabulary = module.load_pairs(parser, args, rng)
+    assert len(train) == 30 and len(test) == 10  # 2 pairs too long
+    assert vocabulary.level == "word"
+    _, target = train[0]
+    assert vocabulary.decode(vocabulary.encode(target)) == target
+    _, unseen = test[0]  # its number is not a training word: <unk>
+    assert common.UNK in vocabulary.encode(unseen)
+    assert not os.path.exists(tmp_path / "out")  # loading writes nothing
+
+
+def test_classifier_reads_labelled_text(data_files, tmp_path):
+    module = example("train_classifier")
+    lines = [f"{'pos' if i % 2 else 'neg'}\tText {i} here" for i in range(20)]
+    (data_files / "labels.tsv").write_text("\n".join(lines))
+    parser, args = module.parse_args(
+        ["--data", str(data_files / "labels.tsv"), "--max-length", "4",
+         "--output-dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    train, test, tokens, classes = module.load_data(parser, args, rng)
+    assert classes == ["neg", "pos"]
+    assert train[0].shape == (18, 4) and test[0].shape == (2, 4)
+    assert set(train[1]) <= {0, 1}
+    assert "text" in tokens  # lower-cased words
+
+
+def test_classifier_generated_labels_follow_word_order():
+    module = example("train_classifier")
+    labels, texts = module.order_sentences(50, 16, 40, np.random.default_rng(0))
+    for label, text in zip(labels, texts, strict=True):
+        words = text.split()
+        positions = [words.index(name) for name in module.NAMES]
+        order = tuple(np.argsort(positions))
+        assert order == module.ORDERS[label]
+        assert min(np.diff(sorted(positions))) >= len(words) // 4
+
+
+def test_imdb(monkeypatch, tmp_path, capsys):
+    module = example("train_classifier")
+    imdb = keras.datasets.imdb
+
+    def offline(**kwargs):
+        raise OSError("no network\nat all")
+
+    monkeypatch.setattr(imdb, "load_data", offline)
+    with pytest.raises(SystemExit) as error:
+        run("train_classifier", tmp_path, "--dataset", "imdb")
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not load it (no network at" in err
+
+    reviews = np.array([[1, 14, 22, 16], [1, 5, 9]], dtype=object)
+    monkeypatch.setattr(
+        imdb,
+        "load_data",
+        lambda num_words: ((reviews, [0, 1]), (reviews[:1], [1])),
+    )
+    monkeypatch.setattr(imdb, "get_word_index", lambda: {"film": 11})
+    parser, args = module.parse_args(
+        ["--dataset", "imdb", "--max-length", "3", "--max-vocabulary", "20"]
+    )
+    train, test, tokens, classes = module.load_data(parser, args, None)
+    assert train[0].tolist() == [[1, 14, 22], [1, 5, 9]]
+    assert tokens[14] == "film" and len(tokens) == 20
+    assert classes == ["negative", "positive"]
+
+
+def test_stdlib_corpus():
+    text = example("train_lm").stdlib_docstrings(3000)
+    assert len(text) == 3000
+    assert text.count(" ") > 300  # prose, not code or binary
