@@ -1,6 +1,8 @@
 """keras_tfm: Keras 3 layers for building Transformers."""
 
 from keras_tfm import (
+    distribution,
+    generation,
     layers,
     losses,
     masks,
@@ -14,6 +16,8 @@ from keras_tfm.layers import *  # noqa: F403
 __version__ = "0.1.0"
 
 __all__ = [
+    "distribution",
+    "generation",
     "layers",
     "losses",
     "masks",
