@@ -313,19 +313,23 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"{self.key_dim}). Received: cache with shape {shape}"
             )
 
-    def _split_heads(self, x, head_dim):
-        # (batch, seq, heads * head_dim) -> (batch, seq, heads, head_dim)
+    def _project(self, dense, x, head_dim):
+        # (batch, seq, dim) -> (batch, seq, heads, head_dim), as one
+        # (tokens, dim) matmul: see FeedForward.call.
         shape = ops.shape(x)
-        return ops.reshape(x, (shape[0], shape[1], self.num_heads, head_dim))
+        heads = dense(ops.reshape(x, (-1, shape[-1])))
+        return ops.reshape(
+            heads, (shape[0], shape[1], self.num_heads, head_dim)
+        )
 
     def _project_key(self, key, start_index=0):
-        key = self._split_heads(self.key_dense(key), self.key_dim)
+        key = self._project(self.key_dense, key, self.key_dim)
         if self.position == "rotary":
             key = self.rotary_embedding(key, start_index=start_index)
         return key
 
     def _project_value(self, value):
-        return self._split_heads(self.value_dense(value), self._value_dim)
+        return self._project(self.value_dense, value, self._value_dim)
 
     def _keys_and_values(self, key, value, cache, cache_index):
         """Return keys, values `(batch, key_len, heads, dim)` and cache."""
@@ -422,7 +426,7 @@ class MultiHeadAttention(keras.layers.Layer):
         start_index = 0 if cache_index is None else cache_index
 
         # (batch, query_len, heads, key_dim)
-        query_heads = self._split_heads(self.query_dense(query), self.key_dim)
+        query_heads = self._project(self.query_dense, query, self.key_dim)
         if self.position == "rotary":
             query_heads = self.rotary_embedding(
                 query_heads, start_index=start_index
@@ -510,12 +514,12 @@ class MultiHeadAttention(keras.layers.Layer):
         if has_key is not None:
             output = _where_rows(has_key, output)
 
-        # (batch, query_len, heads * value_dim)
+        # (batch * query_len, heads * value_dim): one matmul over tokens.
         shape = ops.shape(output)
-        output = ops.reshape(
-            output, (shape[0], shape[1], self.num_heads * self._value_dim)
+        output = self.output_dense(
+            ops.reshape(output, (-1, self.num_heads * self._value_dim))
         )
-        output = self.output_dense(output)
+        output = ops.reshape(output, (shape[0], shape[1], -1))
         results = (output,)
         if return_attention_scores:
             results += (scores,)

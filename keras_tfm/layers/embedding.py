@@ -114,8 +114,14 @@ class TokenEmbedding(keras.layers.Layer):
                     f"Received: inputs with shape {tuple(inputs.shape)}"
                 )
             table = ops.cast(self.embeddings, "float32")
-            # (..., dim) @ (dim, vocab) -> (..., vocab)
-            return ops.matmul(ops.cast(inputs, "float32"), ops.transpose(table))
+            # (tokens, dim) @ (dim, vocab): one 2-D matmul, whose table
+            # gradient is a plain GEMM (see FeedForward.call).
+            shape = ops.shape(inputs)
+            vectors = ops.reshape(
+                ops.cast(inputs, "float32"), (-1, self.embedding_dim)
+            )
+            logits = ops.matmul(vectors, ops.transpose(table))
+            return ops.reshape(logits, (*shape[:-1], self.vocabulary_size))
         if not is_integer_dtype(inputs.dtype):
             raise TypeError(
                 "TokenEmbedding expects integer token ids (use reverse=True "
