@@ -1,5 +1,6 @@
 """Plumbing the example scripts share: flags, data files, tokenizing, the
-output directory, resumable training and greedy decoding.
+output directory, resumable training and decoding with
+`keras_tfm.generation.Generator`.
 
 Each script stays a readable recipe (data -> model -> compile -> fit ->
 evaluate); what is not about Transformers lives here. Keras (and with it
@@ -19,6 +20,10 @@ import time
 import numpy as np
 
 POSITIONS = ("sinusoidal", "learned", "rotary")
+# The names of keras_tfm.generation.SAMPLERS, spelled out so that the
+# flags parse without importing Keras (tests/test_examples.py checks).
+SAMPLERS = ("greedy", "beam", "top_k", "top_p")
+SAMPLING = ("top_k", "top_p")  # the samplers that draw at random
 PAD, START, END, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<start>", "<end>", "<unk>")
 
@@ -37,6 +42,15 @@ RESUMABLE_CHANGES = {
     "verbose",
     "tensorboard",
     "output_dir",
+    # Decoding after training: no part of the training itself.
+    "sampler",
+    "num_beams",
+    "length_penalty",
+    "top_k",
+    "top_p",
+    "temperature",
+    "prompt",
+    "sample_length",
 }
 EXIT_INTERRUPTED = 3
 
@@ -68,6 +82,43 @@ def _positive(kind):
 
 positive_int = _positive(int)
 positive_float = _positive(float)
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 0, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number, got {text!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def probability(text):
+    """A float in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in (0, 1], got {text!r}"
+        ) from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
 
 
 def rate(text):
@@ -188,9 +239,9 @@ def add_training_flags(
     )
     group.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         default=0,
-        help="seed of the data, the initialization and dropout "
+        help="seed of the data, the initialization, dropout and sampling "
         "(default: %(default)s)",
     )
     group = parser.add_argument_group("output")
@@ -224,6 +275,84 @@ def add_training_flags(
     )
 
 
+def add_generation_flags(parser, *, sampler, temperature, top_p=None):
+    """Flags for `keras_tfm.generation.Generator` after training."""
+    group = parser.add_argument_group("decoding")
+    group.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=sampler,
+        help="how tokens are chosen: 'greedy' (the most likely), 'beam' "
+        "(beam search), 'top_k' or 'top_p' (sampling among the --top-k "
+        "most likely tokens, or the most likely ones holding --top-p of "
+        "the probability) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--num-beams",
+        type=positive_int,
+        default=4,
+        help="beams of --sampler beam (default: %(default)s)",
+    )
+    group.add_argument(
+        "--length-penalty",
+        type=finite_float,
+        default=1.0,
+        help="--sampler beam ranks finished hypotheses by log-probability "
+        "/ length ** this; 0 prefers short ones (default: %(default)s)",
+    )
+    group.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=None,
+        help="sample among the K most likely tokens; needed by --sampler "
+        "top_k, also applied by top_p",
+    )
+    group.add_argument(
+        "--top-p",
+        type=probability,
+        default=top_p,
+        help="sample among the most likely tokens holding this much of "
+        "the probability, in (0, 1]; needed by --sampler top_p, also "
+        "applied by top_k"
+        + ("" if top_p is None else "; 1 keeps them all")
+        + (" (default: %(default)s)" if top_p is not None else ""),
+    )
+    group.add_argument(
+        "--temperature",
+        type=positive_float,
+        default=temperature,
+        help="sampling temperature: the logits are divided by it "
+        "(default: %(default)s)",
+    )
+
+
+def check_generation_args(parser, args):
+    """Refuse decoding flags that the chosen --sampler would ignore."""
+    if args.sampler in SAMPLING and getattr(args, args.sampler) is None:
+        flag = "--" + args.sampler.replace("_", "-")
+        parser.error(f"--sampler {args.sampler} needs {flag}")
+    given = [
+        name
+        for name in (
+            "num_beams",
+            "length_penalty",
+            "top_k",
+            "top_p",
+            "temperature",
+        )
+        if getattr(args, name) != parser.get_default(name)
+    ]
+    for name in given:
+        users = (
+            ("beam",) if name in ("num_beams", "length_penalty") else SAMPLING
+        )
+        if args.sampler not in users:
+            parser.error(
+                f"--{name.replace('_', '-')} applies to --sampler "
+                f"{' or '.join(users)} only, not {args.sampler}"
+            )
+
+
 def check_args(parser, args):
     """Checks that need several flags; call before touching any file."""
     if args.embedding_dim % args.num_heads:
@@ -236,6 +365,8 @@ def check_args(parser, args):
             "--position rotary needs an even head width "
             "(--embedding-dim / --num-heads)"
         )
+    if hasattr(args, "sampler"):
+        check_generation_args(parser, args)
     check_output_dir(parser, args)
 
 
@@ -577,49 +708,50 @@ class Run:
 # --- decoding -------------------------------------------------------------
 
 
-def greedy_decode(model, sources, max_length, start_id, end_id, batch_size=512):
-    """Greedy decoding without a cache: re-run the model on the prefix.
+def generation_options(args):
+    """`Generator.generate` keyword arguments from the decoding flags."""
+    return dict(
+        sampler=args.sampler,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=args.temperature,
+    )
 
-    Slow (quadratic in the length) but needs nothing from the model but
-    `predict_on_batch`; `keras_tfm.generation.Generator` does the same with
-    a key/value cache. The decoder input keeps one shape, padded after the
-    prefix, so the compiled predict function is traced once: with the
-    causal mask, padding after position `t` cannot change its logits.
+
+def generate(
+    generator, inputs, max_length, *, seed=0, batch_size=512, **options
+):
+    """`generator.generate` over `inputs`, `batch_size` rows at a time.
+
+    Every call has the same shape, the last batch being filled up with
+    copies of its first row, so the search is compiled once.
 
     Args:
-        model: a seq2seq model (`{"encoder_token_ids",
-            "decoder_token_ids"}` -> logits).
-        sources: int array `(batch, source_len)`.
-        max_length: most tokens to generate.
-        start_id: the first decoder input.
-        end_id: the token that ends a sequence.
-        batch_size: examples decoded at once.
+        generator: a `keras_tfm.generation.Generator`.
+        inputs: int array `(count, length)`: sources or prompts.
+        max_length: `max_length` of `Generator.generate`.
+        seed: seed of the first batch; batch `i` uses `seed + i`.
+        batch_size: rows decoded at once.
+        **options: the other `Generator.generate` arguments (`sampler`,
+            `num_beams`, `end_id`, ...).
 
     Returns:
-        int32 array `(batch, max_length)`: the generated tokens (the end
-        token included), `0` after the end.
+        int32 array `(count, max_length)`; for a seq2seq model the
+        generated tokens (the end token included, `0` after it).
     """
+    inputs = np.asarray(inputs, "int32")
+    size = min(batch_size, len(inputs))
     results = []
-    for first in range(0, len(sources), batch_size):
-        chunk = np.asarray(sources[first : first + batch_size], "int32")
-        decoder_inputs = np.zeros((len(chunk), max_length), "int32")
-        decoder_inputs[:, 0] = start_id
-        generated = np.zeros((len(chunk), max_length), "int32")
-        done = np.zeros(len(chunk), bool)
-        for step in range(max_length):
-            logits = model.predict_on_batch(
-                {
-                    "encoder_token_ids": chunk,
-                    "decoder_token_ids": decoder_inputs,
-                }
-            )
-            token = np.asarray(logits)[:, step].argmax(-1)
-            generated[:, step] = np.where(done, PAD, token)
-            done |= generated[:, step] == end_id
-            if done.all() or step + 1 == max_length:
-                break
-            decoder_inputs[:, step + 1] = generated[:, step]
-        results.append(generated)
+    for number, first in enumerate(range(0, len(inputs), size)):
+        chunk = inputs[first : first + size]
+        count = len(chunk)
+        chunk = np.concatenate([chunk, np.repeat(chunk[:1], size - count, 0)])
+        ids = generator.generate(
+            chunk, max_length, seed=seed + number, **options
+        )
+        results.append(ids[:count])
     return np.concatenate(results)
 
 

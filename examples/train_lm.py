@@ -3,6 +3,7 @@
     python examples/train_lm.py
     python examples/train_lm.py --position rotary --epochs 10
     python examples/train_lm.py --text-file tinyshakespeare.txt
+    python examples/train_lm.py --sampler top_k --top-k 10 --temperature 0.7
 
 The default corpus is real English prose that ships with every Python:
 the docstrings of the standard library, read from its source files at run
@@ -13,9 +14,11 @@ The model is `keras_tfm.models.decoder_lm` with its output tied to the
 token table, trained on windows of `--sequence-length` characters with the
 TransformerSchedule. The last tenth of the text is held out: the script
 reports its perplexity per character (exp of the cross-entropy) and prints
-a sample. OUTPUT_DIR receives checkpoints, history.csv, metrics.json and
-plots; the last line printed is the JSON of the final metrics. Interrupt
-it and run the same command again to resume.
+a sample from `keras_tfm.generation.Generator` (by default temperature
+sampling from the whole distribution; see `--sampler`). OUTPUT_DIR
+receives checkpoints, history.csv, metrics.json and plots; the last line
+printed is the JSON of the final metrics. Interrupt it and run the same
+command again to resume.
 """
 
 import ast
@@ -105,12 +108,6 @@ def build_parser():
         help="characters to sample after training; 0 for none "
         "(default: %(default)s)",
     )
-    group.add_argument(
-        "--temperature",
-        type=common.positive_float,
-        default=0.8,
-        help="sampling temperature (default: %(default)s)",
-    )
     common.add_model_flags(
         parser,
         num_layers=3,
@@ -128,6 +125,9 @@ def build_parser():
         label_smoothing=0.0,
         output_dir="runs/lm",
     )
+    common.add_generation_flags(
+        parser, sampler="top_p", temperature=0.8, top_p=1.0
+    )
     return parser
 
 
@@ -138,6 +138,8 @@ def parse_args(argv=None):
         parser.error(f"--sample-length must be >= 0, got {args.sample_length}")
     if args.validation_fraction == 0:
         parser.error("--validation-fraction must be > 0")
+    if args.sample_length and args.sequence_length < 2:
+        parser.error("--sample-length needs --sequence-length 2 or more")
     common.check_args(parser, args)
     return parser, args
 
@@ -179,24 +181,48 @@ def load_corpus(parser, args):
 
 
 def sample(
-    model, vocabulary, prompt, length, sequence_length, temperature, rng
+    generator, vocabulary, prompt, length, sequence_length, seed, **options
 ):
-    """Sample `length` characters after `prompt`, one model call each.
+    """`prompt` and `length` characters generated after it.
 
-    The window keeps one shape (the last `sequence_length` characters,
-    padded after them), so the compiled predict function is traced once.
+    The model knows positions up to `sequence_length` only (a learned
+    table has no others), so longer texts are generated in rounds: each
+    round's prompt is the last `sequence_length // 2` characters so far,
+    and it continues them up to `sequence_length`. Every round has the
+    same shapes, so the search is compiled once. The text ends early at an
+    `<end>` token.
+
+    Args:
+        generator: a `keras_tfm.generation.Generator` of the model.
+        vocabulary: the `Vocabulary` of the model.
+        prompt: text to continue.
+        length: characters to generate.
+        sequence_length: the training window, at least 2.
+        seed: seed of the first round; round `i` uses `seed + i`.
+        **options: `Generator.generate` arguments (`sampler`, ...).
     """
+    width = sequence_length // 2
     ids = vocabulary.encode(prompt) or [common.UNK]
-    start = len(ids)
-    for _ in range(length):
-        context = ids[-sequence_length:]
-        window = common.pad([context], sequence_length)
-        logits = np.asarray(model.predict_on_batch(window))[0, len(context) - 1]
-        logits = logits.astype("float64") / temperature
-        logits[: len(common.SPECIAL_TOKENS)] = -np.inf  # no <pad>, <unk>...
-        probs = np.exp(logits - logits.max())
-        ids.append(int(rng.choice(len(probs), p=probs / probs.sum())))
-    return prompt + vocabulary.decode(ids[start:])
+    generated = []
+    round_ = 0
+    while len(generated) < length:  # at least one new character a round
+        context = (ids + generated)[-width:]
+        window = common.pad([context], width)
+        new = common.generate(
+            generator,
+            window,
+            sequence_length,
+            start_id=common.START,
+            end_id=common.END,
+            seed=seed + round_,
+            **options,
+        )[0, len(context) :].tolist()
+        if common.END in new:
+            generated += new[: new.index(common.END) + 1]
+            break
+        generated += new
+        round_ += 1
+    return prompt + vocabulary.decode(generated[:length])
 
 
 def main(argv=None):
@@ -222,7 +248,7 @@ def main(argv=None):
             label_smoothing=args.label_smoothing
         ),
         metrics=[
-            # Unsmoothed, for the perplexity whatever --label-smoothing is.
+            # Unsmoothed, for the perplexity whatever --label-smoothing.
             keras.metrics.SparseCategoricalCrossentropy(
                 from_logits=True, name="cross_entropy"
             ),
@@ -240,14 +266,15 @@ def main(argv=None):
 
     text = ""
     if args.sample_length:
+        generator = tfm.generation.Generator(model)
         text = sample(
-            model,
+            generator,
             vocabulary,
             args.prompt,
             args.sample_length,
             args.sequence_length,
-            args.temperature,
-            np.random.default_rng(args.seed),
+            args.seed,
+            **common.generation_options(args),
         )
         print(f"--- sample ---\n{text}\n--------------")
     metrics = {
@@ -258,6 +285,7 @@ def main(argv=None):
         "loss": history["loss"][-1],
         "epochs": len(history["loss"]),
         "sample": text,
+        "sampler": args.sampler,
     }
     run.plot("learning_curves", tfm.plotting.plot_history, history)
     if args.position != "rotary":

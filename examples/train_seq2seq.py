@@ -3,6 +3,7 @@
     python examples/train_seq2seq.py
     python examples/train_seq2seq.py --position rotary --output-dir runs/rot
     python examples/train_seq2seq.py --data spa.txt --tokenizer word
+    python examples/train_seq2seq.py --sampler beam --num-beams 4
 
 The default task is generated in the script, so it runs anywhere with no
 download: dates written the ways people write them ("3rd of March 2021",
@@ -18,8 +19,9 @@ or whitespace tokenizer.
 
 The model trains with the paper's recipe: the TransformerSchedule warm-up,
 Adam(beta_2=0.98), label smoothing (MaskedSparseCategoricalCrossentropy)
-and masked token accuracy. Afterwards the test split is decoded greedily
-and the exact-match accuracy reported. OUTPUT_DIR receives checkpoints,
+and masked token accuracy. Afterwards `keras_tfm.generation.Generator`
+decodes the test split (greedily unless `--sampler` says otherwise) and
+the exact-match accuracy is reported. OUTPUT_DIR receives checkpoints,
 history.csv, metrics.json and plots (learning curves, the position table,
 a cross-attention map); the last line printed is the JSON of the final
 metrics. Interrupt it and run the same command again to resume.
@@ -148,6 +150,7 @@ def build_parser():
         label_smoothing=0.1,
         output_dir="runs/seq2seq",
     )
+    common.add_generation_flags(parser, sampler="greedy", temperature=1.0)
     return parser
 
 
@@ -244,17 +247,21 @@ def main(argv=None):
     )
     history = run.fit(model, train_x, train_y, validation_data=(test_x, test_y))
 
-    predicted = common.greedy_decode(
-        model,
+    generator = tfm.generation.Generator(model)
+    predicted = common.generate(
+        generator,
         test_x["encoder_token_ids"],
         target_length,
-        common.START,
-        common.END,
+        start_id=common.START,
+        end_id=common.END,
+        seed=args.seed,
+        **common.generation_options(args),
     )
     for (source, target), guess in zip(test[:5], predicted, strict=False):
         print(f"{source!r} -> {vocabulary.decode(guess)!r} (want {target!r})")
     metrics = {
         "test_exact_match": common.exact_match(predicted, test_y),
+        "sampler": args.sampler,
         "val_masked_accuracy": history["val_masked_accuracy"][-1],
         "first_loss": history["loss"][0],
         "loss": history["loss"][-1],

@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import pytest
 
+from keras_tfm import generation, models
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 sys.path.insert(0, EXAMPLES)
 
@@ -194,7 +196,25 @@ BAD_INPUTS = [
     ("train_lm", ["--text-file", "{data}/short.txt"], "too short"),
     ("train_lm", ["--position", "learnt"], "invalid choice"),
     ("train_lm", ["--batch-size", "0"], "--batch-size: must be"),
-]
+    ("train_lm", ["--seed", "-1"], "--seed: must be >= 0"),
+    # Decoding flags.
+    ("train_seq2seq", ["--num-beams", "0"], "--num-beams: must be positive"),
+    ("train_seq2seq", ["--top-p", "1.5"], "--top-p: must be in (0, 1]"),
+    ("train_seq2seq", ["--temperature", "0"], "--temperature: must be"),
+    ("train_lm", ["--temperature", "0"], "--temperature: must be positive"),
+    ("train_lm", ["--top-k", "0"], "--top-k: must be positive"),
+    ("train_lm", ["--length-penalty", "nan"], "--length-penalty: must be"),
+    ("train_seq2seq", ["--sampler", "top-k"], "invalid choice: 'top-k'"),
+    ("train_seq2seq", ["--sampler", "top_k"], "--sampler top_k needs --top-k"),
+    ("train_seq2seq", ["--sampler", "top_p"], "--sampler top_p needs --top-p"),
+    ("train_seq2seq", ["--num-beams", "2"], "--num-beams applies to "
+     "--sampler beam only, not greedy"),
+    ("train_seq2seq", ["--top-k", "5"], "--top-k applies to --sampler "
+     "top_k or top_p only, not greedy"),
+    ("train_lm", ["--sampler", "beam", "--temperature", "1"],
+     "--temperature applies to --sampler top_k or top_p only, not beam"),
+    ("train_lm", ["--sequence-length", "1"], "needs --sequence-length 2"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name, args, message", BAD_INPUTS)
@@ -292,37 +312,117 @@ def test_the_docstring_commands_parse():
                 assert parsed.position in common.POSITIONS
 
 
-class ScriptedModel:
-    """A stand-in seq2seq model: at position `t` it predicts
-    `tokens[t]`, then `<end>`, whatever its inputs."""
-
-    def __init__(self, tokens, vocabulary_size=8):
-        self.tokens = tokens
-        self.vocabulary_size = vocabulary_size
-        self.calls = 0
-
-    def predict_on_batch(self, inputs):
-        self.calls += 1
-        batch, length = inputs["decoder_token_ids"].shape
-        logits = np.zeros((batch, length, self.vocabulary_size), "float32")
-        for t in range(length):
-            token = self.tokens[t] if t < len(self.tokens) else common.END
-            logits[:, t, token] = 1.0
-        return logits
+def test_sampler_choices_are_the_library_names():
+    assert common.SAMPLERS == generation.SAMPLERS
 
 
-def test_greedy_decode_stops_at_end_and_pads():
-    sources = np.ones((3, 4), "int32")
-    model = ScriptedModel([5, 6, 7])
-    decoded = common.greedy_decode(model, sources, 6, common.START, common.END)
-    assert decoded.tolist() == [[5, 6, 7, common.END, 0, 0]] * 3
-    assert model.calls == 4  # stops once every row has ended
-    short = common.greedy_decode(
-        ScriptedModel([5, 6, 7]), sources, 2, common.START, common.END
+def tiny_seq2seq(vocabulary_size=12, sequence_length=8):
+    return models.seq2seq_transformer(
+        vocabulary_size,
+        sequence_length,
+        num_layers=1,
+        embedding_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        dropout=0.0,
     )
-    assert short.tolist() == [[5, 6]] * 3
-    targets = np.array([[5, 6, 7, 2, 0, 0], [5, 6, 2, 0, 0, 0]])
-    assert common.exact_match(decoded[:2], targets) == 0.5
+
+
+def test_generate_in_batches_compiles_once():
+    generator = generation.Generator(tiny_seq2seq())
+    sources = np.random.default_rng(0).integers(1, 12, size=(5, 4))
+    sources[1, 2:] = 0  # padding
+    decoded = common.generate(generator, sources, 6, batch_size=2)
+    assert decoded.shape == (5, 6) and decoded.dtype == np.int32
+    if keras.backend.backend() != "torch":  # torch runs eagerly
+        assert generator.trace_count == 1  # batches 2, 2 and 1 (+ 1 copy)
+    # Greedy: the same tokens as all rows in one call.
+    assert decoded.tolist() == generator.generate(sources, 6).tolist()
+
+
+def test_exact_match_stops_at_end():
+    decoded = np.array([[5, 6, 7, 2, 0, 0], [5, 6, 7, 2, 0, 0]])
+    targets = np.array([[5, 6, 7, 2, 4, 4], [5, 6, 2, 0, 0, 0]])
+    assert common.exact_match(decoded, targets) == 0.5
+
+
+class RecordingGenerator:
+    """Stands in for a decoder-only `Generator`: continues each prompt
+    with `tokens`, then pads; records every call."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+        self.calls = []
+
+    def generate(self, inputs, max_length, **options):
+        inputs = np.asarray(inputs)
+        self.calls.append((inputs.shape, max_length, options))
+        out = np.zeros((len(inputs), max_length), "int32")
+        for row, prompt in enumerate(inputs):
+            ids = [int(i) for i in prompt if i] + list(self.tokens)
+            out[row, : min(len(ids), max_length)] = ids[:max_length]
+        return out
+
+
+def test_lm_samples_past_its_window_in_rounds():
+    module = example("train_lm")
+    vocabulary = common.Vocabulary.build(["abcdef"])
+    a, b = vocabulary.encode("ab")
+    generator = RecordingGenerator([a] * 8)
+    text = module.sample(
+        generator, vocabulary, "fed", 10, 8, 7, sampler="top_k", top_k=2
+    )
+    assert text == "fed" + "a" * 10  # 5 + 4 + 4 generated, 10 kept
+    # Rounds of the last 4 characters continued up to 8: one shape.
+    assert [call[:2] for call in generator.calls] == [((1, 4), 8)] * 3
+    assert [call[2]["seed"] for call in generator.calls] == [7, 8, 9]
+    assert generator.calls[0][2]["sampler"] == "top_k"
+
+    ended = RecordingGenerator([a, common.END, b])
+    assert module.sample(ended, vocabulary, "fed", 10, 8, 0) == "feda"
+    assert len(ended.calls) == 1
+
+
+DECODING_RUNS = [
+    ("train_seq2seq", ["--sampler", "beam", "--num-beams", "2",
+                       "--length-penalty", "0.5"]),
+    ("train_seq2seq", ["--sampler", "top_p", "--top-p", "0.9",
+                       "--temperature", "0.7", "--seed", "3"]),
+    # Learned positions and a sample longer than --sequence-length 32.
+    ("train_lm", ["--sampler", "top_k", "--top-k", "5", "--position",
+                  "learned", "--sample-length", "40"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, args", DECODING_RUNS)
+def test_decoding_flags_reach_the_generator(name, args, tmp_path, monkeypatch):
+    calls = []
+    real_generate = generation.Generator.generate
+
+    def recording_generate(self, inputs, max_length, **options):
+        calls.append((np.shape(inputs), max_length, options))
+        return real_generate(self, inputs, max_length, **options)
+
+    monkeypatch.setattr(generation.Generator, "generate", recording_generate)
+    metrics = run(name, tmp_path, *args)
+    parsed = example(name).build_parser().parse_args(args)
+    assert metrics["sampler"] == parsed.sampler
+    assert calls
+    for _, _, options in calls:
+        assert options["sampler"] == parsed.sampler
+        assert options["end_id"] == common.END
+        for option in ("num_beams", "length_penalty", "top_k", "top_p"):
+            assert options[option] == getattr(parsed, option)
+        assert options["temperature"] == parsed.temperature
+    if name == "train_seq2seq":
+        assert 0 <= metrics["test_exact_match"] <= 1
+        assert calls[0][2]["seed"] == parsed.seed
+        assert calls[0][0][0] == 8  # the 8 test sources in one batch
+    else:
+        prompt = "Return the "
+        assert metrics["sample"].startswith(prompt)
+        assert len(metrics["sample"]) <= len(prompt) + 40
+        assert {call[:2] for call in calls} == {((1, 16), 32)}
 
 
 def test_vocabulary_round_trip():
