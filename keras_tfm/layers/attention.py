@@ -107,9 +107,10 @@ class MultiHeadAttention(keras.layers.Layer):
             attention `cache` is given (`cache_index=None`).
         key: optional float tensor `(batch, key_len, dim_k)`. Defaults to
             `value`.
-        attention_mask: optional boolean `(batch, query_len, key_len)` (or
-            a leading axis of 1); `key_len` is the cache length when a
-            cache is used.
+        attention_mask: optional boolean `(batch, query_len, key_len)`;
+            `batch` and `query_len` may be 1 to broadcast (a key padding
+            mask `(batch, 1, key_len)` costs no `(query, key)` tensor).
+            `key_len` is the cache length when a cache is used.
         use_causal_mask: whether query `t` may only see keys `<= t` (keys
             `<= cache_index + t` when decoding with a cache).
         return_attention_scores: whether to also return the attention
@@ -278,7 +279,7 @@ class MultiHeadAttention(keras.layers.Layer):
             got is not None
             and want is not None
             and got != want
-            and not (axis == 0 and got == 1)
+            and not (axis < 2 and got == 1)
             for axis, (got, want) in enumerate(
                 zip(mask_shape, expected, strict=True)
             )
@@ -286,9 +287,9 @@ class MultiHeadAttention(keras.layers.Layer):
         if mismatch:
             raise ValueError(
                 "`attention_mask` must have shape (batch, query_len, "
-                f"key_len) = {expected}. Received: attention_mask with "
-                f"shape {mask_shape}, query with shape "
-                f"{tuple(query.shape)}"
+                f"key_len) = {expected} (batch and query_len may be 1). "
+                f"Received: attention_mask with shape {mask_shape}, query "
+                f"with shape {tuple(query.shape)}"
             )
 
     def _check_cacheable(self):
@@ -372,10 +373,12 @@ class MultiHeadAttention(keras.layers.Layer):
         query_length = ops.shape(query)[1]
         mask = None
         if key_padding is not None:
+            # Without the causal mask, (batch, 1, key_len) broadcasts over
+            # queries and no (batch, query_len, key_len) tensor is built.
             mask = masks.attention_mask(
                 key_mask=key_padding,
                 causal=use_causal_mask,
-                query_length=query_length,
+                query_length=query_length if use_causal_mask else 1,
                 offset=offset,
             )
         elif use_causal_mask:

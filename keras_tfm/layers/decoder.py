@@ -206,9 +206,9 @@ class TransformerDecoderBlock(TransformerBlock):
         if self.cross_attention:
             cross_mask = None
             if encoder_padding_mask is not None:
+                # (batch, 1, source_len): broadcast over queries.
                 cross_mask = masks.attention_mask(
-                    key_mask=encoder_padding_mask,
-                    query_length=keras.ops.shape(inputs)[1],
+                    key_mask=encoder_padding_mask, query_length=1
                 )
 
             def attend_source(h):

@@ -96,8 +96,11 @@ class TransformerEncoderBlock(TransformerBlock):
             self._check_attention_mask(attention_mask, inputs)
         if padding_mask is None:
             padding_mask = mask if mask is not None else inputs_mask
+        # (batch, 1, seq) broadcasts over queries: no (seq, seq) tensor
+        # unless an `attention_mask` is given.
         merged = masks.combine_masks(
-            masks.attention_mask(key_mask=padding_mask), attention_mask
+            masks.attention_mask(key_mask=padding_mask, query_length=1),
+            attention_mask,
         )
 
         def attend(x):
