@@ -1,6 +1,6 @@
 """Plumbing the example scripts share: flags, data files, tokenizing, the
-output directory, resumable training and decoding with
-`keras_tfm.generation.Generator`.
+output directory, devices (`--distribute`), resumable training and
+decoding with `keras_tfm.generation.Generator`.
 
 Each script stays a readable recipe (data -> model -> compile -> fit ->
 evaluate); what is not about Transformers lives here. Keras (and with it
@@ -20,10 +20,12 @@ import time
 import numpy as np
 
 POSITIONS = ("sinusoidal", "learned", "rotary")
-# The names of keras_tfm.generation.SAMPLERS, spelled out so that the
-# flags parse without importing Keras (tests/test_examples.py checks).
+# The names of keras_tfm.generation.SAMPLERS and
+# keras_tfm.distribution.DISTRIBUTE_CHOICES, spelled out so that the flags
+# parse without importing Keras (tests/test_examples.py checks they agree).
 SAMPLERS = ("greedy", "beam", "top_k", "top_p")
 SAMPLING = ("top_k", "top_p")  # the samplers that draw at random
+DISTRIBUTE = ("none", "mirrored", "multi-worker", "data-parallel")
 PAD, START, END, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<start>", "<end>", "<unk>")
 
@@ -244,6 +246,16 @@ def add_training_flags(
         help="seed of the data, the initialization, dropout and sampling "
         "(default: %(default)s)",
     )
+    group.add_argument(
+        "--distribute",
+        choices=DISTRIBUTE,
+        default="none",
+        help="train on several devices: 'mirrored' (every local GPU, else "
+        "the CPU; TensorFlow), 'multi-worker' (several machines, "
+        "TensorFlow, cluster in TF_CONFIG), 'data-parallel' (every local "
+        "device, JAX); --batch-size is the global batch, split over the "
+        "replicas (default: %(default)s)",
+    )
     group = parser.add_argument_group("output")
     group.add_argument(
         "--output-dir",
@@ -367,7 +379,24 @@ def check_args(parser, args):
         )
     if hasattr(args, "sampler"):
         check_generation_args(parser, args)
+    check_distribute(parser, args)
     check_output_dir(parser, args)
+
+
+def check_distribute(parser, args):
+    """Refuse a --distribute choice the Keras backend cannot run.
+
+    Only then is Keras imported here (the backend decides); the default
+    'none' answers without it.
+    """
+    if args.distribute == "none":
+        return
+    from keras_tfm import distribution
+
+    try:
+        distribution.check_distribute(args.distribute)
+    except ValueError as error:
+        parser.error(f"--distribute {args.distribute}: {error}")
 
 
 def check_output_dir(parser, args):
@@ -380,7 +409,7 @@ def check_output_dir(parser, args):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
         parser.error(f"--output-dir {args.output_dir} is not writable")
-    saved = _read_json(os.path.join(path, BACKUP_DIR, RUN_ARGS))
+    saved = _read_json(os.path.join(run_dir(args), BACKUP_DIR, RUN_ARGS))
     if saved is not None:
         changed = sorted(
             name
@@ -394,6 +423,23 @@ def check_output_dir(parser, args):
                 f"with other {flags}; resume it with the same settings, or "
                 f"use another --output-dir (or delete its {BACKUP_DIR}/)"
             )
+
+
+def run_dir(args):
+    """The directory this process writes: `--output-dir`, except on the
+    workers of a multi-worker run other than the chief, which write into
+    `OUTPUT_DIR/worker-<index>` (the machines may share a filesystem)."""
+    if args.distribute != "multi-worker":
+        return args.output_dir
+    config = json.loads(os.environ["TF_CONFIG"])  # see check_distribute
+    task = config["task"]
+    if task["type"] == "chief" or (
+        task["type"] == "worker"
+        and task["index"] == 0
+        and "chief" not in config["cluster"]
+    ):
+        return args.output_dir
+    return os.path.join(args.output_dir, f"{task['type']}-{task['index']}")
 
 
 def _resumable_args(args):
@@ -572,6 +618,89 @@ def optimizer(args):
     )
 
 
+# --- devices --------------------------------------------------------------
+
+
+class Distribution:
+    """The devices a run trains on, as `--distribute` asks.
+
+    Create it as soon as Keras is imported, before anything else runs
+    TensorFlow (seeding included): `MultiWorkerMirroredStrategy` must
+    exist before TensorFlow starts. Build and compile the model inside
+    `scope()`; `fit` then splits each global batch over `replicas`.
+
+    `mirrored` mirrors over every local GPU or, with none, over every
+    logical CPU device (one, unless the process configured more), where
+    `tf.distribute.MirroredStrategy()` alone would take only the first CPU.
+    """
+
+    def __init__(self, parser, args):
+        import keras
+
+        from keras_tfm import distribution
+
+        self.name = args.distribute
+        self.strategy = None
+        if self.name == "mirrored":
+            import tensorflow as tf
+
+            devices = tf.config.list_logical_devices("GPU")
+            devices = devices or tf.config.list_logical_devices("CPU")
+            self.strategy = tf.distribute.MirroredStrategy(
+                [device.name for device in devices]
+            )
+        elif self.name == "multi-worker":
+            self.strategy = distribution.multi_worker_strategy()
+        if self.strategy is not None:
+            self._scope = self.strategy.scope()
+            self.replicas = self.strategy.num_replicas_in_sync
+            self.devices = list(self.strategy.extended.worker_devices)
+        else:
+            self._scope = distribution.strategy_scope(self.name)
+            mesh = None
+            if self.name == "data-parallel":
+                mesh = keras.distribution.distribution().device_mesh
+            self.devices = [] if mesh is None else list(mesh.devices.flat)
+            self.replicas = max(1, len(self.devices))
+        # XLA cannot compile a TensorFlow step that spans replicas.
+        self.jit_compile, _ = distribution.resolve_jit_compile(self.name, True)
+        # JAX shards every batch evenly over the devices.
+        self.even_batches = self.name == "data-parallel"
+        if self.even_batches and args.batch_size % self.replicas:
+            parser.error(
+                f"--batch-size {args.batch_size} must be a multiple of the "
+                f"{self.replicas} devices of --distribute {self.name}"
+            )
+        if self.name != "none":
+            print(
+                f"--distribute {self.name}: {self.replicas} "
+                f"replica{'s' * (self.replicas != 1)} in all; this "
+                "process's devices: "
+                + ", ".join(str(device) for device in self.devices)
+            )
+
+    def scope(self):
+        return self._scope
+
+
+def _take(data, count):
+    """The first `count` examples of an array, a dict of arrays or a
+    tuple of them."""
+    if isinstance(data, dict):
+        return {name: _take(value, count) for name, value in data.items()}
+    if isinstance(data, (tuple, list)):
+        return type(data)(_take(value, count) for value in data)
+    return data[:count]
+
+
+def _size(data):
+    if isinstance(data, dict):
+        return _size(next(iter(data.values())))
+    if isinstance(data, (tuple, list)):
+        return _size(data[0])
+    return len(data)
+
+
 # --- running --------------------------------------------------------------
 
 
@@ -597,9 +726,10 @@ class Run:
     """One training run's output directory: created only once every input
     is known to be good, so a failed start destroys nothing."""
 
-    def __init__(self, args):
+    def __init__(self, args, distribution):
         self.args = args
-        self.dir = args.output_dir
+        self.distribution = distribution
+        self.dir = run_dir(args)
         self.started = time.time()
         self.backup_dir = self.path(BACKUP_DIR)
         self.resuming = os.path.isdir(self.backup_dir)
@@ -641,6 +771,10 @@ class Run:
         os.makedirs(self.backup_dir, exist_ok=True)
         with open(self.path(BACKUP_DIR, RUN_ARGS), "w") as file:
             json.dump(_resumable_args(self.args), file, indent=2)
+        if self.distribution.even_batches:
+            x, y = self._even("training", (x, y))
+            if validation_data is not None:
+                validation_data = self._even("validation", validation_data)
         try:
             model.fit(
                 x,
@@ -664,6 +798,26 @@ class Run:
             sys.exit(status)
         return self.history()
 
+    def _even(self, name, data):
+        """`data` without its last examples beyond a multiple of the
+        replicas, so that the last batch splits evenly too."""
+        size = _size(data)
+        keep = size - size % self.distribution.replicas
+        if keep == 0:
+            sys.exit(
+                f"error: {size} {name} examples cannot be split over "
+                f"{self.distribution.replicas} devices (--distribute "
+                f"{self.distribution.name})"
+            )
+        if keep < size:
+            print(
+                f"--distribute {self.distribution.name}: leaving out the "
+                f"last {size - keep} of {size} {name} examples, so that "
+                f"every batch splits over {self.distribution.replicas} "
+                "devices"
+            )
+        return _take(data, keep)
+
     def history(self):
         """Per-epoch logs of the whole run, resumed parts included."""
         rows = {}
@@ -685,6 +839,8 @@ class Run:
             **metrics,
             "backend": keras.backend.backend(),
             "position": self.args.position,
+            "distribute": self.args.distribute,
+            "replicas": self.distribution.replicas,
             "seconds": round(time.time() - self.started, 1),
             "output_dir": self.dir,
         }

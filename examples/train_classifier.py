@@ -16,7 +16,8 @@ instead (any label strings; whitespace-separated, lower-cased words), and
 
 The model is `keras_tfm.models.encoder_classifier` (masked mean pooling,
 so padding never changes a prediction), trained with the
-TransformerSchedule and label smoothing. OUTPUT_DIR receives checkpoints,
+TransformerSchedule and label smoothing; `--distribute` trains on several
+devices (see the README's "Distribution"). OUTPUT_DIR receives checkpoints,
 history.csv, metrics.json and plots; the last line printed is the JSON of
 the final metrics. Interrupt it and run the same command again to resume.
 """
@@ -206,23 +207,25 @@ def main(argv=None):
 
     import keras_tfm as tfm
 
+    distribution = common.Distribution(parser, args)  # before seeding
     keras.utils.set_random_seed(args.seed)
-    model = common.build(
-        parser,
-        tfm.models.encoder_classifier,
-        len(tokens),
-        args.max_length,
-        len(class_names),
-        **common.model_kwargs(args),
-    )
-    model.compile(
-        optimizer=common.optimizer(args),
-        loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
-            label_smoothing=args.label_smoothing, ignore_class=None
-        ),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
-    run = common.Run(args)
+    with distribution.scope():
+        model = common.build(
+            parser,
+            tfm.models.encoder_classifier,
+            len(tokens),
+            args.max_length,
+            len(class_names),
+            **common.model_kwargs(args),
+        )
+        model.compile(
+            optimizer=common.optimizer(args),
+            loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
+                label_smoothing=args.label_smoothing, ignore_class=None
+            ),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+    run = common.Run(args, distribution)
     print(
         f"{len(train[0])} training and {len(test[0])} test texts, "
         f"{len(tokens)} tokens, classes {class_names}"

@@ -15,7 +15,8 @@ token table, trained on windows of `--sequence-length` characters with the
 TransformerSchedule. The last tenth of the text is held out: the script
 reports its perplexity per character (exp of the cross-entropy) and prints
 a sample from `keras_tfm.generation.Generator` (by default temperature
-sampling from the whole distribution; see `--sampler`). OUTPUT_DIR
+sampling from the whole distribution; see `--sampler`). `--distribute`
+trains on several devices (see the README's "Distribution"). OUTPUT_DIR
 receives checkpoints, history.csv, metrics.json and plots; the last line
 printed is the JSON of the final metrics. Interrupt it and run the same
 command again to resume.
@@ -234,28 +235,30 @@ def main(argv=None):
 
     import keras_tfm as tfm
 
+    distribution = common.Distribution(parser, args)  # before seeding
     keras.utils.set_random_seed(args.seed)
-    model = common.build(
-        parser,
-        tfm.models.decoder_lm,
-        len(vocabulary),
-        args.sequence_length,
-        **common.model_kwargs(args),
-    )
-    model.compile(
-        optimizer=common.optimizer(args),
-        loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
-            label_smoothing=args.label_smoothing
-        ),
-        metrics=[
-            # Unsmoothed, for the perplexity whatever --label-smoothing.
-            keras.metrics.SparseCategoricalCrossentropy(
-                from_logits=True, name="cross_entropy"
+    with distribution.scope():
+        model = common.build(
+            parser,
+            tfm.models.decoder_lm,
+            len(vocabulary),
+            args.sequence_length,
+            **common.model_kwargs(args),
+        )
+        model.compile(
+            optimizer=common.optimizer(args),
+            loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
+                label_smoothing=args.label_smoothing
             ),
-            tfm.metrics.MaskedAccuracy(),
-        ],
-    )
-    run = common.Run(args)
+            metrics=[
+                # Unsmoothed, for the perplexity whatever --label-smoothing.
+                keras.metrics.SparseCategoricalCrossentropy(
+                    from_logits=True, name="cross_entropy"
+                ),
+                tfm.metrics.MaskedAccuracy(),
+            ],
+        )
+    run = common.Run(args, distribution)
     vocabulary.save(run.path("vocabulary.json"))
     print(
         f"{source}: {len(train[0])} training and {len(validation[0])} "
@@ -266,7 +269,9 @@ def main(argv=None):
 
     text = ""
     if args.sample_length:
-        generator = tfm.generation.Generator(model)
+        generator = tfm.generation.Generator(
+            model, jit_compile=distribution.jit_compile
+        )
         text = sample(
             generator,
             vocabulary,

@@ -21,7 +21,8 @@ The model trains with the paper's recipe: the TransformerSchedule warm-up,
 Adam(beta_2=0.98), label smoothing (MaskedSparseCategoricalCrossentropy)
 and masked token accuracy. Afterwards `keras_tfm.generation.Generator`
 decodes the test split (greedily unless `--sampler` says otherwise) and
-the exact-match accuracy is reported. OUTPUT_DIR receives checkpoints,
+the exact-match accuracy is reported. `--distribute` trains on several
+devices (see the README's "Distribution"). OUTPUT_DIR receives checkpoints,
 history.csv, metrics.json and plots (learning curves, the position table,
 a cross-attention map); the last line printed is the JSON of the final
 metrics. Interrupt it and run the same command again to resume.
@@ -224,22 +225,24 @@ def main(argv=None):
 
     import keras_tfm as tfm
 
+    distribution = common.Distribution(parser, args)  # before seeding
     keras.utils.set_random_seed(args.seed)
-    model = common.build(
-        parser,
-        tfm.models.seq2seq_transformer,
-        len(vocabulary),
-        max(source_length, target_length),
-        **common.model_kwargs(args),
-    )
-    model.compile(
-        optimizer=common.optimizer(args),
-        loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
-            label_smoothing=args.label_smoothing
-        ),
-        metrics=[tfm.metrics.MaskedAccuracy()],
-    )
-    run = common.Run(args)
+    with distribution.scope():
+        model = common.build(
+            parser,
+            tfm.models.seq2seq_transformer,
+            len(vocabulary),
+            max(source_length, target_length),
+            **common.model_kwargs(args),
+        )
+        model.compile(
+            optimizer=common.optimizer(args),
+            loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
+                label_smoothing=args.label_smoothing
+            ),
+            metrics=[tfm.metrics.MaskedAccuracy()],
+        )
+    run = common.Run(args, distribution)
     vocabulary.save(run.path("vocabulary.json"))
     print(
         f"{len(train)} training and {len(test)} test pairs, "
@@ -247,7 +250,9 @@ def main(argv=None):
     )
     history = run.fit(model, train_x, train_y, validation_data=(test_x, test_y))
 
-    generator = tfm.generation.Generator(model)
+    generator = tfm.generation.Generator(
+        model, jit_compile=distribution.jit_compile
+    )
     predicted = common.generate(
         generator,
         test_x["encoder_token_ids"],

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tfm import generation, models
+from keras_tfm import distribution, generation, models
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 sys.path.insert(0, EXAMPLES)
@@ -174,6 +175,10 @@ def data_files(tmp_path):
     return folder
 
 
+# A --distribute choice that the backend under test cannot run.
+OTHER_STRATEGY = (
+    "data-parallel" if keras.backend.backend() == "tensorflow" else "mirrored"
+)
 BAD_INPUTS = [
     ("train_seq2seq", ["--data", "{data}/missing.tsv"], "no such file"),
     ("train_seq2seq", ["--data", "{data}"], "is a directory"),
@@ -214,13 +219,21 @@ BAD_INPUTS = [
     ("train_lm", ["--sampler", "beam", "--temperature", "1"],
      "--temperature applies to --sampler top_k or top_p only, not beam"),
     ("train_lm", ["--sequence-length", "1"], "needs --sequence-length 2"),
+    # A strategy of another backend; multi-worker without TF_CONFIG.
+    ("train_classifier", ["--distribute", OTHER_STRATEGY],
+     f"--distribute {OTHER_STRATEGY}: `distribute='{OTHER_STRATEGY}'` "
+     "needs the"),
+    ("train_seq2seq", ["--distribute", "ring"], "invalid choice: 'ring'"),
+    ("train_lm", ["--distribute", "multi-worker"],
+     "--distribute multi-worker: "),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("name, args, message", BAD_INPUTS)
 def test_bad_input_is_one_line_and_exit_status_2(
-    name, args, message, data_files, tmp_path, capsys
+    name, args, message, data_files, tmp_path, capsys, monkeypatch
 ):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     output_dir = tmp_path / "out"
     output_dir.mkdir()
     (output_dir / common.METRICS).write_text('{"from": "an earlier run"}')
@@ -312,8 +325,9 @@ def test_the_docstring_commands_parse():
                 assert parsed.position in common.POSITIONS
 
 
-def test_sampler_choices_are_the_library_names():
+def test_flag_choices_are_the_library_names():
     assert common.SAMPLERS == generation.SAMPLERS
+    assert common.DISTRIBUTE == distribution.DISTRIBUTE_CHOICES
 
 
 def tiny_seq2seq(vocabulary_size=12, sequence_length=8):
@@ -518,3 +532,159 @@ def test_stdlib_corpus():
     text = example("train_lm").stdlib_docstrings(3000)
     assert len(text) == 3000
     assert text.count(" ") > 300  # prose, not code or binary
+
+
+# --- --distribute: in subprocesses, each in one backend's pass of CI ----------
+#
+# A device layout must be fixed before TensorFlow or JAX starts, so these
+# run the scripts in fresh processes (as tests/test_distribution.py does):
+# two logical CPUs for MirroredStrategy (set up by TWO_CPUS before the
+# script runs), two workers on 127.0.0.1 for MultiWorkerMirroredStrategy,
+# two host devices (XLA_FLAGS) for JAX DataParallel.
+
+REPO = os.path.dirname(EXAMPLES)
+TIMEOUT = 240  # seconds, for the processes of one test together
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="runs in the tensorflow pass of CI",
+)
+jax_only = pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="runs in the jax pass of CI"
+)
+TWO_CPUS = """
+import os, runpy, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.pop("TF_CONFIG", None)
+    env.update(
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=os.pathsep.join(
+            p for p in (REPO, env.get("PYTHONPATH")) if p
+        ),
+        **extra,
+    )
+    return env
+
+
+def _script(name, output_dir, *extra, wrapper=()):
+    path = os.path.join(EXAMPLES, f"{name}.py")
+    argv = [*TINY_MODEL, *TINY[name], "--output-dir", str(output_dir)]
+    return [sys.executable, *wrapper, path, *argv, *extra]
+
+
+def _run_all(commands, envs):
+    """Run the commands at once; kill them all on failure or timeout."""
+    processes = [
+        subprocess.Popen(
+            command,
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for command, env in zip(commands, envs, strict=True)
+    ]
+    try:
+        outputs = [p.communicate(timeout=TIMEOUT)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [
+        (p.returncode, out) for p, out in zip(processes, outputs, strict=True)
+    ]
+
+
+def _metrics(output):
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@tensorflow_only
+def test_mirrored_on_two_cpus_trains_as_on_one(tmp_path):
+    command = _script(
+        "train_seq2seq",
+        tmp_path / "mirrored",
+        "--distribute",
+        "mirrored",
+        wrapper=("-c", TWO_CPUS),
+    )
+    [(status, output)] = _run_all([command], [_env()])
+    assert status == 0, output[-3000:]
+    assert "--distribute mirrored: 2 replicas in all" in output
+    mirrored = _metrics(output)
+    assert (mirrored["distribute"], mirrored["replicas"]) == ("mirrored", 2)
+    # The global batch of 16 split 8 + 8: the same training as one device.
+    single = run("train_seq2seq", tmp_path / "single")
+    assert single["replicas"] == 1
+    for name in ("first_loss", "loss", "val_loss"):
+        assert np.isclose(mirrored[name], single[name], atol=1e-4), name
+    assert 0 <= mirrored["test_exact_match"] <= 1  # decoded, no XLA
+
+
+@tensorflow_only
+def test_multi_worker_same_command_on_two_workers(tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    envs = [
+        _env(
+            TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": i}}
+            )
+        )
+        for i in range(2)
+    ]
+    command = _script(
+        "train_classifier", tmp_path, "--distribute", "multi-worker"
+    )
+    results = _run_all([command, command], envs)
+    for status, output in results:
+        assert status == 0, output[-3000:]
+    chief, worker = (_metrics(output) for _, output in results)
+    assert chief["replicas"] == worker["replicas"] == 2
+    # One shared filesystem: the second worker writes into worker-1/.
+    assert chief["output_dir"] == str(tmp_path)
+    assert worker["output_dir"] == str(tmp_path / "worker-1")
+    assert (tmp_path / common.MODEL).exists()
+    assert (tmp_path / "worker-1" / common.MODEL).exists()
+    for name in ("first_loss", "loss", "test_loss", "test_accuracy"):
+        assert chief[name] == worker[name], name
+
+
+@jax_only
+def test_data_parallel_on_two_devices(tmp_path):
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    odd = _script("train_lm", tmp_path / "odd", "--distribute",
+                  "data-parallel", "--batch-size", "15")  # fmt: skip
+    command = _script("train_lm", tmp_path / "run", "--distribute",
+                      "data-parallel")  # fmt: skip
+    [(refused, message)] = _run_all([odd], [env])
+    assert refused == 2
+    assert "--batch-size 15 must be a multiple of the 2 devices" in message
+    assert not os.path.exists(tmp_path / "odd")
+    [(status, output)] = _run_all([command], [env])
+    assert status == 0, output[-3000:]
+    assert "--distribute data-parallel: 2 replicas in all" in output
+    # 139 training windows: the odd one out is left out, and said so.
+    assert "leaving out the last 1 of 139 training examples" in output
+    metrics = _metrics(output)
+    assert (metrics["distribute"], metrics["replicas"]) == ("data-parallel", 2)
+    assert metrics["loss"] < metrics["first_loss"]
+    assert metrics["sample"].startswith("Return the ")
