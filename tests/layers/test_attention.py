@@ -296,6 +296,27 @@ def test_dropout_paths_agree_on_rows_without_keys():
     assert not np.allclose(train, inference)  # dropout is active
 
 
+@pytest.mark.parametrize("scores", [False, True])
+def test_key_padding_mask_broadcasts_over_queries(scores):
+    layer = built_layer()
+    x = random_inputs(12)
+    keys = padding([3, 0])  # the second sequence has no key at all
+    full = np.broadcast_to(keys[:, None, :], (BATCH, LENGTH, LENGTH))
+    results = [
+        layer(x, x, attention_mask=mask, return_attention_scores=scores)
+        for mask in (keys[:, None, :], full)
+    ]
+    if not scores:
+        results = [(result,) for result in results]
+    for broadcast, expanded in zip(*results, strict=True):
+        np.testing.assert_array_equal(to_numpy(broadcast), to_numpy(expanded))
+    output = to_numpy(results[0][0]) - to_numpy(layer.output_dense.bias)
+    np.testing.assert_array_equal(output[1], 0.0)
+    assert np.abs(output[0]).max() > 0
+    with pytest.raises(ValueError, match="attention_mask"):
+        layer(x, x, attention_mask=np.ones((BATCH, 2, LENGTH), bool))
+
+
 @pytest.mark.parametrize("key_lengths", [None, [LENGTH, 4]])
 @pytest.mark.parametrize("scores", [False, True])
 def test_future_does_not_change_past(key_lengths, scores):
