@@ -6,11 +6,14 @@ that pytest tests (and hypothesis tests) can call it.
 
 import inspect
 import os
+import socket
+import subprocess
 import tempfile
 import warnings
 
 import keras
 import numpy as np
+import pytest
 from keras import ops
 
 
@@ -386,3 +389,65 @@ def run_layer_test(
     if run_mixed_precision:
         _check_mixed_precision(layer_cls, init_kwargs, input_data, call_kwargs)
     return outputs
+
+
+# --- fresh processes (strategies, multi-worker, several host devices) --------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="runs in the tensorflow pass of CI",
+)
+jax_only = pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="runs in the jax pass of CI"
+)
+
+
+def subprocess_env(**extra):
+    """This process's environment for a child that imports keras_tfm from
+    the repository, without an inherited `TF_CONFIG`, plus `extra`."""
+    env = dict(os.environ)
+    env.pop("TF_CONFIG", None)
+    env.update(
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=os.pathsep.join(
+            p for p in (REPO, env.get("PYTHONPATH")) if p
+        ),
+        **extra,
+    )
+    return env
+
+
+def run_processes(commands, envs, timeout):
+    """Run the commands at once; kill them all on failure or timeout.
+
+    Returns `(returncode, output)` per command, stdout and stderr together.
+    """
+    processes = [
+        subprocess.Popen(
+            command,
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for command, env in zip(commands, envs, strict=True)
+    ]
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [
+        (p.returncode, out) for p, out in zip(processes, outputs, strict=True)
+    ]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

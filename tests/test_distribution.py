@@ -11,8 +11,6 @@ replica, where Keras's per-replica averaging of a masked loss goes wrong.
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import keras
@@ -20,57 +18,25 @@ import numpy as np
 import pytest
 
 from keras_tfm import distribution
+from tests.helpers import (
+    free_port,
+    jax_only,
+    run_processes,
+    subprocess_env,
+    tensorflow_only,
+)
 
 WORKER = os.path.join(os.path.dirname(__file__), "_distribution_worker.py")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 120  # seconds, for every subprocess of one test together
 ATOL = 1e-4
-
-tensorflow_only = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="runs in the tensorflow pass of CI",
-)
-jax_only = pytest.mark.skipif(
-    keras.backend.backend() != "jax", reason="runs in the jax pass of CI"
-)
-
-
-def _env(backend, **extra):
-    env = dict(os.environ)
-    env.update(
-        KERAS_BACKEND=backend,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONPATH=os.pathsep.join(
-            p for p in (REPO, env.get("PYTHONPATH")) if p
-        ),
-    )
-    env.pop("TF_CONFIG", None)
-    env.update(extra)
-    return env
 
 
 def _run_workers(out_dir, modes, envs, timeout=TIMEOUT):
     """Run one worker per env at once; kill them all on failure or timeout."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, WORKER, str(out_dir), *modes],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for env in envs
-    ]
-    try:
-        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-4000:]
+    command = [sys.executable, WORKER, str(out_dir), *modes]
+    results = run_processes([command] * len(envs), envs, timeout)
+    for status, output in results:
+        assert status == 0, output[-4000:]
 
 
 def _load(path):
@@ -91,12 +57,6 @@ def _differences(out_dir, a, b):
             for x, y in zip(weights_a, weights_b, strict=True)
         ),
     )
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- in process, every backend ----------------------------------------------
@@ -151,7 +111,8 @@ def mirrored_runs(tmp_path_factory):
     """One device and MirroredStrategy on two logical CPUs, one process."""
     out_dir = tmp_path_factory.mktemp("mirrored")
     modes = ["single", "mirrored", "single-keras", "mirrored-keras"]
-    _run_workers(out_dir, [*modes, "xla-probe"], [_env("tensorflow")])
+    env = subprocess_env(KERAS_BACKEND="tensorflow")
+    _run_workers(out_dir, [*modes, "xla-probe"], [env])
     return out_dir
 
 
@@ -189,10 +150,10 @@ def test_xla_under_mirrored_strategy_is_a_tensorflow_limitation(
 def test_multi_worker_matches_one_device(mirrored_runs, tmp_path):
     for name in ("init.npz", "single.npz"):
         (tmp_path / name).write_bytes((mirrored_runs / name).read_bytes())
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     envs = [
-        _env(
-            "tensorflow",
+        subprocess_env(
+            KERAS_BACKEND="tensorflow",
             TF_CONFIG=json.dumps(
                 {"cluster": cluster, "task": {"type": "worker", "index": i}}
             ),
@@ -214,7 +175,10 @@ def test_multi_worker_matches_one_device(mirrored_runs, tmp_path):
 
 @jax_only
 def test_data_parallel_matches_one_device(tmp_path):
-    env = _env("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = subprocess_env(
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
     _run_workers(tmp_path, ["single", "data-parallel"], [env])
     with np.load(tmp_path / "data-parallel.npz") as saved:
         assert int(saved["devices"]) == 2

@@ -11,7 +11,6 @@ import importlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,6 +19,13 @@ import numpy as np
 import pytest
 
 from keras_tfm import distribution, generation, models
+from tests.helpers import (
+    free_port,
+    jax_only,
+    run_processes,
+    subprocess_env,
+    tensorflow_only,
+)
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 sys.path.insert(0, EXAMPLES)
@@ -542,15 +548,7 @@ def test_stdlib_corpus():
 # script runs), two workers on 127.0.0.1 for MultiWorkerMirroredStrategy,
 # two host devices (XLA_FLAGS) for JAX DataParallel.
 
-REPO = os.path.dirname(EXAMPLES)
 TIMEOUT = 240  # seconds, for the processes of one test together
-tensorflow_only = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="runs in the tensorflow pass of CI",
-)
-jax_only = pytest.mark.skipif(
-    keras.backend.backend() != "jax", reason="runs in the jax pass of CI"
-)
 TWO_CPUS = """
 import os, runpy, sys
 import tensorflow as tf
@@ -564,58 +562,14 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _env(**extra):
-    env = dict(os.environ)
-    env.pop("TF_CONFIG", None)
-    env.update(
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONPATH=os.pathsep.join(
-            p for p in (REPO, env.get("PYTHONPATH")) if p
-        ),
-        **extra,
-    )
-    return env
-
-
 def _script(name, output_dir, *extra, wrapper=()):
     path = os.path.join(EXAMPLES, f"{name}.py")
     argv = [*TINY_MODEL, *TINY[name], "--output-dir", str(output_dir)]
     return [sys.executable, *wrapper, path, *argv, *extra]
 
 
-def _run_all(commands, envs):
-    """Run the commands at once; kill them all on failure or timeout."""
-    processes = [
-        subprocess.Popen(
-            command,
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for command, env in zip(commands, envs, strict=True)
-    ]
-    try:
-        outputs = [p.communicate(timeout=TIMEOUT)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [
-        (p.returncode, out) for p, out in zip(processes, outputs, strict=True)
-    ]
-
-
 def _metrics(output):
     return json.loads(output.strip().splitlines()[-1])
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @tensorflow_only
@@ -627,7 +581,7 @@ def test_mirrored_on_two_cpus_trains_as_on_one(tmp_path):
         "mirrored",
         wrapper=("-c", TWO_CPUS),
     )
-    [(status, output)] = _run_all([command], [_env()])
+    [(status, output)] = run_processes([command], [subprocess_env()], TIMEOUT)
     assert status == 0, output[-3000:]
     assert "--distribute mirrored: 2 replicas in all" in output
     mirrored = _metrics(output)
@@ -642,9 +596,9 @@ def test_mirrored_on_two_cpus_trains_as_on_one(tmp_path):
 
 @tensorflow_only
 def test_multi_worker_same_command_on_two_workers(tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     envs = [
-        _env(
+        subprocess_env(
             TF_CONFIG=json.dumps(
                 {"cluster": cluster, "task": {"type": "worker", "index": i}}
             )
@@ -654,7 +608,7 @@ def test_multi_worker_same_command_on_two_workers(tmp_path):
     command = _script(
         "train_classifier", tmp_path, "--distribute", "multi-worker"
     )
-    results = _run_all([command, command], envs)
+    results = run_processes([command, command], envs, TIMEOUT)
     for status, output in results:
         assert status == 0, output[-3000:]
     chief, worker = (_metrics(output) for _, output in results)
@@ -670,16 +624,16 @@ def test_multi_worker_same_command_on_two_workers(tmp_path):
 
 @jax_only
 def test_data_parallel_on_two_devices(tmp_path):
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
     odd = _script("train_lm", tmp_path / "odd", "--distribute",
                   "data-parallel", "--batch-size", "15")  # fmt: skip
     command = _script("train_lm", tmp_path / "run", "--distribute",
                       "data-parallel")  # fmt: skip
-    [(refused, message)] = _run_all([odd], [env])
+    [(refused, message)] = run_processes([odd], [env], TIMEOUT)
     assert refused == 2
     assert "--batch-size 15 must be a multiple of the 2 devices" in message
     assert not os.path.exists(tmp_path / "odd")
-    [(status, output)] = _run_all([command], [env])
+    [(status, output)] = run_processes([command], [env], TIMEOUT)
     assert status == 0, output[-3000:]
     assert "--distribute data-parallel: 2 replicas in all" in output
     # 139 training windows: the odd one out is left out, and said so.
