@@ -630,8 +630,7 @@ class Distribution:
     `scope()`; `fit` then splits each global batch over `replicas`.
 
     `mirrored` mirrors over every local GPU or, with none, over every
-    logical CPU device (one, unless the process configured more), where
-    `tf.distribute.MirroredStrategy()` alone would take only the first CPU.
+    logical CPU device (`keras_tfm.distribution.mirrored_strategy`).
     """
 
     def __init__(self, parser, args):
@@ -642,13 +641,7 @@ class Distribution:
         self.name = args.distribute
         self.strategy = None
         if self.name == "mirrored":
-            import tensorflow as tf
-
-            devices = tf.config.list_logical_devices("GPU")
-            devices = devices or tf.config.list_logical_devices("CPU")
-            self.strategy = tf.distribute.MirroredStrategy(
-                [device.name for device in devices]
-            )
+            self.strategy = distribution.mirrored_strategy()
         elif self.name == "multi-worker":
             self.strategy = distribution.multi_worker_strategy()
         if self.strategy is not None:

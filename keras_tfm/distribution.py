@@ -196,12 +196,30 @@ def multi_worker_strategy(**kwargs):
     return _KerasFitStrategy(**kwargs)
 
 
+def mirrored_strategy():
+    """A `tf.distribute.MirroredStrategy` over every local accelerator.
+
+    `tf.distribute.MirroredStrategy()` mirrors over the GPUs, or with none
+    over the first CPU only; this one falls back to every logical CPU
+    device (one, unless the process split the CPU with
+    `tf.config.set_logical_device_configuration` before TensorFlow ran).
+
+    Returns:
+        The strategy (TensorFlow backend).
+    """
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("GPU")
+    devices = devices or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([device.name for device in devices])
+
+
 def strategy_scope(name):
     """A context manager to build and compile a model in, for `name`.
 
     - `"none"`: one device (a no-op scope).
-    - `"mirrored"`: `tf.distribute.MirroredStrategy` over the local
-      devices (TensorFlow backend).
+    - `"mirrored"`: `mirrored_strategy()`, over the local GPUs or else
+      every logical CPU (TensorFlow backend).
     - `"multi-worker"`: `tf.distribute.MultiWorkerMirroredStrategy`, the
       cluster read from `TF_CONFIG` (TensorFlow backend). Create it before
       TensorFlow runs anything else.
@@ -226,10 +244,8 @@ def strategy_scope(name):
         distribution = keras.distribution.DataParallel()
         keras.distribution.set_distribution(distribution)
         return distribution.scope()
-    import tensorflow as tf
-
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy().scope()
+        return mirrored_strategy().scope()
     return multi_worker_strategy().scope()
 
 

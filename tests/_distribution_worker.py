@@ -78,15 +78,15 @@ _STRATEGIES = {}
 def _strategy(mode):
     # One strategy per process: a second MirroredStrategy reuses the first
     # one's collective keys and their all-reduces clash.
-    import tensorflow as tf
+    from keras_tfm import distribution
 
     if mode not in _STRATEGIES:
         if mode == "mirrored":
-            strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+            # Over both logical CPUs this process made.
+            strategy = distribution.mirrored_strategy()
+            assert strategy.num_replicas_in_sync == 2, strategy
         else:
-            from keras_tfm.distribution import multi_worker_strategy
-
-            strategy = multi_worker_strategy()
+            strategy = distribution.multi_worker_strategy()
         _STRATEGIES[mode] = strategy
     return _STRATEGIES[mode]
 
