@@ -5,11 +5,15 @@ FFN, tied output head) is built twice in one process, once from keras_tfm
 and once from keras-hub, and trained with `model.train_on_batch` on a fixed
 in-memory batch; a plain `torch.nn.TransformerEncoder` of the same sizes is
 trained alongside as a reference. The models alternate over `--rounds`
-rounds of `--steps` steps each (after `--warmup` untimed steps that absorb
-tracing and compilation), so slow phases of a shared machine hit every row
-alike; the table reports the median tokens/s of each row, its ratio to
-keras-hub's median, and the median over rounds of the same-round ratio
-("paired", which cancels slow phases of a shared machine).
+short rounds of `--steps` steps each, in an order that rotates every round
+(after `--warmup` untimed steps that absorb tracing and compilation), so
+slow phases of a shared machine hit every row alike; the table reports the
+median tokens/s of each row, its ratio to keras-hub's median, and the
+median over rounds of the same-round ratio ("paired", which cancels slow
+phases of the machine) with a 95% bootstrap confidence interval (rounds
+resampled with replacement). Many short rounds give a tighter interval
+than a few long ones: on the 2-core development machine the speed of one
+model drifts by up to 20% over tens of seconds.
 
 Run from the repository root (the backend comes from `KERAS_BACKEND`):
 
@@ -23,7 +27,7 @@ Run from the repository root (the backend comes from `KERAS_BACKEND`):
 Add `--models keras_tfm,keras_hub` to drop the torch row,
 `--torch-threads 1` to pin the reference's threads (PyTorch's OpenMP pool
 slows down badly when the cores are shared), and `--quick` for a smoke run
-(tiny sizes, 1 round, 3 steps). Results go to `--output`, by default
+(tiny sizes, 2 rounds of 2 steps). Results go to `--output`, by default
 `benchmarks/results/train_throughput_<backend>[_jit][_quick].json` (`_jit`
 when the Keras models were compiled with XLA/jit). On TensorFlow,
 `--jit-compile auto` means no XLA on a CPU-only machine (Keras' rule).
@@ -78,8 +82,8 @@ QUICK = dict(
     num_layers=1,
     sequence_length=16,
     batch_size=4,
-    rounds=1,
-    steps=3,
+    rounds=2,
+    steps=2,
     warmup=1,
     matmul_size=128,
 )
@@ -99,8 +103,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20, help="per round")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=2, help="per round")
     parser.add_argument(
         "--warmup", type=int, default=3, help="untimed steps per model"
     )
@@ -127,7 +131,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: tiny sizes, 1 round, 3 steps",
+        help="smoke run: tiny sizes, 2 rounds of 2 steps",
     )
     parser.add_argument("--output", default=None, help="results JSON path")
     args = parser.parse_args(argv)
@@ -367,6 +371,17 @@ def matmul_gflops(keras, size, iterations, seed):
     return 2 * size**3 * iterations / elapsed / 1e9
 
 
+def bootstrap_median_ci(values, seed, resamples=2000, level=0.95):
+    """Percentile bootstrap interval of the median of `values`."""
+    values = np.asarray(values, dtype="float64")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(values), (resamples, len(values)))
+    medians = np.median(values[picks], axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
 def time_steps(runner, steps):
     start = time.perf_counter()
     for _ in range(steps):
@@ -396,7 +411,7 @@ def cpu_count():
 def format_table(result):
     lines = [
         "| model | tokens/s (median) | vs keras-hub | vs keras-hub, "
-        "paired | GFLOP/s | % of peak |",
+        "paired [95% CI] | GFLOP/s | % of peak |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
@@ -412,6 +427,9 @@ def format_table(result):
                 row.get("relative_to_keras_hub_paired_median"),
             )
         ]
+        interval = row.get("relative_to_keras_hub_paired_ci95")
+        if interval and row["name"] != "keras_hub":
+            ratios[1] += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
         lines.append(
             f"| {LABELS[row['name']]} "
             f"| {row['tokens_per_second']:,.0f} "
@@ -520,17 +538,23 @@ def main(argv=None):
         row["relative_to_keras_hub"] = (
             row["tokens_per_second"] / hub if hub else None
         )
-        # Same-round ratios cancel slow phases of a shared machine.
-        row["relative_to_keras_hub_paired_median"] = (
-            statistics.median(
+        row["relative_to_keras_hub_paired_median"] = None
+        row["relative_to_keras_hub_paired_ci95"] = None
+        if hub_rounds:
+            # Same-round ratios cancel slow phases of a shared machine.
+            paired = [
                 a / b
                 for a, b in zip(
                     row["tokens_per_second_per_round"], hub_rounds, strict=True
                 )
+            ]
+            row["relative_to_keras_hub_per_round"] = paired
+            row["relative_to_keras_hub_paired_median"] = statistics.median(
+                paired
             )
-            if hub_rounds
-            else None
-        )
+            row["relative_to_keras_hub_paired_ci95"] = bootstrap_median_ci(
+                paired, args.seed
+            )
     if "torch" in runners:
         rows["torch"]["torch_threads"] = runners["torch"].threads()
 
