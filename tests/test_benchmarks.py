@@ -1,0 +1,97 @@
+"""Smoke runs of the benchmark scripts (tiny sizes; nothing is timed here)."""
+
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+
+from tests.helpers import REPO, run_processes, subprocess_env, tensorflow_only
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import train_step_profile  # noqa: E402
+import train_throughput  # noqa: E402
+
+
+def _run(script, tmp_path, *flags):
+    output = tmp_path / "result.json"
+    command = [
+        sys.executable,
+        os.path.join("benchmarks", script),
+        "--quick",
+        "--output",
+        str(output),
+        *flags,
+    ]
+    env = subprocess_env(KERAS_BACKEND=keras.backend.backend())
+    ((code, log),) = run_processes([command], [env], timeout=600)
+    assert code == 0, log
+    with open(output) as f:
+        return json.load(f), log
+
+
+def test_bootstrap_interval_brackets_the_median():
+    values = np.random.default_rng(0).normal(1.0, 0.05, 40)
+    low, high = train_throughput.bootstrap_median_ci(values, seed=0)
+    assert low < np.median(values) < high
+    assert high - low < 0.1
+    # Identical values leave nothing to be unsure about.
+    assert train_throughput.bootstrap_median_ci([1.5] * 5, seed=0) == [1.5, 1.5]
+
+
+def test_train_throughput_quick_run_writes_paired_ratios(tmp_path):
+    result, log = _run(
+        "train_throughput.py", tmp_path, "--models", "keras_tfm,keras_hub"
+    )
+    rows = {row["name"]: row for row in result["rows"]}
+    assert set(rows) == {"keras_tfm", "keras_hub"}
+    assert rows["keras_hub"]["relative_to_keras_hub_paired_median"] == 1.0
+    ours = rows["keras_tfm"]
+    rounds = result["config"]["rounds"]
+    assert len(ours["tokens_per_second_per_round"]) == rounds
+    assert len(ours["relative_to_keras_hub_per_round"]) == rounds
+    low, high = ours["relative_to_keras_hub_paired_ci95"]
+    assert low <= ours["relative_to_keras_hub_paired_median"] <= high
+    assert ours["tokens_per_second"] > 0
+    assert "paired [95% CI]" in result["table_markdown"]
+    assert result["table_markdown"] in log
+
+
+def test_profile_parts_come_from_op_names():
+    part = train_step_profile.part_of
+    assert part("keras_tfm_lm_1/encoder_layer_1_1/feed_forward_1/MatMul") == (
+        "encoder layer 1",
+        "forward",
+    )
+    assert part(
+        "gradient_tape/keras_hub_lm_1/token_embedding_1/Tensordot/MatMul"
+    ) == ("tied output head", "backward")
+    assert part("keras_tfm_lm_1/embedding_1/token_embedding_1/GatherV2") == (
+        "token embedding",
+        "forward",
+    )
+    assert part("adam/Sqrt") == ("optimizer", "update")
+    assert part("AddN") == ("tied table gradient sum", "backward")
+    assert part("compile_loss/sparse_categorical_crossentropy/Sum") == (
+        "loss",
+        "forward",
+    )
+
+
+@tensorflow_only
+def test_train_step_profile_quick_run_splits_both_models(tmp_path):
+    result, _ = _run(
+        "train_step_profile.py", tmp_path, "--steps", "1", "--repeats", "1"
+    )
+    for name in ("keras_tfm", "keras_hub"):
+        parts = result["results"][name]["kernel_ms_per_step"]
+        for key in (
+            "encoder layer 0 (forward)",
+            "encoder layer 0 (backward)",
+            "tied output head (forward)",
+            "loss (forward)",
+        ):
+            assert parts[key] > 0, (name, key, parts)
+        assert result["results"][name]["wall_ms_per_step"] > 0
