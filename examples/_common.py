@@ -67,73 +67,48 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive(kind):
+def _checked(kind, expected, check, must):
+    """An argparse `type`: `kind(text)` that `check` accepts, else an error
+    "expected <expected>" (not a `kind`) or "<must>" (rejected)."""
+
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected a positive {kind.__name__}, got {text!r}"
+                f"expected {expected}, got {text!r}"
             ) from None
-        if not value > 0 or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{must}, got {text!r}")
         return value
 
     return parse
 
 
-positive_int = _positive(int)
-positive_float = _positive(float)
+def _is_positive(value):
+    return value > 0 and math.isfinite(value)
 
 
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer >= 0, got {text!r}"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def finite_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number, got {text!r}"
-        ) from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return value
-
-
-def probability(text):
-    """A float in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number in (0, 1], got {text!r}"
-        ) from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
-    return value
-
-
-def rate(text):
-    """A float in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number in [0, 1), got {text!r}"
-        ) from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
-    return value
+positive_int = _checked(int, "a positive int", _is_positive, "must be positive")
+positive_float = _checked(
+    float, "a positive float", _is_positive, "must be positive"
+)
+non_negative_int = _checked(
+    int, "an integer >= 0", lambda value: value >= 0, "must be >= 0"
+)
+finite_float = _checked(float, "a number", math.isfinite, "must be finite")
+probability = _checked(
+    float,
+    "a number in (0, 1]",
+    lambda value: 0 < value <= 1,
+    "must be in (0, 1]",
+)
+rate = _checked(
+    float,
+    "a number in [0, 1)",
+    lambda value: 0 <= value < 1,
+    "must be in [0, 1)",
+)
 
 
 def make_parser(doc):
