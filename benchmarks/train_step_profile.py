@@ -34,31 +34,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_throughput  # noqa: E402
 
+# (op-name pattern, part, direction); a direction of None comes from the
+# name (ops under "gradient_tape/" are the backward pass). First match wins.
 PARTS = (
-    ("encoder_layer_(\\d+)", "encoder layer {}"),
-    ("embedding(_\\d+)?/token_embedding", "token embedding"),
-    ("position_embedding", "position embedding"),
-    ("token_embedding", "tied output head"),
-    ("compile_loss", "loss"),
-    ("adam", "optimizer"),
+    (r"encoder_layer_(\d+)", "encoder layer {}", None),
+    (r"embedding(?:_\d+)?/token_embedding", "token embedding", None),
+    (r"position_embedding", "position embedding", None),
+    (r"token_embedding", "tied output head", None),
+    (r"compile_loss", "loss", None),
+    (r"adam", "optimizer", "update"),
     # The shared table's two gradients (lookup and head) summed.
-    ("^AddN", "tied table gradient sum"),
+    (r"^AddN", "tied table gradient sum", "backward"),
 )
 
 
 def part_of(op_name):
     """(part, direction) of one op from its name scope."""
-    direction = "backward" if "gradient_tape/" in op_name else "forward"
-    for pattern, label in PARTS:
+    label, direction = "other", None
+    for pattern, part, fixed in PARTS:
         found = re.search(pattern, op_name)
         if found:
-            groups = [g for g in found.groups() if g and g[0] != "_"]
-            if pattern == "^AddN":
-                direction = "backward"
-            elif pattern == "adam":
-                direction = "update"
-            return label.format(*groups), direction
-    return "other", direction
+            label, direction = part.format(*found.groups()), fixed
+            break
+    if direction is None:
+        direction = "backward" if "gradient_tape/" in op_name else "forward"
+    return label, direction
 
 
 def profile_steps(tf, runner, steps):

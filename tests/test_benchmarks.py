@@ -78,6 +78,10 @@ def test_profile_parts_come_from_op_names():
         "loss",
         "forward",
     )
+    assert part("gradient_tape/keras_tfm_lm_1/NotEqual") == (
+        "other",
+        "backward",
+    )
 
 
 @tensorflow_only
