@@ -11,9 +11,10 @@ slow phases of a shared machine hit every row alike; the table reports the
 median tokens/s of each row, its ratio to keras-hub's median, and the
 median over rounds of the same-round ratio ("paired", which cancels slow
 phases of the machine) with a 95% bootstrap confidence interval (rounds
-resampled with replacement). Many short rounds give a tighter interval
-than a few long ones: on the 2-core development machine the speed of one
-model drifts by up to 20% over tens of seconds.
+resampled with replacement). Many short rounds give the interval more
+pairs, each taken closer together in time, than a few long ones: on the
+2-core development machine one model's speed drifts by up to 20% over
+tens of seconds.
 
 Run from the repository root (the backend comes from `KERAS_BACKEND`):
 
