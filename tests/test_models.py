@@ -166,22 +166,34 @@ def test_seq2seq_two_vocabularies_tie_decoder_table_with_output(tmp_path):
     )
 
 
-@pytest.mark.parametrize("kind", ["seq2seq", "lm"])
-def test_untied_models_have_separate_tables_and_a_dense_head(kind, tmp_path):
-    model, inputs = build(kind, tie_embeddings=False)
+@pytest.mark.parametrize(
+    "kind, share, expected_tables",
+    [("seq2seq", None, 1), ("seq2seq", False, 2), ("lm", None, 1)],
+)
+def test_untied_models_have_a_dense_head(kind, share, expected_tables, tmp_path):
+    # Sharing the encoder/decoder table and tying the output are separate.
+    extra = {} if share is None else {"share_embeddings": share}
+    model, inputs = build(kind, tie_embeddings=False, **extra)
     loaded = save_and_load(model, tmp_path)
     for m in (model, loaded):
-        assert len(tables(m)) == (2 if kind == "seq2seq" else 1)
+        assert len(tables(m)) == expected_tables
         head = m.get_layer("output_projection")
         assert isinstance(head, keras.layers.Dense)
         assert tuple(head.kernel.shape) == (DIM, VOCAB)
     if kind == "seq2seq":
         encoder_table = loaded.get_layer("encoder_embedding").token_embedding
         decoder_table = loaded.get_layer("decoder_embedding").token_embedding
-        assert encoder_table is not decoder_table
+        assert (encoder_table is decoder_table) == (expected_tables == 1)
     np.testing.assert_allclose(
         to_numpy(loaded(inputs)), to_numpy(model(inputs)), atol=1e-6
     )
+
+
+def test_share_embeddings_needs_one_vocabulary():
+    with pytest.raises(ValueError, match="share_embeddings"):
+        seq2seq_transformer(
+            VOCAB, 8, target_vocabulary_size=VOCAB + 1, share_embeddings=True
+        )
 
 
 def test_decoder_lm_ties_its_table_with_the_output():

@@ -104,8 +104,21 @@ class TransformerBlock(keras.layers.Layer):
                 f"{expected}. Received: attention_mask with shape {shape}"
             )
 
+    def _check_padding_mask(self, name, padding_mask, length):
+        # Checked here so that a wrong shape names the argument the caller
+        # gave, not an internal tensor.
+        shape = tuple(padding_mask.shape)
+        if len(shape) != 2 or (
+            shape[1] is not None and length is not None and shape[1] != length
+        ):
+            raise ValueError(
+                f"`{name}` must have shape (batch, {length}). Received: "
+                f"{name} with shape {shape}"
+            )
+
     def _initializer(self, initializer):
-        # A fresh instance per sublayer, so seeded initializers differ.
+        # A fresh instance per sublayer: an unseeded initializer instance
+        # returns the same values at every call.
         return keras.initializers.get(keras.initializers.serialize(initializer))
 
     def _attention(self, name, model_dim, position, query_shape, value_shape):

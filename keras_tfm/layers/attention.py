@@ -71,10 +71,10 @@ class MultiHeadAttention(keras.layers.Layer):
 
     Masks follow `keras_tfm.masks`: boolean, `True` means "may attend". The
     mask used is the AND of `attention_mask`, the key side's padding mask
-    (the Keras mask of `key`, else of `value`) and, with
-    `use_causal_mask=True`, the causal mask. The query's padding mask is
-    never used: padded queries attend like real ones and the loss ignores
-    them. Masked positions are inert:
+    (the Keras mask of `key` when `key` is given, else the Keras mask of
+    `value`) and, with `use_causal_mask=True`, the causal mask. The
+    query's padding mask is never used: padded queries attend like real
+    ones and the loss ignores them. Masked positions are inert:
 
     - a query row with no allowed key gives exactly zero before the output
       projection (so the layer returns the output bias there), and zero
@@ -116,10 +116,12 @@ class MultiHeadAttention(keras.layers.Layer):
         return_attention_scores: whether to also return the attention
             probabilities `(batch, heads, query_len, key_len)`.
         training: whether attention dropout is active.
-        cache: optional key/value cache `(batch, 2, max_length, heads,
+        cache: optional key/value cache `(batch, 2, heads, max_length,
             key_dim)`: index 0 holds keys (rotated when `position` is
             `"rotary"`), index 1 values; see `compute_cache` and
-            `empty_cache`. Needs `value_dim == key_dim`.
+            `empty_cache`. Needs `value_dim == key_dim`. Heads come before
+            positions so that each decoding step reads the cache in the
+            layout the attention matmuls use (no per-step transpose).
         cache_index: position of the first query when decoding with a self
             attention cache. The projected `key`/`value` of the current
             step(s) are written into `cache` at this index and the queries
@@ -127,8 +129,12 @@ class MultiHeadAttention(keras.layers.Layer):
             zeros or stale keys, so the caller must pass
             `use_causal_mask=True` (or an equivalent `attention_mask`). The
             Keras padding masks of `key`/`value` cover only the current
-            steps and are not used in this mode. With `cache_index=None`
-            the cache is a cross-attention cache and is used as is.
+            steps and are not used in this mode: pass key padding over the
+            whole cache as `attention_mask` `(batch, 1, max_length)`. With
+            `cache_index=None` the cache is a cross-attention cache and is
+            used as is; `value` is a placeholder then and its Keras mask is
+            not used either: pass the source's padding as
+            `attention_mask` `(batch, 1, source_len)`.
         query_mask, value_mask, key_mask: padding masks `(batch, seq)`,
             filled in by Keras from the inputs' masks. `query_mask` is not
             used for attention; the output keeps it as its Keras mask.
@@ -152,7 +158,7 @@ class MultiHeadAttention(keras.layers.Layer):
     >>> y, cache = layer(x[:, :1], x[:, :1], cache=cache, cache_index=0,
     ...                  use_causal_mask=True)
     >>> tuple(cache.shape)
-    (2, 2, 5, 2, 8)
+    (2, 2, 2, 5, 8)
 
     References:
         Vaswani et al., "Attention Is All You Need", 2017, section 3.2;
@@ -261,13 +267,16 @@ class MultiHeadAttention(keras.layers.Layer):
                 continue
             check_rank(self, name, tensor.shape, (3,))
             _check_float(self, name, tensor)
+        key, value = tensors.get("key"), tensors.get("value")
+        if key is not None and value is not None:
+            _check_key_value_shapes(key.shape, value.shape)
         if cache is not None:
             self._check_cache(cache)
         if attention_mask is None:
             return
         query = tensors["query"]
         if cache is not None:
-            key_length = _static_dim(cache, 2)
+            key_length = _static_dim(cache, 3)
         else:
             key = tensors.get("key")
             key_length = _static_dim(
@@ -302,15 +311,15 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _check_cache(self, cache):
         self._check_cacheable()
-        expected = (None, 2, None, self.num_heads, self.key_dim)
+        expected = (None, 2, self.num_heads, None, self.key_dim)
         shape = tuple(cache.shape)
         if len(shape) != 5 or any(
             want is not None and got is not None and got != want
             for got, want in zip(shape, expected, strict=True)
         ):
             raise ValueError(
-                "`cache` must have shape (batch, 2, max_length, num_heads, "
-                f"key_dim) = (batch, 2, max_length, {self.num_heads}, "
+                "`cache` must have shape (batch, 2, num_heads, max_length, "
+                f"key_dim) = (batch, 2, {self.num_heads}, max_length, "
                 f"{self.key_dim}). Received: cache with shape {shape}"
             )
 
@@ -333,28 +342,30 @@ class MultiHeadAttention(keras.layers.Layer):
         return self._project(self.value_dense, value, self._value_dim)
 
     def _keys_and_values(self, key, value, cache, cache_index):
-        """Return keys, values `(batch, key_len, heads, dim)` and cache."""
+        """Return keys, values and the cache.
+
+        Without a cache keys and values are `(batch, key_len, heads, dim)`;
+        with one they are the cache's `(batch, heads, max_length, dim)`.
+        """
         if cache is None:
             return self._project_key(key), self._project_value(value), None
-        if cache_index is None:
-            # Cross-attention cache: used as is.
-            keys, values = cache[:, 0], cache[:, 1]
-        else:
-            # The new steps `(batch, 2, steps, heads, key_dim)` are written
-            # at `cache_index` into the fixed-shape cache with one update of
-            # the whole cache, which compiled loops do in place (splitting
-            # and re-stacking it copied the cache at every step).
+        if cache_index is not None:
+            # The new steps `(batch, 2, heads, steps, key_dim)` are written
+            # at `cache_index` with one update of the whole cache, which
+            # compiled loops do in place.
             update = ops.stack(
                 [
-                    self._project_key(key, cache_index),
-                    self._project_value(value),
+                    ops.transpose(
+                        self._project_key(key, cache_index), (0, 2, 1, 3)
+                    ),
+                    ops.transpose(self._project_value(value), (0, 2, 1, 3)),
                 ],
                 axis=1,
             )
             cache = ops.slice_update(
-                cache, [0, 0, cache_index, 0, 0], ops.cast(update, cache.dtype)
+                cache, [0, 0, 0, cache_index, 0], ops.cast(update, cache.dtype)
             )
-            keys, values = cache[:, 0], cache[:, 1]
+        keys, values = cache[:, 0], cache[:, 1]
         return (
             ops.cast(keys, self.compute_dtype),
             ops.cast(values, self.compute_dtype),
@@ -386,7 +397,7 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = ops.expand_dims(causal, 0)
         return masks.combine_masks(mask, attention_mask)
 
-    def _scores(self, query, key, mask, is_causal):
+    def _scores(self, query, key, mask, is_causal, keys):
         """Float32 attention probabilities (uniform on rows with no key;
         `call` zeroes those rows where they are visible)."""
         if is_causal:
@@ -394,7 +405,7 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = ops.expand_dims(masks.causal_mask(length), 0)
         query = query * ops.cast(1.0 / np.sqrt(self.key_dim), query.dtype)
         # (batch, heads, query_len, key_len)
-        logits = ops.einsum("btnh,bsnh->bnts", query, key)
+        logits = ops.einsum(f"btnh,{keys}->bnts", query, key)
         logits = ops.cast(logits, "float32")
         if mask is not None:
             logits = ops.where(
@@ -425,6 +436,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 "`cache_index` needs a `cache`. Received: cache=None, "
                 f"cache_index={cache_index}"
             )
+        explicit_key = key is not None
         key = value if key is None else key
         start_index = 0 if cache_index is None else cache_index
 
@@ -438,13 +450,20 @@ class MultiHeadAttention(keras.layers.Layer):
         key_heads, value_heads, cache = self._keys_and_values(
             key, value, cache, cache_index
         )
+        # Keys and values: (batch, key_len, heads, dim), or heads first,
+        # (batch, heads, max_length, dim), when they come from a cache.
+        keys = "bsnh" if cache is None else "bnsh"
+        key_axis = 1 if cache is None else 2
         key_padding = None
-        if cache_index is None:
-            # With a self-attention cache these cover only the new steps.
-            key_padding = masks.combine_masks(key_mask, value_mask)
+        if cache is None:
+            # The key side's padding: `key`'s mask when `key` was given,
+            # else `value`'s. (With a self-attention cache the Keras masks
+            # cover only the new steps; with a cross-attention cache `value`
+            # is a placeholder.)
+            key_padding = key_mask if explicit_key else value_mask
 
         query_length = _static_dim(query, 1)
-        key_length = _static_dim(key_heads, 1)
+        key_length = _static_dim(key_heads, key_axis)
         is_causal = (
             use_causal_mask
             and cache is None
@@ -457,7 +476,7 @@ class MultiHeadAttention(keras.layers.Layer):
         if not is_causal:
             mask = self._merged_mask(
                 query,
-                ops.shape(key_heads)[1],
+                ops.shape(key_heads)[key_axis],
                 attention_mask,
                 key_padding,
                 use_causal_mask,
@@ -471,8 +490,8 @@ class MultiHeadAttention(keras.layers.Layer):
             has_key = ops.any(mask, axis=-1)  # (batch, query_len)
             attended = ops.any(mask, axis=-2)  # (batch, key_len)
             query_heads = _where_rows(has_key, query_heads)
-            key_heads = _where_rows(attended, key_heads)
-            value_heads = _where_rows(attended, value_heads)
+            key_heads = _where_rows(attended, key_heads, key_axis)
+            value_heads = _where_rows(attended, value_heads, key_axis)
             mask = ops.logical_or(
                 mask, ops.expand_dims(ops.logical_not(has_key), -1)
             )
@@ -483,14 +502,15 @@ class MultiHeadAttention(keras.layers.Layer):
             use_dropout
             or return_attention_scores
             or self._value_dim != self.key_dim
+            or cache is not None
         ):
-            scores = self._scores(query_heads, key_heads, mask, is_causal)
+            scores = self._scores(query_heads, key_heads, mask, is_causal, keys)
             weights = scores
             if use_dropout:
                 weights = self.attention_dropout(weights, training=training)
             weights = ops.cast(weights, value_heads.dtype)
             # (batch, query_len, heads, value_dim)
-            output = ops.einsum("bnts,bsnh->btnh", weights, value_heads)
+            output = ops.einsum(f"bnts,{keys}->btnh", weights, value_heads)
             if return_attention_scores and has_key is not None:
                 # Only the returned scores need zero rows: the output of
                 # such rows is zeroed below, so the training graph skips
@@ -534,6 +554,8 @@ class MultiHeadAttention(keras.layers.Layer):
         return mask
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        if key_shape is not None:
+            _check_key_value_shapes(key_shape, value_shape)
         output_dim = self.output_dim or query_shape[-1]
         return tuple(query_shape[:-1]) + (output_dim,)
 
@@ -562,7 +584,7 @@ class MultiHeadAttention(keras.layers.Layer):
         results = (output,)
         if return_attention_scores:
             if cache is not None:
-                key_length = cache.shape[2]
+                key_length = cache.shape[3]
             else:
                 key_length = (value if key is None else key).shape[1]
             scores_shape = (
@@ -587,12 +609,12 @@ class MultiHeadAttention(keras.layers.Layer):
             dtype: dtype of the cache. Defaults to the compute dtype.
 
         Returns:
-            Zeros `(batch_size, 2, max_length, num_heads, key_dim)`.
+            Zeros `(batch_size, 2, num_heads, max_length, key_dim)`.
         """
         check_positive_int("max_length", max_length)
         self._check_cacheable()
         return ops.zeros(
-            (batch_size, 2, max_length, self.num_heads, self.key_dim),
+            (batch_size, 2, self.num_heads, max_length, self.key_dim),
             dtype=dtype or self.compute_dtype,
         )
 
@@ -600,7 +622,9 @@ class MultiHeadAttention(keras.layers.Layer):
         """Project `key`/`value` once, for attention with a fixed cache.
 
         For cross-attention, pass the result as `cache` with
-        `cache_index=None` at every decoding step. For self-attention, a
+        `cache_index=None` at every decoding step, with the source's
+        padding as `attention_mask` (the cache holds no mask, and Keras
+        masks of `value` are not read here). For self-attention, a
         prompt's cache padded to `max_length` can be continued with
         `cache_index=prompt_length`.
 
@@ -612,7 +636,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 length along the key axis.
 
         Returns:
-            Tensor `(batch, 2, key_len or max_length, num_heads, key_dim)`:
+            Tensor `(batch, 2, num_heads, key_len or max_length, key_dim)`:
             the projected keys (rotated from position 0 when `position` is
             `"rotary"`) at index 0 and values at index 1.
         """
@@ -624,20 +648,23 @@ class MultiHeadAttention(keras.layers.Layer):
         key = value if key is None else key
         self._check_inputs(value=value, key=key)
         self._check_cacheable()
-        # (batch, 2, key_len, heads, head_dim)
-        cache = ops.stack(
-            [self._project_key(key), self._project_value(value)], axis=1
+        # (batch, 2, heads, key_len, head_dim)
+        cache = ops.transpose(
+            ops.stack(
+                [self._project_key(key), self._project_value(value)], axis=1
+            ),
+            (0, 1, 3, 2, 4),
         )
         if max_length is not None:
             check_positive_int("max_length", max_length)
-            length = _static_dim(cache, 2)
+            length = _static_dim(cache, 3)
             if length is not None and length > max_length:
                 raise ValueError(
                     "`max_length` must be at least the key length "
                     f"{length}. Received: max_length={max_length}"
                 )
-            pad = max_length - ops.shape(cache)[2]
-            cache = ops.pad(cache, [[0, 0], [0, 0], [0, pad], [0, 0], [0, 0]])
+            pad = max_length - ops.shape(cache)[3]
+            cache = ops.pad(cache, [[0, 0], [0, 0], [0, 0], [0, pad], [0, 0]])
         return cache
 
     def get_config(self):
@@ -660,10 +687,26 @@ class MultiHeadAttention(keras.layers.Layer):
         return {**super().get_config(), **config}
 
 
-def _where_rows(keep, x):
-    """Zero `x` (batch, seq, heads, dim) where `keep` (batch, seq) is False."""
-    keep = ops.expand_dims(ops.expand_dims(keep, -1), -1)
+def _where_rows(keep, x, axis=1):
+    """Zero `x` where `keep` (batch, seq) is False; `seq` is `x`'s `axis`
+    (`(batch, seq, heads, dim)`, or heads first with `axis=2`)."""
+    keep = ops.expand_dims(keep, -1)
+    keep = ops.expand_dims(keep, -1 if axis == 1 else 1)
     return ops.where(keep, x, ops.zeros_like(x))
+
+
+def _check_key_value_shapes(key_shape, value_shape):
+    key_length, value_length = tuple(key_shape)[1], tuple(value_shape)[1]
+    if (
+        key_length is not None
+        and value_length is not None
+        and key_length != value_length
+    ):
+        raise ValueError(
+            "`key` and `value` must have the same length. Received: key "
+            f"with shape {tuple(key_shape)}, value with shape "
+            f"{tuple(value_shape)}"
+        )
 
 
 def _float16_unsupported(dtype):

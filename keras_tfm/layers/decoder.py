@@ -1,10 +1,12 @@
 """Transformer decoder block."""
 
 import keras
+from keras import ops
 
 from keras_tfm import masks
 from keras_tfm._validation import check_rank
 from keras_tfm.layers._block import TransformerBlock
+from keras_tfm.losses import _ReadMask as ReadMask
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
@@ -20,10 +22,13 @@ class TransformerDecoderBlock(TransformerBlock):
     so weights copy across.
 
     For incremental decoding pass a self-attention `cache` (from
-    `self_attention.empty_cache(batch, max_length)`) and `cache_index`, and
-    optionally a `cross_attention_cache` from `compute_cross_attention_cache`
-    so the encoder outputs are projected once; the block then returns
-    `(outputs, new_cache)`.
+    `empty_cache(batch, max_length)`) and `cache_index`, and a
+    `cross_attention_cache` from `compute_cross_attention_cache` so the
+    encoder outputs are projected once; the block then returns
+    `(outputs, new_cache)`. Masks are the same as without a cache: the
+    causal mask at the cache offset, AND an explicit `decoder_padding_mask`
+    over the cache's positions when given, and the source padding carried
+    by the cross-attention cache.
 
     Args:
         num_heads: number of attention heads; must divide the model width.
@@ -52,21 +57,34 @@ class TransformerDecoderBlock(TransformerBlock):
             required when `cross_attention=True` (unless a
             `cross_attention_cache` is given).
         decoder_padding_mask: optional boolean `(batch, target_len)`.
-            Defaults to the Keras mask of `inputs`.
+            Defaults to the Keras mask of `inputs`; when given, it replaces
+            that mask (it is not combined with it). With a `cache` it
+            covers the cache's positions, `(batch, max_length)`, and the
+            Keras mask of `inputs` (the new steps only) is not used.
         encoder_padding_mask: optional boolean `(batch, source_len)`.
-            Defaults to the Keras mask of `encoder_outputs`.
-        cache: optional self-attention cache `(batch, 2, max_length, heads,
-            head_dim)`.
+            Defaults to the Keras mask of `encoder_outputs`, or with a
+            `cross_attention_cache` to the mask that the cache carries.
+        cache: optional self-attention cache `(batch, 2, heads,
+            max_length, head_dim)`.
         cache_index: position of the first query in the cache.
-        cross_attention_cache: optional `(batch, 2, source_len, heads,
-            head_dim)` from `compute_cross_attention_cache`.
+        cross_attention_cache: the pair `(cache, encoder_padding_mask)`
+            from `compute_cross_attention_cache` (or the cache alone,
+            `(batch, 2, heads, source_len, head_dim)`, with the mask passed
+            as `encoder_padding_mask`).
+        return_attention_scores: whether to also return the attention
+            probabilities `(batch, heads, target_len, key_len)` of the
+            self-attention and, with `cross_attention=True`, of the
+            cross-attention.
         training: whether dropout is active.
         mask, inputs_mask, encoder_outputs_mask: Keras masks, filled in by
             Keras.
 
     Returns:
         Tensor `(batch, target_len, model_dim)` carrying the input's Keras
-        mask, or `(outputs, new_cache)` when `cache` is given.
+        mask. With `return_attention_scores=True` the scores follow it
+        (`(outputs, self_scores)`, or `(outputs, self_scores,
+        cross_scores)` with cross-attention); with a `cache` the new cache
+        comes last.
 
     Example:
 
@@ -81,10 +99,46 @@ class TransformerDecoderBlock(TransformerBlock):
         Vaswani et al., "Attention Is All You Need", 2017, section 3.1.
     """
 
-    def __init__(self, num_heads, intermediate_dim, *args, **kwargs):
-        cross_attention = kwargs.pop("cross_attention", True)
-        super().__init__(num_heads, intermediate_dim, *args, **kwargs)
-        self.cross_attention = bool(cross_attention)
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        dropout=0.1,
+        activation="relu",
+        norm_first=False,
+        layer_norm_epsilon=1e-5,
+        gated=False,
+        normalization="layer",
+        position="none",
+        max_wavelength=10000,
+        cross_attention=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        activation_dropout=None,
+        **kwargs,
+    ):
+        if not isinstance(cross_attention, bool):
+            raise ValueError(
+                "`cross_attention` must be a boolean. Received: "
+                f"cross_attention={cross_attention!r}"
+            )
+        super().__init__(
+            num_heads,
+            intermediate_dim,
+            dropout=dropout,
+            activation=activation,
+            norm_first=norm_first,
+            layer_norm_epsilon=layer_norm_epsilon,
+            gated=gated,
+            normalization=normalization,
+            position=position,
+            max_wavelength=max_wavelength,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            activation_dropout=activation_dropout,
+            **kwargs,
+        )
+        self.cross_attention = cross_attention
 
     def build(self, inputs_shape, encoder_outputs_shape=None):
         input_shape = inputs_shape
@@ -116,20 +170,51 @@ class TransformerDecoderBlock(TransformerBlock):
             self.cross_attention_add_norm = self._add_norm(
                 "cross_attention_add_norm", input_shape
             )
+            self._read_mask = ReadMask(name="read_mask")
         self.feed_forward = self._feed_forward(input_shape)
         self.feed_forward_add_norm = self._add_norm(
             "feed_forward_add_norm", input_shape
         )
         self.built = True
 
-    def compute_cross_attention_cache(self, encoder_outputs):
-        """Project the encoder outputs once for every decoding step."""
+    def empty_cache(self, batch_size, max_length):
+        """Return a zero self-attention cache `(batch_size, 2, heads,
+        max_length, head_dim)` for `call(..., cache=, cache_index=)`."""
+        return self.self_attention.empty_cache(batch_size, max_length)
+
+    def compute_cross_attention_cache(
+        self, encoder_outputs, encoder_padding_mask=None
+    ):
+        """Project the encoder outputs once for every decoding step.
+
+        Args:
+            encoder_outputs: float tensor `(batch, source_len, model_dim)`.
+            encoder_padding_mask: optional boolean `(batch, source_len)`.
+                Defaults to the Keras mask of `encoder_outputs` (all real
+                when it has none).
+
+        Returns:
+            The pair `(cache, encoder_padding_mask)` to pass as
+            `cross_attention_cache`: the projected keys and values
+            `(batch, 2, heads, source_len, head_dim)` and the source's
+            padding mask, so the cached step masks the source exactly as
+            the direct call does.
+        """
         if not self.cross_attention:
             raise ValueError(
                 "This block has no cross-attention. Received: "
                 "cross_attention=False"
             )
-        return self.cross_attention_layer.compute_cache(encoder_outputs)
+        if encoder_padding_mask is None:
+            encoder_padding_mask = self._read_mask(encoder_outputs)
+        else:
+            self._check_padding_mask(
+                "encoder_padding_mask",
+                encoder_padding_mask,
+                encoder_outputs.shape[1],
+            )
+        cache = self.cross_attention_layer.compute_cache(encoder_outputs)
+        return cache, ops.cast(encoder_padding_mask, "bool")
 
     def call(
         self,
@@ -140,6 +225,7 @@ class TransformerDecoderBlock(TransformerBlock):
         cache=None,
         cache_index=None,
         cross_attention_cache=None,
+        return_attention_scores=False,
         training=None,
         mask=None,
         inputs_mask=None,
@@ -154,11 +240,11 @@ class TransformerDecoderBlock(TransformerBlock):
                 "A decoder block with cross_attention=True needs "
                 "`encoder_outputs`. Received: encoder_outputs=None"
             )
-        if not self.cross_attention and encoder_outputs is not None:
+        if not self.cross_attention and has_source:
             raise ValueError(
                 "A decoder block with cross_attention=False takes no "
-                "`encoder_outputs`. Received: encoder_outputs with shape "
-                f"{tuple(encoder_outputs.shape)}"
+                "`encoder_outputs` or `cross_attention_cache`. Received: "
+                "encoder_outputs or cross_attention_cache"
             )
         if encoder_outputs is not None:
             self._check_inputs("encoder_outputs", encoder_outputs.shape)
@@ -168,33 +254,53 @@ class TransformerDecoderBlock(TransformerBlock):
                     f"{inputs.shape[-1]}. Received: encoder_outputs with "
                     f"shape {tuple(encoder_outputs.shape)}"
                 )
-        if decoder_padding_mask is None:
-            decoder_padding_mask = mask if mask is not None else inputs_mask
-        if encoder_padding_mask is None:
-            encoder_padding_mask = encoder_outputs_mask
-
-        if cache is None:
-            # Padding AND causal: the decoder's first self-attention.
-            self_mask = masks.attention_mask(
-                key_mask=decoder_padding_mask,
-                causal=True,
-                query_length=keras.ops.shape(inputs)[1],
+        if cache_index is not None and cache is None:
+            raise ValueError(
+                "`cache_index` needs a `cache`. Received: cache=None, "
+                f"cache_index={cache_index}"
             )
-        else:
-            # The cache holds only real tokens; the causal mask with the
-            # cache offset hides slots not written yet.
-            self_mask = None
+        if cache is not None and cache_index is None:
+            raise ValueError(
+                "A self-attention `cache` needs `cache_index`, the position "
+                "of the first new step. Received: cache_index=None"
+            )
+
+        self_padding = None
+        self_mask = None
+        if cache is None:
+            if decoder_padding_mask is None:
+                self_padding = mask if mask is not None else inputs_mask
+            else:
+                self._check_padding_mask(
+                    "decoder_padding_mask",
+                    decoder_padding_mask,
+                    inputs.shape[1],
+                )
+                self_padding = decoder_padding_mask
+        elif decoder_padding_mask is not None:
+            # Over the cache's positions; the causal mask at `cache_index`
+            # is added by the attention layer.
+            self._check_padding_mask(
+                "decoder_padding_mask", decoder_padding_mask, cache.shape[3]
+            )
+            self_mask = masks.attention_mask(
+                key_mask=decoder_padding_mask, query_length=1
+            )
+        scores = []
 
         def attend_self(x):
-            return self.self_attention(
+            outputs = self.self_attention(
                 x,
                 x,
                 attention_mask=self_mask,
-                use_causal_mask=cache is not None,
+                value_mask=self_padding,
+                use_causal_mask=True,
+                return_attention_scores=return_attention_scores,
                 cache=cache,
                 cache_index=cache_index,
                 training=training,
             )
+            return _keep_scores(outputs, return_attention_scores, scores)
 
         x = self._residual(
             self.self_attention_add_norm, inputs, attend_self, training
@@ -204,29 +310,52 @@ class TransformerDecoderBlock(TransformerBlock):
             x, new_cache = x
 
         if self.cross_attention:
-            cross_mask = None
-            if encoder_padding_mask is not None:
-                # (batch, 1, source_len): broadcast over queries.
-                cross_mask = masks.attention_mask(
-                    key_mask=encoder_padding_mask, query_length=1
+            source_cache = cross_attention_cache
+            if isinstance(source_cache, (tuple, list)):
+                source_cache, carried = source_cache
+                if encoder_padding_mask is None:
+                    encoder_padding_mask = carried
+            if encoder_padding_mask is None and source_cache is None:
+                encoder_padding_mask = encoder_outputs_mask
+            elif (
+                encoder_padding_mask is not None and encoder_outputs is not None
+            ):
+                self._check_padding_mask(
+                    "encoder_padding_mask",
+                    encoder_padding_mask,
+                    encoder_outputs.shape[1],
                 )
 
             def attend_source(h):
-                if cross_attention_cache is None:
-                    return self.cross_attention_layer(
+                if source_cache is None:
+                    outputs = self.cross_attention_layer(
                         h,
                         encoder_outputs,
-                        attention_mask=cross_mask,
+                        value_mask=encoder_padding_mask,
+                        return_attention_scores=return_attention_scores,
                         training=training,
                     )
-                output, _ = self.cross_attention_layer(
+                    return _keep_scores(
+                        outputs, return_attention_scores, scores
+                    )
+                # With a cache `value` is a placeholder: the source padding
+                # comes as a (batch, 1, source_len) attention mask.
+                cross_mask = None
+                if encoder_padding_mask is not None:
+                    cross_mask = masks.attention_mask(
+                        key_mask=encoder_padding_mask, query_length=1
+                    )
+                outputs = self.cross_attention_layer(
                     h,
                     h,
                     attention_mask=cross_mask,
-                    cache=cross_attention_cache,
+                    return_attention_scores=return_attention_scores,
+                    cache=source_cache,
                     training=training,
-                )
-                return output
+                )[:-1]  # the cross-attention cache does not change
+                if not return_attention_scores:
+                    return outputs[0]
+                return _keep_scores(outputs, True, scores)
 
             x = self._residual(
                 self.cross_attention_add_norm, x, attend_source, training
@@ -237,12 +366,66 @@ class TransformerDecoderBlock(TransformerBlock):
             lambda h: self.feed_forward(h, training=training),
             training,
         )
-        return x if cache is None else (x, new_cache)
+        results = (x, *scores) if return_attention_scores else (x,)
+        if cache is not None:
+            results += (new_cache,)
+        return results[0] if len(results) == 1 else results
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return tuple(input_shape)
+
+    def compute_output_spec(
+        self,
+        inputs,
+        encoder_outputs=None,
+        decoder_padding_mask=None,
+        encoder_padding_mask=None,
+        cache=None,
+        cache_index=None,
+        cross_attention_cache=None,
+        return_attention_scores=False,
+        **kwargs,
+    ):
+        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        results = (outputs,)
+        if return_attention_scores:
+            batch, length = inputs.shape[:2]
+            key_length = length if cache is None else cache.shape[3]
+            results += (
+                keras.KerasTensor(
+                    (batch, self.num_heads, length, key_length),
+                    dtype=self.compute_dtype,
+                ),
+            )
+            if self.cross_attention:
+                if cross_attention_cache is not None:
+                    source = cross_attention_cache
+                    if isinstance(source, (tuple, list)):
+                        source = source[0]
+                    source_length = source.shape[3]
+                else:
+                    source_length = encoder_outputs.shape[1]
+                results += (
+                    keras.KerasTensor(
+                        (batch, self.num_heads, length, source_length),
+                        dtype=self.compute_dtype,
+                    ),
+                )
+        if cache is not None:
+            results += (keras.KerasTensor(cache.shape, dtype=cache.dtype),)
+        return results[0] if len(results) == 1 else results
 
     def get_config(self):
         config = super().get_config()
         config.update({"cross_attention": self.cross_attention})
         return config
+
+
+def _keep_scores(outputs, return_attention_scores, scores):
+    """Take the scores out of an attention layer's results into `scores`
+    and return the rest: the output, or `(output, cache)`."""
+    if not return_attention_scores:
+        return outputs
+    output, attention_scores, *rest = outputs
+    scores.append(attention_scores)
+    return (output, *rest) if rest else output

@@ -2,7 +2,6 @@
 
 import keras
 
-from keras_tfm import masks
 from keras_tfm.layers._block import TransformerBlock
 
 
@@ -44,14 +43,18 @@ class TransformerEncoderBlock(TransformerBlock):
     Call arguments:
         inputs: float tensor `(batch, seq, model_dim)`.
         padding_mask: optional boolean `(batch, seq)`, `False` at padding.
-            Defaults to the Keras mask of `inputs`.
+            Defaults to the Keras mask of `inputs`; when given, it replaces
+            that mask (it is not combined with it).
         attention_mask: optional boolean `(batch, seq, seq)`, combined with
             the padding mask.
+        return_attention_scores: whether to also return the attention
+            probabilities `(batch, heads, seq, seq)` (no dropout on them).
         training: whether dropout is active.
         mask, inputs_mask: the Keras mask of `inputs`, filled in by Keras.
 
     Returns:
-        Tensor `(batch, seq, model_dim)`, carrying the input's Keras mask.
+        Tensor `(batch, seq, model_dim)`, carrying the input's Keras mask;
+        with `return_attention_scores=True`, the tuple `(outputs, scores)`.
 
     Example:
 
@@ -87,6 +90,7 @@ class TransformerEncoderBlock(TransformerBlock):
         inputs,
         padding_mask=None,
         attention_mask=None,
+        return_attention_scores=False,
         training=None,
         mask=None,
         inputs_mask=None,
@@ -96,27 +100,55 @@ class TransformerEncoderBlock(TransformerBlock):
             self._check_attention_mask(attention_mask, inputs)
         if padding_mask is None:
             padding_mask = mask if mask is not None else inputs_mask
-        # (batch, 1, seq) broadcasts over queries: no (seq, seq) tensor
-        # unless an `attention_mask` is given.
-        merged = masks.combine_masks(
-            masks.attention_mask(key_mask=padding_mask, query_length=1),
-            attention_mask,
-        )
+        else:
+            self._check_padding_mask(
+                "padding_mask", padding_mask, inputs.shape[1]
+            )
+        scores = []
 
         def attend(x):
-            return self.self_attention(
-                x, x, attention_mask=merged, training=training
+            # The padding mask goes in as the key side's mask: passed
+            # explicitly, it replaces the Keras mask `x` may carry.
+            outputs = self.self_attention(
+                x,
+                x,
+                attention_mask=attention_mask,
+                value_mask=padding_mask,
+                return_attention_scores=return_attention_scores,
+                training=training,
             )
+            if return_attention_scores:
+                outputs, attention_scores = outputs
+                scores.append(attention_scores)
+            return outputs
 
         x = self._residual(
             self.self_attention_add_norm, inputs, attend, training
         )
-        return self._residual(
+        x = self._residual(
             self.feed_forward_add_norm,
             x,
             lambda h: self.feed_forward(h, training=training),
             training,
         )
+        return (x, scores[0]) if return_attention_scores else x
+
+    def compute_output_spec(
+        self,
+        inputs,
+        padding_mask=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        **kwargs,
+    ):
+        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return outputs
+        batch, length = inputs.shape[:2]
+        scores = keras.KerasTensor(
+            (batch, self.num_heads, length, length), dtype=self.compute_dtype
+        )
+        return outputs, scores
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return tuple(input_shape)

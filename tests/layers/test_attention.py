@@ -374,7 +374,7 @@ def test_cached_decoding_equals_full_causal_attention(position):
         index = ops.convert_to_tensor(index, "int32")
         output, cache = compiled_step(x[:, index : index + 1], cache, index)
         outputs.append(to_numpy(output))
-    assert tuple(cache.shape) == (BATCH, 2, LENGTH, HEADS, KEY_DIM)
+    assert tuple(cache.shape) == (BATCH, 2, HEADS, LENGTH, KEY_DIM)
     np.testing.assert_allclose(np.concatenate(outputs, 1), full, atol=1e-5)
     # The cache holds the projected (rotated) keys and values.
     np.testing.assert_allclose(
@@ -390,11 +390,16 @@ def test_cross_attention_cache_equals_direct_call():
         query, memory, value_mask=memory_mask, return_attention_scores=True
     )
     cache = layer.compute_cache(memory)
-    assert tuple(cache.shape) == (BATCH, 2, LENGTH - 2, HEADS, KEY_DIM)
+    assert tuple(cache.shape) == (BATCH, 2, HEADS, LENGTH - 2, KEY_DIM)
+    # The cache holds no mask: the source padding comes as attention_mask,
+    # and the placeholder `value`'s own Keras mask is not used.
+    source_mask = ops.expand_dims(memory_mask, 1)  # (batch, 1, source_len)
+    query_padding = padding([LENGTH, 1], LENGTH)
     output, scores, new_cache = layer(
         query,
-        memory,
-        value_mask=memory_mask,
+        query,
+        attention_mask=source_mask,
+        value_mask=query_padding,
         cache=cache,
         return_attention_scores=True,
     )
@@ -407,14 +412,14 @@ def test_cross_attention_cache_equals_direct_call():
         step, _ = layer(
             query[:, index : index + 1],
             memory,
-            value_mask=memory_mask,
+            attention_mask=source_mask,
             cache=cache,
         )
         np.testing.assert_allclose(
             to_numpy(step)[:, 0], to_numpy(direct)[:, index], atol=1e-5
         )
     padded = layer.compute_cache(memory, max_length=LENGTH + 1)
-    assert tuple(padded.shape) == (BATCH, 2, LENGTH + 1, HEADS, KEY_DIM)
+    assert tuple(padded.shape) == (BATCH, 2, HEADS, LENGTH + 1, KEY_DIM)
     np.testing.assert_array_equal(to_numpy(padded)[:, :, LENGTH - 2 :], 0.0)
 
 
@@ -467,7 +472,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="cache"):
         layer(x, x, cache_index=0)
     with pytest.raises(ValueError, match="cache"):
-        layer(x, x, cache=ops.zeros((BATCH, 2, LENGTH, HEADS, 4)))
+        layer(x, x, cache=ops.zeros((BATCH, 2, HEADS, LENGTH, 4)))
     symbolic = keras.Input((LENGTH, DIM))
     with pytest.raises(ValueError, match="attention_mask"):
         layer(symbolic, symbolic, attention_mask=keras.Input((LENGTH, 3)))
@@ -505,7 +510,7 @@ def test_keras_masks_are_used_for_keys_only_and_propagated():
 def test_symbolic_outputs_with_scores_and_cache():
     layer = MultiHeadAttention(HEADS, KEY_DIM, output_dim=10)
     x = keras.Input((LENGTH, DIM))
-    cache = keras.Input((2, LENGTH + 2, HEADS, KEY_DIM))
+    cache = keras.Input((2, HEADS, LENGTH + 2, KEY_DIM))
     output, scores, new_cache = layer(
         x[:, :1],
         x[:, :1],
@@ -516,7 +521,7 @@ def test_symbolic_outputs_with_scores_and_cache():
     )
     assert tuple(output.shape) == (None, 1, 10)
     assert tuple(scores.shape) == (None, HEADS, 1, LENGTH + 2)
-    assert tuple(new_cache.shape) == (None, 2, LENGTH + 2, HEADS, KEY_DIM)
+    assert tuple(new_cache.shape) == (None, 2, HEADS, LENGTH + 2, KEY_DIM)
     model = keras.Model([x, cache], [output, scores, new_cache])
     empty = to_numpy(layer.empty_cache(BATCH, LENGTH + 2))
     eager = model([random_inputs(18), empty])
@@ -592,3 +597,45 @@ def test_fit_step_under_jit_compile():
     history = model.fit(tokens, tokens, epochs=2, batch_size=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert not np.allclose(to_numpy(layer.query_dense.kernel), before)
+
+
+def test_key_and_value_lengths_must_match():
+    layer = MultiHeadAttention(num_heads=HEADS, key_dim=KEY_DIM)
+    query = random_inputs(30)
+    key = random_inputs(31, length=LENGTH)
+    value = random_inputs(32, length=LENGTH - 1)
+    with pytest.raises(ValueError, match="`key` and `value` must have"):
+        layer(query, value, key=key)
+    with pytest.raises(ValueError, match="`key` and `value` must have"):
+        layer.compute_output_shape(query.shape, value.shape, key.shape)
+    symbolic = keras.Input((LENGTH, DIM)), keras.Input((LENGTH - 1, DIM))
+    with pytest.raises(ValueError, match="`key` and `value` must have"):
+        layer(symbolic[0], symbolic[1], key=symbolic[0])
+
+
+def test_key_side_padding_is_the_keys_mask():
+    # With an explicit `key`, its Keras mask decides; `value`'s does not.
+    layer = built_layer("none")
+    query, key, value = (random_inputs(33 + i) for i in range(3))
+    half = padding([LENGTH // 2, LENGTH // 2])
+    real = padding([LENGTH, LENGTH])
+    plain = layer(query, value, key=key)
+    with_value_mask = layer(query, value, key=key, value_mask=half)
+    np.testing.assert_allclose(
+        to_numpy(with_value_mask), to_numpy(plain), atol=1e-6
+    )
+    masked = layer(query, value, key=key, key_mask=half)
+    explicit = layer(
+        query, value, key=key, attention_mask=ops.expand_dims(half, 1)
+    )
+    np.testing.assert_allclose(to_numpy(masked), to_numpy(explicit), atol=1e-6)
+    both = layer(query, value, key=key, key_mask=real, value_mask=half)
+    np.testing.assert_allclose(to_numpy(both), to_numpy(plain), atol=1e-6)
+    # Without `key`, the value's mask is the key side's.
+    self_masked = layer(query, value, value_mask=half)
+    self_explicit = layer(
+        query, value, attention_mask=ops.expand_dims(half, 1)
+    )
+    np.testing.assert_allclose(
+        to_numpy(self_masked), to_numpy(self_explicit), atol=1e-6
+    )

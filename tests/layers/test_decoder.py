@@ -354,7 +354,7 @@ def test_cached_decoding_equals_full_call(position, cross, norm_first):
             x[:, index : index + 1], cache=cache, cache_index=index, **kwargs
         )
         steps.append(to_numpy(output))
-    assert tuple(cache.shape) == (BATCH, 2, LENGTH, HEADS, DIM // HEADS)
+    assert tuple(cache.shape) == (BATCH, 2, HEADS, LENGTH, DIM // HEADS)
     np.testing.assert_allclose(
         np.concatenate(steps, axis=1), full, rtol=0, atol=1e-5
     )

@@ -1,13 +1,14 @@
-"""Functional-API builders: plain functions that return a `keras.Model`.
+"""Builders: plain functions that return a model of keras_tfm layers.
 
 Every builder takes the same `position=` flag ("sinusoidal", "learned",
 "rotary" or "none"), `norm_first`, `gated`, `normalization` and
-`dropout`; pre-norm stacks get a final normalization. Sublayers have
-predictable names (`token_embedding`, `encoder_embedding`,
-`encoder_layer_0`, `decoder_layer_1`, ...) so other code, such as
-generation, can find them. Token ids are integers with `0` as padding; the
+`dropout`; pre-norm stacks get a final normalization. `decoder_lm` and
+`seq2seq_transformer` return `CausalLM` and `Seq2SeqLM`, which own their
+cached step; `encoder_classifier` a functional `keras.Model`. Sublayers are
+named for reading (`token_embedding`, `encoder_layer_0`, ...); nothing
+looks them up by name. Token ids are integers with `0` as padding; the
 padding mask flows as a Keras mask to the logits, so a plain
-`model.compile(loss=...)` ignores padding.
+`model.compile(loss=...)` ignores positions whose input is padding.
 """
 
 import keras
@@ -25,6 +26,8 @@ from keras_tfm.layers.embedding import (
 )
 from keras_tfm.layers.encoder import TransformerEncoderBlock
 from keras_tfm.layers.pooling import POOLINGS, SequencePooling
+from keras_tfm.models.causal_lm import CausalLM
+from keras_tfm.models.seq2seq_lm import Seq2SeqLM
 
 
 def _check_common(embedding_dim, num_heads, position, **positive):
@@ -74,51 +77,49 @@ def _embedding(config, vocabulary_size, token_embedding, name):
     )
 
 
-def _token_ids(name):
-    return keras.Input(shape=(None,), dtype="int32", name=name)
-
-
-def _encode(config, token_ids, token_embedding, num_layers, prefix):
-    x = _embedding(
+def _encoder_parts(config, token_embedding, num_layers, prefix):
+    """The embedding, blocks and final norm (or None) of an encoder."""
+    embedding = _embedding(
         config,
         token_embedding.vocabulary_size,
         token_embedding,
         f"{prefix}_embedding",
-    )(token_ids)
-    for i in range(num_layers):
-        x = TransformerEncoderBlock(
+    )
+    blocks = [
+        TransformerEncoderBlock(
             **_block_kwargs(config), name=f"{prefix}_layer_{i}"
-        )(x)
-    if config["norm_first"]:
-        x = _final_norm(config, f"{prefix}_final_norm")(x)
-    return x
+        )
+        for i in range(num_layers)
+    ]
+    norm = _final_norm(config, f"{prefix}_final_norm")
+    return embedding, blocks, norm if config["norm_first"] else None
 
 
-def _decode(config, token_ids, token_embedding, num_layers, encoder_outputs):
-    x = _embedding(
+def _decoder_parts(config, token_embedding, num_layers, cross_attention):
+    embedding = _embedding(
         config,
         token_embedding.vocabulary_size,
         token_embedding,
         "decoder_embedding",
-    )(token_ids)
-    for i in range(num_layers):
-        block = TransformerDecoderBlock(
+    )
+    blocks = [
+        TransformerDecoderBlock(
             **_block_kwargs(config),
-            cross_attention=encoder_outputs is not None,
+            cross_attention=cross_attention,
             name=f"decoder_layer_{i}",
         )
-        x = block(x) if encoder_outputs is None else block(x, encoder_outputs)
-    if config["norm_first"]:
-        x = _final_norm(config, "decoder_final_norm")(x)
-    return x
+        for i in range(num_layers)
+    ]
+    norm = _final_norm(config, "decoder_final_norm")
+    return embedding, blocks, norm if config["norm_first"] else None
 
 
-def _head(x, token_embedding, tie_embeddings, vocabulary_size):
+def _head(tie_embeddings, vocabulary_size):
     if tie_embeddings:
-        return token_embedding(x, reverse=True)
+        return None
     return keras.layers.Dense(
         vocabulary_size, dtype="float32", name="output_projection"
-    )(x)
+    )
 
 
 def seq2seq_transformer(
@@ -134,6 +135,7 @@ def seq2seq_transformer(
     dropout=0.1,
     activation="relu",
     position="sinusoidal",
+    share_embeddings=None,
     tie_embeddings=True,
     scale_embeddings=True,
     norm_first=False,
@@ -147,10 +149,11 @@ def seq2seq_transformer(
     Inputs are a dict `{"encoder_token_ids", "decoder_token_ids"}` of
     integer `(batch, None)` tensors, `0` being padding; the output is
     float32 logits `(batch, target_len, target_vocabulary_size)` that carry
-    the decoder padding mask. With one vocabulary and
-    `tie_embeddings=True`, the encoder embedding, the decoder embedding and
-    the output projection are one table (`token_embedding`), as in the
-    paper; with two vocabularies the decoder table is tied with the output.
+    the decoder padding mask. Two independent choices, as in the paper by
+    default: `share_embeddings` makes the encoder and decoder embeddings
+    one table (`token_embedding`; needs one vocabulary, and is the default
+    when there is one), and `tie_embeddings` makes the output projection
+    the decoder's table (reversed).
 
     Args:
         vocabulary_size: source vocabulary size (and target, if
@@ -166,7 +169,10 @@ def seq2seq_transformer(
         dropout: dropout rate everywhere.
         activation: feed-forward non-linearity.
         position: `"sinusoidal"`, `"learned"`, `"rotary"` or `"none"`.
-        tie_embeddings: share the token table with the output projection.
+        share_embeddings: one token table for encoder and decoder. `None`
+            (default): shared when `target_vocabulary_size` is None.
+        tie_embeddings: the output projection is the decoder's token table
+            (else a separate `Dense` named `output_projection`).
         scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`.
         norm_first: pre-norm blocks (with final norms).
         gated: gated (GLU) feed-forward networks.
@@ -175,7 +181,7 @@ def seq2seq_transformer(
         name: model name.
 
     Returns:
-        A functional `keras.Model`.
+        A `keras_tfm.models.Seq2SeqLM`.
 
     Example:
 
@@ -203,34 +209,50 @@ def seq2seq_transformer(
     check_positive_int(
         "num_decoder_layers", num_decoder_layers, allow_none=True
     )
-    shared = target_vocabulary_size is None
+    if share_embeddings is None:
+        share_embeddings = target_vocabulary_size is None
+    if not isinstance(share_embeddings, bool):
+        raise ValueError(
+            "`share_embeddings` must be a boolean or None. Received: "
+            f"share_embeddings={share_embeddings!r}"
+        )
+    if not isinstance(tie_embeddings, bool):
+        raise ValueError(
+            "`tie_embeddings` must be a boolean. Received: "
+            f"tie_embeddings={tie_embeddings!r}"
+        )
+    if share_embeddings and target_vocabulary_size is not None:
+        raise ValueError(
+            "`share_embeddings=True` needs one vocabulary for source and "
+            "target; pass share_embeddings=False with a separate "
+            "`target_vocabulary_size`. Received: target_vocabulary_size="
+            f"{target_vocabulary_size}"
+        )
     target_vocabulary_size = target_vocabulary_size or vocabulary_size
     source_table = TokenEmbedding(
         vocabulary_size, embedding_dim, name="token_embedding"
     )
     target_table = source_table
-    if not shared or not tie_embeddings:
+    if not share_embeddings:
         target_table = TokenEmbedding(
             target_vocabulary_size,
             embedding_dim,
             name="decoder_token_embedding",
         )
-    encoder_ids = _token_ids("encoder_token_ids")
-    decoder_ids = _token_ids("decoder_token_ids")
-    encoded = _encode(config, encoder_ids, source_table, num_layers, "encoder")
-    decoded = _decode(
-        config,
-        decoder_ids,
-        target_table,
-        num_decoder_layers or num_layers,
-        encoded,
+    encoder_embedding, encoder_blocks, encoder_norm = _encoder_parts(
+        config, source_table, num_layers, "encoder"
     )
-    logits = _head(
-        decoded, target_table, tie_embeddings, target_vocabulary_size
+    decoder_embedding, decoder_blocks, decoder_norm = _decoder_parts(
+        config, target_table, num_decoder_layers or num_layers, True
     )
-    return keras.Model(
-        {"encoder_token_ids": encoder_ids, "decoder_token_ids": decoder_ids},
-        logits,
+    return Seq2SeqLM(
+        encoder_embedding,
+        encoder_blocks,
+        decoder_embedding,
+        decoder_blocks,
+        encoder_final_norm=encoder_norm,
+        decoder_final_norm=decoder_norm,
+        head=_head(tie_embeddings, target_vocabulary_size),
         name=name,
     )
 
@@ -303,11 +325,18 @@ def encoder_classifier(
         intermediate_dim=intermediate_dim,
     )
     check_choice("pooling", pooling, POOLINGS)
-    token_ids = _token_ids("token_ids")
+    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     table = TokenEmbedding(
         vocabulary_size, embedding_dim, name="token_embedding"
     )
-    x = _encode(config, token_ids, table, num_layers, "encoder")
+    embedding, blocks, norm = _encoder_parts(
+        config, table, num_layers, "encoder"
+    )
+    x = embedding(token_ids)
+    for block in blocks:
+        x = block(x)
+    if norm is not None:
+        x = norm(x)
     x = SequencePooling(pooling, name="pooling")(x)
     x = keras.layers.Dropout(dropout, name="classifier_dropout")(x)
     logits = keras.layers.Dense(
@@ -361,7 +390,7 @@ def decoder_lm(
         name: model name.
 
     Returns:
-        A functional `keras.Model`.
+        A `keras_tfm.models.CausalLM`.
 
     Example:
 
@@ -381,10 +410,19 @@ def decoder_lm(
         num_layers=num_layers,
         intermediate_dim=intermediate_dim,
     )
-    token_ids = _token_ids("token_ids")
+    if not isinstance(tie_embeddings, bool):
+        raise ValueError(
+            "`tie_embeddings` must be a boolean. Received: "
+            f"tie_embeddings={tie_embeddings!r}"
+        )
     table = TokenEmbedding(
         vocabulary_size, embedding_dim, name="token_embedding"
     )
-    x = _decode(config, token_ids, table, num_layers, None)
-    logits = _head(x, table, tie_embeddings, vocabulary_size)
-    return keras.Model(token_ids, logits, name=name)
+    embedding, blocks, norm = _decoder_parts(config, table, num_layers, False)
+    return CausalLM(
+        embedding,
+        blocks,
+        final_norm=norm,
+        head=_head(tie_embeddings, vocabulary_size),
+        name=name,
+    )

@@ -1,0 +1,131 @@
+"""What `CausalLM` and `Seq2SeqLM` share: checking and running their parts."""
+
+import keras
+
+from keras_tfm.layers.embedding import (
+    TokenAndPositionEmbedding,
+    TokenEmbedding,
+)
+
+
+def check_layer(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if not isinstance(value, keras.layers.Layer):
+        raise TypeError(
+            f"`{name}` must be a Keras layer. Received: {name}={value!r}"
+        )
+
+
+def check_blocks(name, blocks):
+    if isinstance(blocks, keras.layers.Layer) or not isinstance(
+        blocks, (list, tuple)
+    ):
+        raise TypeError(
+            f"`{name}` must be a list of layers. Received: {name}={blocks!r}"
+        )
+    if not blocks:
+        raise ValueError(f"`{name}` must not be empty. Received: {name}=[]")
+    for index, block in enumerate(blocks):
+        check_layer(f"{name}[{index}]", block)
+    return list(blocks)
+
+
+def token_table(name, embedding):
+    """The `TokenEmbedding` that a tied head (`head=None`) projects with."""
+    if isinstance(embedding, TokenEmbedding):
+        return embedding
+    if isinstance(embedding, TokenAndPositionEmbedding):
+        return embedding.token_embedding
+    raise ValueError(
+        "`head=None` ties the output projection to the token table of "
+        f"`{name}`, which must be a TokenEmbedding or a "
+        "TokenAndPositionEmbedding; pass a `head` layer otherwise. Received: "
+        f"{name}={embedding!r}"
+    )
+
+
+def check_positions(embedding_name, embedding, blocks_name, blocks):
+    """Fail loudly where the embedding and the blocks disagree on rotary
+    positions: one without the other leaves the model without positions
+    (or with two kinds)."""
+    position = getattr(embedding, "position", None)
+    for index, block in enumerate(blocks):
+        block_position = getattr(block, "position", None)
+        if block_position is None:
+            continue
+        if position == "rotary" and block_position != "rotary":
+            raise ValueError(
+                f'`{embedding_name}` has position="rotary", which adds no '
+                "position to the token vectors: the blocks must rotate "
+                f'queries and keys (position="rotary"). Received: '
+                f"{blocks_name}[{index}] with position={block_position!r}"
+            )
+        if position in ("sinusoidal", "learned") and block_position == (
+            "rotary"
+        ):
+            raise ValueError(
+                f"`{embedding_name}` adds {position} positions and "
+                f'{blocks_name}[{index}] rotary ones; use position="rotary" '
+                f'(or "none") on the embedding with rotary blocks. Received: '
+                f"{embedding_name} with position={position!r}"
+            )
+
+
+def embed(embedding, token_ids, start_index):
+    """Embed `token_ids` whose first position is `start_index`."""
+    if isinstance(embedding, TokenAndPositionEmbedding):
+        return embedding(token_ids, start_index=start_index, training=False)
+    return embedding(token_ids, training=False)
+
+
+def empty_caches(blocks, batch_size, max_length):
+    caches = []
+    for index, block in enumerate(blocks):
+        if not hasattr(block, "empty_cache"):
+            raise TypeError(
+                "Cached decoding needs blocks with `empty_cache` and a "
+                "`cache`/`cache_index` call (TransformerDecoderBlock); "
+                "override `init_cache` and `call_with_cache` for other "
+                f"blocks. Received: block {index} of type "
+                f"{type(block).__name__}"
+            )
+        caches.append(block.empty_cache(batch_size, max_length))
+    return tuple(caches)
+
+
+def check_cache(caches, blocks):
+    if not isinstance(caches, (list, tuple)) or len(caches) != len(blocks):
+        raise ValueError(
+            f"`cache` must hold one cache per block ({len(blocks)}), as "
+            "`init_cache` returns. Received: cache of type "
+            f"{type(caches).__name__}"
+        )
+
+
+def serialize(layer):
+    return None if layer is None else keras.saving.serialize_keras_object(layer)
+
+
+def deserialize(config):
+    if config is None or isinstance(config, keras.layers.Layer):
+        return config
+    return keras.saving.deserialize_keras_object(config)
+
+
+def set_parts(model, parts):
+    """Set the model's parts as attributes before `keras.Model.__init__`.
+
+    The functional graph is wired from them before the model exists;
+    PyTorch modules refuse attributes before `__init__`, so they are
+    placed plainly first and set again (tracked) by `track_parts` after.
+    """
+    for name, value in parts.items():
+        object.__setattr__(model, name, value)
+
+
+def track_parts(model, parts):
+    for name in parts:
+        model.__dict__.pop(name, None)
+    for name, value in parts.items():
+        setattr(model, name, value)

@@ -1,0 +1,144 @@
+"""`CausalLM`: a decoder-only language model that owns its cached step."""
+
+import keras
+
+from keras_tfm.models import _parts
+
+
+@keras.saving.register_keras_serializable(package="keras_tfm")
+class CausalLM(keras.Model):
+    """A decoder-only (GPT-style) language model composed from layers.
+
+    Wires `embedding -> blocks -> final_norm -> head` into a functional
+    model with one input, integer `token_ids` `(batch, None)` (`0` being
+    padding), and float logits `(batch, seq, vocabulary)` as output, and
+    decodes one step at a time with a key/value cache:
+    `init_cache(batch_size, max_length)` and `call_with_cache(token_ids,
+    cache, cache_index)`. `keras_tfm.generation.Generator` drives any model
+    with this protocol; it never looks up layers by name, so the layers'
+    names are free.
+
+    The embedding is called with `start_index=cache_index` when it is a
+    `TokenAndPositionEmbedding`, so sinusoidal and learned positions follow
+    the cache; rotary blocks rotate at the cache index themselves. A model
+    whose graph has other pieces overrides `logits` (used by both the graph
+    and the cached step), or `build_graph` and `call_with_cache` together;
+    `Generator` compares one cached step with the full model when it
+    starts, so a cached step that differs is an error, not a silent drift.
+
+    Args:
+        embedding: the token (and position) embedding, e.g. a
+            `TokenAndPositionEmbedding`.
+        blocks: list of decoder blocks without cross-attention
+            (`TransformerDecoderBlock(..., cross_attention=False)`).
+        final_norm: optional layer after the last block (pre-norm stacks).
+        head: optional layer mapping the model width to vocabulary logits.
+            `None` ties the output to the embedding's token table
+            (`token_embedding(x, reverse=True)`).
+        **kwargs: `keras.Model` arguments (`name`, ...).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_tfm.layers import (TokenAndPositionEmbedding,
+    ...                               TransformerDecoderBlock)
+    >>> model = CausalLM(
+    ...     TokenAndPositionEmbedding(50, 16, 16),
+    ...     [TransformerDecoderBlock(2, 32, cross_attention=False)],
+    ... )
+    >>> ids = np.array([[4, 5, 6, 0]])
+    >>> tuple(model(ids).shape)
+    (1, 4, 50)
+    >>> cache = model.init_cache(batch_size=1, max_length=8)
+    >>> logits, cache = model.call_with_cache(ids[:, :3], cache, 0)
+    >>> from keras import ops
+    >>> full = ops.convert_to_numpy(model(ids))
+    >>> bool(np.allclose(ops.convert_to_numpy(logits), full[:, :3],
+    ...                  atol=1e-5))
+    True
+    """
+
+    def __init__(self, embedding, blocks, final_norm=None, head=None, **kwargs):
+        _parts.check_layer("embedding", embedding)
+        blocks = _parts.check_blocks("blocks", blocks)
+        _parts.check_layer("final_norm", final_norm, allow_none=True)
+        _parts.check_layer("head", head, allow_none=True)
+        if head is None:
+            _parts.token_table("embedding", embedding)
+        _parts.check_positions("embedding", embedding, "blocks", blocks)
+        parts = dict(
+            embedding=embedding,
+            blocks=blocks,
+            final_norm=final_norm,
+            head=head,
+        )
+        _parts.set_parts(self, parts)
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        super().__init__(
+            inputs=token_ids, outputs=self.build_graph(token_ids), **kwargs
+        )
+        _parts.track_parts(self, parts)
+
+    def build_graph(self, token_ids):
+        """The functional graph: symbolic `token_ids` to logits."""
+        x = self.embedding(token_ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.logits(x)
+
+    def logits(self, x):
+        """Final norm and output projection: `(..., dim)` to logits."""
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        if self.head is None:
+            return _parts.token_table("embedding", self.embedding)(
+                x, reverse=True
+            )
+        return self.head(x)
+
+    def init_cache(self, batch_size, max_length):
+        """Empty key/value caches, one per block, for `max_length` tokens."""
+        return _parts.empty_caches(self.blocks, batch_size, max_length)
+
+    def call_with_cache(self, token_ids, cache, cache_index):
+        """Run new tokens through the model, reading and writing the cache.
+
+        Args:
+            token_ids: int tensor `(batch, steps)`: the tokens at positions
+                `cache_index, ..., cache_index + steps - 1`.
+            cache: the caches from `init_cache` (or a previous call).
+            cache_index: position of the first token (an int or a scalar
+                int tensor).
+
+        Returns:
+            `(logits, cache)`: float logits `(batch, steps, vocabulary)`,
+            equal to the full model's at those positions, and the updated
+            cache.
+        """
+        _parts.check_cache(cache, self.blocks)
+        x = _parts.embed(self.embedding, token_ids, cache_index)
+        new_cache = []
+        for block, block_cache in zip(self.blocks, cache, strict=True):
+            x, block_cache = block(
+                x, cache=block_cache, cache_index=cache_index, training=False
+            )
+            new_cache.append(block_cache)
+        return self.logits(x), tuple(new_cache)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "embedding": _parts.serialize(self.embedding),
+            "blocks": [_parts.serialize(block) for block in self.blocks],
+            "final_norm": _parts.serialize(self.final_norm),
+            "head": _parts.serialize(self.head),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("embedding", "final_norm", "head"):
+            config[key] = _parts.deserialize(config.get(key))
+        config["blocks"] = [_parts.deserialize(b) for b in config["blocks"]]
+        return cls(**config)

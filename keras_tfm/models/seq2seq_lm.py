@@ -1,0 +1,260 @@
+"""`Seq2SeqLM`: an encoder-decoder model that owns its cached step."""
+
+import keras
+from keras import ops
+
+from keras_tfm.models import _parts
+
+
+@keras.saving.register_keras_serializable(package="keras_tfm")
+class Seq2SeqLM(keras.Model):
+    """An encoder-decoder Transformer composed from layers.
+
+    Wires the encoder (`encoder_embedding -> encoder_blocks ->
+    encoder_final_norm`) and the decoder (`decoder_embedding ->
+    decoder_blocks -> decoder_final_norm -> head`, each decoder block
+    attending to the encoder outputs) into a functional model whose inputs
+    are a dict of integer `(batch, None)` tensors, `"encoder_token_ids"`
+    and `"decoder_token_ids"` (`0` being padding), and whose output is
+    float logits `(batch, target_len, vocabulary)`.
+
+    It owns its cached step: `encode(encoder_token_ids)` runs the encoder
+    once and projects its outputs once per decoder block (the
+    cross-attention caches, which carry the source padding mask);
+    `init_cache(batch_size, max_length)` gives the decoder's empty
+    self-attention caches; `call_with_cache(token_ids, cache, cache_index,
+    encoded)` runs new decoder tokens. `keras_tfm.generation.Generator`
+    drives any model with this protocol and never looks up layer names.
+
+    Args:
+        encoder_embedding: embedding of the source ids.
+        encoder_blocks: list of encoder blocks.
+        decoder_embedding: embedding of the target ids (may share its
+            `TokenEmbedding` with `encoder_embedding`).
+        decoder_blocks: list of decoder blocks with cross-attention.
+        encoder_final_norm: optional layer after the last encoder block.
+        decoder_final_norm: optional layer after the last decoder block.
+        head: optional layer mapping the model width to target logits.
+            `None` ties the output to the decoder embedding's token table.
+        **kwargs: `keras.Model` arguments (`name`, ...).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_tfm.layers import (TokenAndPositionEmbedding,
+    ...     TokenEmbedding, TransformerDecoderBlock, TransformerEncoderBlock)
+    >>> table = TokenEmbedding(40, 16)
+    >>> model = Seq2SeqLM(
+    ...     TokenAndPositionEmbedding(40, 16, 16, token_embedding=table),
+    ...     [TransformerEncoderBlock(2, 32)],
+    ...     TokenAndPositionEmbedding(40, 16, 16, token_embedding=table),
+    ...     [TransformerDecoderBlock(2, 32)],
+    ... )
+    >>> inputs = {"encoder_token_ids": np.array([[4, 5, 6, 0]]),
+    ...           "decoder_token_ids": np.array([[1, 7, 8]])}
+    >>> tuple(model(inputs).shape)
+    (1, 3, 40)
+    >>> encoded = model.encode(inputs["encoder_token_ids"])
+    >>> cache = model.init_cache(batch_size=1, max_length=5)
+    >>> logits, cache = model.call_with_cache(
+    ...     inputs["decoder_token_ids"], cache, 0, encoded)
+    >>> from keras import ops
+    >>> bool(np.allclose(ops.convert_to_numpy(logits),
+    ...                  ops.convert_to_numpy(model(inputs)), atol=1e-5))
+    True
+    """
+
+    def __init__(
+        self,
+        encoder_embedding,
+        encoder_blocks,
+        decoder_embedding,
+        decoder_blocks,
+        encoder_final_norm=None,
+        decoder_final_norm=None,
+        head=None,
+        **kwargs,
+    ):
+        _parts.check_layer("encoder_embedding", encoder_embedding)
+        encoder_blocks = _parts.check_blocks("encoder_blocks", encoder_blocks)
+        _parts.check_layer("decoder_embedding", decoder_embedding)
+        decoder_blocks = _parts.check_blocks("decoder_blocks", decoder_blocks)
+        for name, layer in (
+            ("encoder_final_norm", encoder_final_norm),
+            ("decoder_final_norm", decoder_final_norm),
+            ("head", head),
+        ):
+            _parts.check_layer(name, layer, allow_none=True)
+        if head is None:
+            _parts.token_table("decoder_embedding", decoder_embedding)
+        _parts.check_positions(
+            "encoder_embedding",
+            encoder_embedding,
+            "encoder_blocks",
+            encoder_blocks,
+        )
+        _parts.check_positions(
+            "decoder_embedding",
+            decoder_embedding,
+            "decoder_blocks",
+            decoder_blocks,
+        )
+        parts = dict(
+            encoder_embedding=encoder_embedding,
+            encoder_blocks=encoder_blocks,
+            decoder_embedding=decoder_embedding,
+            decoder_blocks=decoder_blocks,
+            encoder_final_norm=encoder_final_norm,
+            decoder_final_norm=decoder_final_norm,
+            head=head,
+        )
+        _parts.set_parts(self, parts)
+        inputs = {
+            "encoder_token_ids": keras.Input(
+                shape=(None,), dtype="int32", name="encoder_token_ids"
+            ),
+            "decoder_token_ids": keras.Input(
+                shape=(None,), dtype="int32", name="decoder_token_ids"
+            ),
+        }
+        super().__init__(
+            inputs=inputs, outputs=self.build_graph(inputs), **kwargs
+        )
+        _parts.track_parts(self, parts)
+
+    def build_graph(self, inputs):
+        """The functional graph: the symbolic inputs dict to logits."""
+        encoded = self.encoder_outputs(inputs["encoder_token_ids"])
+        x = self.decoder_embedding(inputs["decoder_token_ids"])
+        for block in self.decoder_blocks:
+            x = block(x, encoded)
+        return self.logits(x)
+
+    def encoder_outputs(self, encoder_token_ids, training=None):
+        """Encoder embedding, blocks and final norm (masks flow)."""
+        x = self.encoder_embedding(encoder_token_ids, training=training)
+        for block in self.encoder_blocks:
+            x = block(x, training=training)
+        if self.encoder_final_norm is not None:
+            x = self.encoder_final_norm(x, training=training)
+        return x
+
+    def logits(self, x):
+        """Final norm and output projection: `(..., dim)` to logits."""
+        if self.decoder_final_norm is not None:
+            x = self.decoder_final_norm(x)
+        if self.head is None:
+            return _parts.token_table(
+                "decoder_embedding", self.decoder_embedding
+            )(x, reverse=True)
+        return self.head(x)
+
+    def encode(self, encoder_token_ids):
+        """Run the encoder once for cached decoding.
+
+        Args:
+            encoder_token_ids: int tensor `(batch, source_len)`, `0` being
+                padding.
+
+        Returns:
+            The cross-attention caches, one per decoder block: each the
+            pair `(keys_and_values, source_padding_mask)` from
+            `TransformerDecoderBlock.compute_cross_attention_cache`. Pass
+            it to `call_with_cache`.
+        """
+        encoder_token_ids = ops.convert_to_tensor(encoder_token_ids, "int32")
+        x = self.encoder_outputs(encoder_token_ids, training=False)
+        padding = self.encoder_embedding.compute_mask(encoder_token_ids)
+        if padding is None:
+            padding = ops.ones(ops.shape(encoder_token_ids), dtype="bool")
+        return tuple(
+            block.compute_cross_attention_cache(x, padding)
+            for block in self.decoder_blocks
+        )
+
+    def init_cache(self, batch_size, max_length):
+        """Empty decoder self-attention caches for `max_length` tokens."""
+        return _parts.empty_caches(self.decoder_blocks, batch_size, max_length)
+
+    def call_with_cache(self, token_ids, cache, cache_index, encoded):
+        """Run new decoder tokens, reading and writing the cache.
+
+        Args:
+            token_ids: int tensor `(batch, steps)`: the decoder tokens at
+                positions `cache_index, ..., cache_index + steps - 1`.
+            cache: the caches from `init_cache` (or a previous call).
+            cache_index: position of the first token.
+            encoded: what `encode` returned for the batch's sources.
+
+        Returns:
+            `(logits, cache)`: float logits `(batch, steps, vocabulary)`,
+            equal to the full model's at those positions, and the updated
+            cache.
+        """
+        _parts.check_cache(cache, self.decoder_blocks)
+        x = _parts.embed(self.decoder_embedding, token_ids, cache_index)
+        new_cache = []
+        for block, block_cache, source in zip(
+            self.decoder_blocks, cache, encoded, strict=True
+        ):
+            x, block_cache = block(
+                x,
+                cache=block_cache,
+                cache_index=cache_index,
+                cross_attention_cache=source,
+                training=False,
+            )
+            new_cache.append(block_cache)
+        return self.logits(x), tuple(new_cache)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "encoder_embedding": _parts.serialize(self.encoder_embedding),
+            "encoder_blocks": [
+                _parts.serialize(block) for block in self.encoder_blocks
+            ],
+            "decoder_embedding": _parts.serialize(self.decoder_embedding),
+            "decoder_blocks": [
+                _parts.serialize(block) for block in self.decoder_blocks
+            ],
+            "encoder_final_norm": _parts.serialize(self.encoder_final_norm),
+            "decoder_final_norm": _parts.serialize(self.decoder_final_norm),
+            "head": _parts.serialize(self.head),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        encoder_embedding = _parts.deserialize(config["encoder_embedding"])
+        config["encoder_embedding"] = encoder_embedding
+        config["decoder_embedding"] = _parts.deserialize(
+            _shared_table(config["decoder_embedding"], encoder_embedding)
+        )
+        for key in ("encoder_final_norm", "decoder_final_norm", "head"):
+            config[key] = _parts.deserialize(config.get(key))
+        for key in ("encoder_blocks", "decoder_blocks"):
+            config[key] = [_parts.deserialize(b) for b in config[key]]
+        return cls(**config)
+
+
+def _shared_table(decoder_config, encoder_embedding):
+    """The decoder embedding's config, with the encoder's live table in it
+    when the two were built on one `TokenEmbedding` (its serialized config
+    is then the same in both), so one table comes back, not two."""
+    if not isinstance(decoder_config, dict):
+        return decoder_config
+    inner = decoder_config.get("config", {})
+    table = inner.get("token_embedding")
+    encoder_table = getattr(encoder_embedding, "token_embedding", None)
+    if not isinstance(table, dict) or encoder_table is None:
+        return decoder_config
+    if table.get("config", {}).get("name") != encoder_table.name:
+        return decoder_config
+    if table.get("class_name") != type(encoder_table).__name__:
+        return decoder_config
+    return {
+        **decoder_config,
+        "config": {**inner, "token_embedding": encoder_table},
+    }

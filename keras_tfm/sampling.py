@@ -1,0 +1,404 @@
+"""Samplers: how the next token is chosen from the logits.
+
+A sampler is a small object with validated arguments and `get_config`:
+`GreedySampler`, `BeamSampler(num_beams, length_penalty, return_all)`,
+`TopKSampler(k, temperature, seed)` and `TopPSampler(p, temperature, seed,
+k=None)`. `keras_tfm.generation.Generator` takes one (or the shorthands
+`"greedy"`, `"beam"`, `"top_k"`, `"top_p"`). Sampling draws Gumbel noise
+from a counter-based integer hash of `(seed, position, row, token)`, so a
+seeded search is reproducible inside compiled loops and gives the same
+tokens on every backend.
+
+Token `0` is padding and is never chosen.
+"""
+
+import math
+
+import numpy as np
+from keras import ops
+
+from keras_tfm._validation import check_positive_int
+
+# Logit and score of what must never be chosen; finite, so that sums and
+# differences of masked values stay finite (no `inf - inf`).
+NEG = -1e9
+
+
+def _int32(value):
+    return ops.convert_to_tensor(np.asarray(value, dtype="int32"))
+
+
+def mask_padding(logits):
+    """Float32 logits with padding (id 0) never chosen."""
+    vocabulary = ops.shape(logits)[-1]
+    is_padding = ops.arange(vocabulary, dtype="int32") == 0
+    return ops.where(is_padding, NEG, ops.cast(logits, "float32"))
+
+
+def _logical_right_shift(x, bits):
+    return ops.bitwise_and(ops.right_shift(x, bits), (1 << (32 - bits)) - 1)
+
+
+def _hash32(x):
+    """The "lowbias32" integer hash on int32 with wrap-around products."""
+    x = ops.bitwise_xor(x, _logical_right_shift(x, 16))
+    x = ops.multiply(x, _int32(0x7FEB352D))
+    x = ops.bitwise_xor(x, _logical_right_shift(x, 15))
+    x = ops.multiply(x, _int32(0x846CA68B - (1 << 32)))
+    return ops.bitwise_xor(x, _logical_right_shift(x, 16))
+
+
+def gumbel_noise(seed, index, shape):
+    """Gumbel(0, 1) noise `(batch, vocabulary)` from a counter-based hash.
+
+    The noise is a pure function of `(seed, index, row, token)` computed
+    with 32-bit integer ops, so a seeded search is reproducible inside
+    compiled loops without threading random state, and gives the same
+    samples on every backend.
+
+    Args:
+        seed: int32 scalar (tensor or int).
+        index: int32 scalar: the position being sampled.
+        shape: `(batch, vocabulary)`.
+
+    Returns:
+        float32 tensor of `shape`.
+
+    Example:
+
+    >>> from keras import ops
+    >>> noise = ops.convert_to_numpy(gumbel_noise(7, 3, (2, 5)))
+    >>> noise.shape, bool((noise == gumbel_noise(7, 3, (2, 5))).all())
+    ((2, 5), True)
+    """
+    batch, vocabulary = shape
+    rows = ops.arange(batch, dtype="int32")[:, None] * vocabulary
+    counter = rows + ops.arange(vocabulary, dtype="int32")[None, :]
+    key = _hash32(
+        ops.bitwise_xor(
+            _hash32(ops.cast(seed, "int32")),
+            ops.cast(index, "int32") * _int32(0x27D4EB2F),
+        )
+    )
+    bits = _hash32(ops.bitwise_xor(counter, key))
+    # 23 random bits -> uniform in (0, 1), exact in float32: never 0 or 1.
+    uniform = (
+        ops.cast(_logical_right_shift(bits, 9), "float32") + 0.5
+    ) / float(1 << 23)
+    return -ops.log(-ops.log(uniform))
+
+
+def filter_top_k(logits, top_k):
+    """Keep the `top_k` largest logits of each row, the rest `NEG`."""
+    top_k = min(top_k, logits.shape[-1])
+    kth = ops.top_k(logits, top_k)[0][:, -1:]
+    return ops.where(logits >= kth, logits, NEG)
+
+
+def filter_top_p(logits, top_p):
+    """Keep the smallest set of most likely tokens whose mass is >= top_p."""
+    probabilities = ops.softmax(logits, axis=-1)
+    vocabulary = logits.shape[-1]
+    descending = ops.top_k(probabilities, vocabulary)[0]
+    mass_before = ops.cumsum(descending, axis=-1) - descending
+    kept = mass_before < top_p  # always keeps the most likely token
+    threshold = ops.min(ops.where(kept, descending, 2.0), axis=-1)
+    return ops.where(probabilities >= threshold[:, None], logits, NEG)
+
+
+def tempered(logits, temperature):
+    """`(logits - row max) / temperature`: the best token is exactly 0, so
+    tiny or huge temperatures cannot overflow the softmax to NaN."""
+    logits = logits - ops.max(logits, axis=-1, keepdims=True)
+    return logits / ops.cast(temperature, "float32")
+
+
+def _check_number(name, value, low, high, include_high=True):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not math.isfinite(value)
+        or not low < value
+        or not (value <= high if include_high else value < high)
+    ):
+        bound = "]" if include_high else ")"
+        raise ValueError(
+            f"`{name}` must be a number in ({low}, {high}{bound}. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _check_temperature(temperature):
+    return _check_number("temperature", temperature, 0, math.inf, False)
+
+
+def _check_seed(seed):
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+    ):
+        raise ValueError(
+            f"`seed` must be an integer or None. Received: seed={seed!r}"
+        )
+    return None if seed is None else int(seed)
+
+
+class Sampler:
+    """Base of the samplers: `choose` picks tokens, `get_config` lists the
+    constructor arguments. `static` is what the compiled search depends
+    on; `floats` are passed in as a tensor, so changing them does not
+    compile again."""
+
+    def static(self):
+        return (type(self).__name__,)
+
+    def floats(self):
+        return ()
+
+    def choose(self, logits, index, seed, floats):
+        """Next tokens `(batch,)` int32 from logits `(batch, vocabulary)`."""
+        return ops.cast(ops.argmax(mask_padding(logits), axis=-1), "int32")
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        arguments = ", ".join(
+            f"{k}={v!r}" for k, v in self.get_config().items()
+        )
+        return f"{type(self).__name__}({arguments})"
+
+
+class GreedySampler(Sampler):
+    """Greedy decoding: the most likely token (padding excluded).
+
+    Example:
+
+    >>> import numpy as np
+    >>> logits = np.array([[9.0, 1.0, 3.0, 2.0]], "float32")
+    >>> GreedySampler().choose(logits, 0, 0, ()).tolist()
+    [2]
+    """
+
+
+class BeamSampler(Sampler):
+    """Beam search with `num_beams` hypotheses per row.
+
+    Each row keeps `num_beams` live hypotheses; finished ones are scored
+    by `log_prob / generated_length ** length_penalty` (Hugging Face's
+    `early_stopping=True`). With `return_all=True` the search returns every
+    beam, best first, with its score.
+
+    Args:
+        num_beams: beams per row; `1` is greedy search.
+        length_penalty: finite exponent of the generated length that divides
+            a finished hypothesis's log-probability (`0`: total, `1`: mean
+            per token).
+        return_all: return all beams and their scores instead of the best.
+
+    Example:
+
+    >>> BeamSampler(num_beams=2).get_config()
+    {'num_beams': 2, 'length_penalty': 1.0, 'return_all': False}
+    """
+
+    def __init__(self, num_beams=4, length_penalty=1.0, return_all=False):
+        check_positive_int("num_beams", num_beams)
+        if (
+            isinstance(length_penalty, bool)
+            or not isinstance(length_penalty, (int, float))
+            or not math.isfinite(length_penalty)
+        ):
+            raise ValueError(
+                "`length_penalty` must be a finite number. Received: "
+                f"length_penalty={length_penalty!r}"
+            )
+        if not isinstance(return_all, bool):
+            raise ValueError(
+                "`return_all` must be a boolean. Received: "
+                f"return_all={return_all!r}"
+            )
+        self.num_beams = num_beams
+        self.length_penalty = float(length_penalty)
+        self.return_all = return_all
+
+    def static(self):
+        return ("beam", self.num_beams, self.return_all)
+
+    def floats(self):
+        return (self.length_penalty,)
+
+    def get_config(self):
+        return {
+            "num_beams": self.num_beams,
+            "length_penalty": self.length_penalty,
+            "return_all": self.return_all,
+        }
+
+
+class _RandomSampler(Sampler):
+    def __init__(self, temperature, seed):
+        self.temperature = _check_temperature(temperature)
+        self.seed = _check_seed(seed)
+
+    def _filter(self, logits, floats):
+        return logits
+
+    def choose(self, logits, index, seed, floats):
+        logits = tempered(mask_padding(logits), floats[0])
+        logits = self._filter(logits, floats)
+        noise = gumbel_noise(seed, index, tuple(logits.shape))
+        return ops.cast(ops.argmax(logits + noise, axis=-1), "int32")
+
+
+class TopKSampler(_RandomSampler):
+    """Sample from the `k` most likely tokens at `temperature`.
+
+    Args:
+        k: number of tokens to sample from.
+        temperature: the logits are divided by it; positive.
+        seed: integer seed: the same seed gives the same tokens on every
+            backend. None draws one at each `generate`.
+
+    Example:
+
+    >>> TopKSampler(k=5, temperature=0.7, seed=1).get_config()
+    {'k': 5, 'temperature': 0.7, 'seed': 1}
+    """
+
+    def __init__(self, k, temperature=1.0, seed=None):
+        check_positive_int("k", k)
+        super().__init__(temperature, seed)
+        self.k = k
+
+    def static(self):
+        return ("top_k", self.k)
+
+    def floats(self):
+        return (self.temperature,)
+
+    def _filter(self, logits, floats):
+        return filter_top_k(logits, self.k)
+
+    def get_config(self):
+        return {"k": self.k, "temperature": self.temperature, "seed": self.seed}
+
+
+class TopPSampler(_RandomSampler):
+    """Nucleus sampling: the smallest set of most likely tokens whose
+    probability reaches `p`, at `temperature` (and within the `k` most
+    likely when `k` is given).
+
+    Args:
+        p: probability mass, in (0, 1].
+        temperature: the logits are divided by it; positive.
+        seed: integer seed, or None to draw one at each `generate`.
+        k: optional top-k filter applied first.
+
+    Example:
+
+    >>> TopPSampler(p=0.9).get_config()
+    {'p': 0.9, 'temperature': 1.0, 'seed': None, 'k': None}
+    """
+
+    def __init__(self, p, temperature=1.0, seed=None, k=None):
+        p = _check_number("p", p, 0, 1)
+        check_positive_int("k", k, allow_none=True)
+        super().__init__(temperature, seed)
+        self.p = p
+        self.k = k
+
+    def static(self):
+        return ("top_p", self.k)
+
+    def floats(self):
+        return (self.temperature, self.p)
+
+    def _filter(self, logits, floats):
+        if self.k is not None:
+            logits = filter_top_k(logits, self.k)
+        return filter_top_p(logits, floats[1])
+
+    def get_config(self):
+        return {
+            "p": self.p,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "k": self.k,
+        }
+
+
+SHORTHANDS = ("greedy", "beam", "top_k", "top_p")
+
+
+def get(
+    sampler,
+    *,
+    num_beams=None,
+    length_penalty=None,
+    top_k=None,
+    top_p=None,
+    temperature=None,
+    seed=None,
+):
+    """A sampler object from an object or a shorthand with its options.
+
+    Options the named sampler does not use are an error, so a typo such as
+    `get("greedy", temperature=0.7)` is not silently ignored.
+    """
+    given = {
+        "num_beams": num_beams,
+        "length_penalty": length_penalty,
+        "top_k": top_k,
+        "top_p": top_p,
+        "temperature": temperature,
+        "seed": seed,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if isinstance(sampler, Sampler):
+        if given:
+            raise ValueError(
+                "Options go into the sampler object itself. Received: "
+                f"sampler={sampler!r} and {sorted(given)}"
+            )
+        return sampler
+    if sampler not in SHORTHANDS:
+        raise ValueError(
+            "`sampler` must be a Sampler or one of "
+            f"{', '.join(repr(s) for s in SHORTHANDS)}. Received: "
+            f"sampler={sampler!r}"
+        )
+    uses = {
+        "greedy": (),
+        "beam": ("num_beams", "length_penalty"),
+        "top_k": ("top_k", "top_p", "temperature", "seed"),
+        "top_p": ("top_p", "top_k", "temperature", "seed"),
+    }[sampler]
+    unused = sorted(set(given) - set(uses))
+    if unused:
+        raise ValueError(
+            f"sampler={sampler!r} does not use {', '.join(unused)}. "
+            f"Received: {', '.join(f'{k}={given[k]!r}' for k in unused)}"
+        )
+    if sampler == "greedy":
+        return GreedySampler()
+    if sampler == "beam":
+        return BeamSampler(
+            given.get("num_beams", 4), given.get("length_penalty", 1.0)
+        )
+    options = dict(temperature=given.get("temperature", 1.0), seed=seed)
+    if sampler == "top_k":
+        if top_k is None:
+            raise ValueError(
+                'sampler="top_k" needs `top_k`. Received: top_k=None'
+            )
+        if top_p is not None:
+            return TopPSampler(top_p, k=top_k, **options)
+        return TopKSampler(top_k, **options)
+    if top_p is None:
+        raise ValueError('sampler="top_p" needs `top_p`. Received: top_p=None')
+    return TopPSampler(top_p, k=top_k, **options)

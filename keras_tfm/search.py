@@ -1,0 +1,384 @@
+"""Decoding loops over a fixed-shape buffer: `decode` and `beam_search`.
+
+Both take any `next_logits(ids, cache, index) -> (logits, cache)`
+function, so they run (and are tested) without a Transformer, and both are
+one `keras.ops.while_loop` over fixed-shape state, so they compile once
+per shape. Positions `< lengths[b]` of row `b` are its prompt and are
+kept; a row that generates one of `stop_ids` is finished, and every later
+position of it is `0`.
+"""
+
+import keras
+from keras import ops
+
+from keras_tfm import sampling
+
+NEG = sampling.NEG
+
+
+def _set_column(ids, index, values):
+    """Write `values` (..., ) at position `index` of `ids` (..., length)."""
+    length = ops.shape(ids)[-1]
+    here = ops.arange(length, dtype="int32") == index
+    return ops.where(here, ops.expand_dims(values, -1), ids)
+
+
+def _column(ids, index):
+    """Return `ids[..., index]` for a scalar tensor `index`."""
+    length = ops.shape(ids)[-1]
+    here = ops.arange(length, dtype="int32") == index
+    return ops.sum(ops.where(here, ids, ops.zeros_like(ids)), axis=-1)
+
+
+def _is_stop(tokens, stop_ids):
+    """Whether each token is one of `stop_ids` (int32 `(count,)` or None)."""
+    if stop_ids is None:
+        return ops.zeros(ops.shape(tokens), dtype="bool")
+    return ops.any(ops.expand_dims(tokens, -1) == stop_ids, axis=-1)
+
+
+def _stop_tensor(stop_ids):
+    if stop_ids is None:
+        return None
+    stop_ids = ops.convert_to_tensor(stop_ids, dtype="int32")
+    return ops.reshape(stop_ids, (-1,))
+
+
+def start_state(ids, lengths, cache):
+    """The loop state `(index, ids, cache, finished)` before the first
+    step: positions after each prompt are zeroed."""
+    ids = ops.convert_to_tensor(ids, dtype="int32")
+    lengths = ops.convert_to_tensor(lengths, dtype="int32")
+    positions = ops.arange(ids.shape[-1], dtype="int32")[None, :]
+    ids = ops.where(positions < lengths[:, None], ids, 0)
+    finished = ops.zeros(ops.shape(lengths), dtype="bool")
+    return ops.min(lengths), ids, cache, finished
+
+
+def decode_steps(
+    next_logits,
+    state,
+    lengths,
+    *,
+    sampler=None,
+    stop_ids=None,
+    seed=0,
+    floats=(),
+    until=None,
+):
+    """Run the greedy or sampling loop from `state` up to position `until`.
+
+    Args:
+        next_logits: `next_logits(ids, cache, index) -> (logits, cache)`:
+            float logits `(batch, vocabulary)` of the token at position
+            `index` given `ids[:, :index]`, and the updated cache.
+        state: `(index, ids, cache, finished)` from `start_state` or a
+            previous call.
+        lengths: int32 `(batch,)` prompt lengths.
+        sampler: a `keras_tfm.sampling` sampler (not beam); greedy if None.
+        stop_ids: int32 `(count,)` ids that finish a row, or None.
+        seed: int32 scalar seed of the sampling samplers.
+        floats: the sampler's float arguments (a tensor or tuple).
+        until: stop before this position (default: the buffer length).
+
+    Returns:
+        The new state; the loop also ends once every row is finished.
+    """
+    sampler = sampler or sampling.GreedySampler()
+    stop_ids = _stop_tensor(stop_ids)
+    lengths = ops.convert_to_tensor(lengths, dtype="int32")
+    index, ids, cache, finished = state
+    length = ids.shape[-1]
+    until = length if until is None else until
+
+    def cond(index, ids, cache, finished):
+        return ops.logical_and(
+            index < ops.minimum(until, length),
+            ops.logical_not(ops.all(finished)),
+        )
+
+    def body(index, ids, cache, finished):
+        logits, cache = next_logits(ids, cache, index)
+        tokens = sampler.choose(logits, index, seed, floats)
+        in_prompt = index < lengths
+        tokens = ops.where(finished, 0, tokens)
+        tokens = ops.where(in_prompt, _column(ids, index), tokens)
+        finished = ops.logical_or(
+            finished,
+            ops.logical_and(
+                ops.logical_not(in_prompt), _is_stop(tokens, stop_ids)
+            ),
+        )
+        return index + 1, _set_column(ids, index, tokens), cache, finished
+
+    return ops.while_loop(cond, body, (index, ids, cache, finished))
+
+
+def decode(
+    next_logits,
+    ids,
+    lengths,
+    cache,
+    *,
+    sampler=None,
+    stop_ids=None,
+    seed=0,
+    floats=None,
+):
+    """Greedy or sampled decoding over a fixed-shape buffer.
+
+    Positions `< lengths[b]` of row `b` are its prompt and are kept; every
+    later position is generated, one step per position, from the logits
+    `next_logits` returns. A row that generates one of `stop_ids` is
+    finished and every later position of it is `0` (also when the loop
+    ends early because every row has finished).
+
+    Args:
+        next_logits: `next_logits(ids, cache, index) -> (logits, cache)`.
+        ids: int32 `(batch, length)` buffer holding the prompts.
+        lengths: int32 `(batch,)` prompt lengths, at least 1.
+        cache: the initial cache passed to `next_logits` (any nest of
+            tensors whose shapes do not change).
+        sampler: a sampler from `keras_tfm.sampling` (greedy if None).
+        stop_ids: ids that end a row, or None.
+        seed: int32 scalar; samples are a pure function of the seed.
+        floats: the sampler's float arguments; defaults to its own.
+
+    Returns:
+        int32 `(batch, length)`: the prompts followed by the generated
+        tokens.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> def next_logits(ids, cache, index):  # always "previous token + 1"
+    ...     previous = ops.take(ids, index - 1, axis=1)
+    ...     return ops.one_hot(previous + 1, 8), cache
+    >>> ids = np.array([[3, 0, 0, 0, 0], [1, 2, 0, 0, 0]], "int32")
+    >>> out = decode(next_logits, ids, [1, 2], (), stop_ids=[5])
+    >>> ops.convert_to_numpy(out).tolist()
+    [[3, 4, 5, 0, 0], [1, 2, 3, 4, 5]]
+    """
+    sampler = sampler or sampling.GreedySampler()
+    if floats is None:
+        floats = sampler.floats()
+    state = start_state(ids, lengths, cache)
+    _, ids, _, _ = decode_steps(
+        next_logits,
+        state,
+        lengths,
+        sampler=sampler,
+        stop_ids=stop_ids,
+        seed=seed,
+        floats=floats,
+    )
+    return ids
+
+
+def _flat_take(x, batch_index, width):
+    """`x[b * width + batch_index[b, j]]` for x `(batch * width, ...)`."""
+    batch, count = batch_index.shape
+    rows = ops.arange(batch, dtype="int32")[:, None] * width
+    flat = ops.reshape(rows + ops.cast(batch_index, "int32"), (-1,))
+    return ops.take(x, flat, axis=0)
+
+
+def repeat_rows(x, times):
+    """`(batch, ...)` -> `(batch * times, ...)`, each row `times` times."""
+    return ops.repeat(x, times, axis=0)
+
+
+def beam_search(
+    next_logits,
+    ids,
+    lengths,
+    cache,
+    *,
+    num_beams=4,
+    length_penalty=1.0,
+    stop_ids=None,
+    return_all=False,
+):
+    """Beam search over a fixed-shape buffer.
+
+    Each row keeps `num_beams` live hypotheses. At each step the `2 *
+    num_beams` best one-token extensions (by total log-probability) are
+    found; those ending in a stop id among the `num_beams` best join the
+    row's finished hypotheses, scored by `log_prob / generated_length **
+    length_penalty`, and the `num_beams` best others stay live. A row is
+    done once it holds `num_beams` finished hypotheses (Hugging Face's
+    `early_stopping=True`); at the end, a row that is not done also
+    considers its live hypotheses. With `num_beams=1` this is greedy
+    search. Prompts (positions `< lengths[b]`) are kept as in `decode`.
+
+    Args:
+        next_logits: as for `decode`; called on `batch * num_beams` rows,
+            row `b * num_beams + j` being beam `j` of row `b`.
+        ids: int32 `(batch, length)` buffer holding the prompts.
+        lengths: int32 `(batch,)` prompt lengths, at least 1.
+        cache: the cache for `batch` rows (it is repeated per beam);
+            every tensor in it has the batch as its first axis.
+        num_beams: beams per row.
+        length_penalty: exponent of the generated length that divides the
+            log-probability of a finished hypothesis; `0` ranks by total
+            log-probability, `1` by mean log-probability per token.
+        stop_ids: ids that end a hypothesis, or None.
+        return_all: also return every beam.
+
+    Returns:
+        int32 `(batch, length)`: the best hypothesis of each row, `0`
+        after its stop id. With `return_all=True`, the pair `(ids,
+        scores)`: int32 `(batch, num_beams, length)` and float32 `(batch,
+        num_beams)`, best first.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> def next_logits(ids, cache, index):
+    ...     previous = ops.take(ids, index - 1, axis=1)
+    ...     return ops.one_hot(previous + 1, 8) * 5.0, cache
+    >>> ids = np.array([[3, 0, 0, 0]], "int32")
+    >>> out = beam_search(next_logits, ids, [1], (), num_beams=2,
+    ...                   stop_ids=[5])
+    >>> ops.convert_to_numpy(out).tolist()
+    [[3, 4, 5, 0]]
+    """
+    stop_ids = _stop_tensor(stop_ids)
+    _, ids, cache, _ = start_state(ids, lengths, cache)
+    lengths = ops.convert_to_tensor(lengths, dtype="int32")
+    batch, length = ids.shape
+    beams = num_beams
+    penalty = ops.cast(length_penalty, "float32")
+    start = ops.min(lengths)
+    beam_ids = ops.reshape(
+        repeat_rows(ids, beams), (batch, beams, length)
+    )  # (batch, beams, length)
+    cache = keras.tree.map_structure(lambda c: repeat_rows(c, beams), cache)
+    # Only beam 0 is live at first: the beams start identical.
+    first = ops.arange(beams, dtype="int32") == 0
+    scores = ops.where(first, 0.0, NEG) * ops.ones((batch, 1), "float32")
+    finished_ids = ops.zeros((batch, beams, length), dtype="int32")
+    finished_scores = ops.full((batch, beams), NEG, dtype="float32")
+    done = ops.zeros((batch,), dtype="bool")
+    keep_beams = ops.arange(beams, dtype="int32")[None, :] * ops.ones(
+        (batch, 1), "int32"
+    )
+    ranks = ops.arange(2 * beams, dtype="int32")[None, :]
+
+    def normalized(log_probs, generated):
+        generated = ops.cast(ops.maximum(generated, 1), "float32")
+        return log_probs / ops.power(generated, penalty)[:, None]
+
+    def cond(index, *state):
+        done = state[-1]
+        return ops.logical_and(index < length, ops.logical_not(ops.all(done)))
+
+    def body(
+        index, beam_ids, scores, cache, finished_ids, finished_scores, done
+    ):
+        flat_ids = ops.reshape(beam_ids, (batch * beams, length))
+        logits, cache = next_logits(flat_ids, cache, index)
+        log_probs = ops.log_softmax(sampling.mask_padding(logits), axis=-1)
+        vocabulary = log_probs.shape[-1]
+        # (batch, beams * vocabulary)
+        candidates = ops.reshape(
+            scores[:, :, None]
+            + ops.reshape(log_probs, (batch, beams, vocabulary)),
+            (batch, beams * vocabulary),
+        )
+        top_scores, top_index = ops.top_k(candidates, 2 * beams)
+        source = ops.floor_divide(top_index, vocabulary)  # (batch, 2 beams)
+        tokens = ops.cast(ops.mod(top_index, vocabulary), "int32")
+        candidate_ids = ops.reshape(
+            _flat_take(flat_ids, source, beams), (batch, 2 * beams, length)
+        )
+        candidate_ids = _set_column(candidate_ids, index, tokens)
+
+        in_prompt = index < lengths  # (batch,)
+        generated = index + 1 - lengths
+        is_end = _is_stop(tokens, stop_ids)
+        # Finished: ends with a stop id, among the `beams` best, real.
+        new_finished = ops.logical_and(
+            ops.logical_and(is_end, ranks < beams),
+            ops.logical_and(
+                top_scores > NEG / 2,
+                ops.logical_not(ops.logical_or(done, in_prompt))[:, None],
+            ),
+        )
+        pool_scores = ops.concatenate(
+            [
+                finished_scores,
+                ops.where(new_finished, normalized(top_scores, generated), NEG),
+            ],
+            axis=1,
+        )
+        pool_ids = ops.concatenate([finished_ids, candidate_ids], axis=1)
+        finished_scores, best = ops.top_k(pool_scores, beams)
+        finished_ids = ops.reshape(
+            _flat_take(
+                ops.reshape(pool_ids, (batch * 3 * beams, length)),
+                best,
+                3 * beams,
+            ),
+            (batch, beams, length),
+        )
+
+        # Live: the best extensions that do not end.
+        live_scores, live = ops.top_k(ops.where(is_end, NEG, top_scores), beams)
+        live_ids = ops.reshape(
+            _flat_take(
+                ops.reshape(candidate_ids, (batch * 2 * beams, length)),
+                live,
+                2 * beams,
+            ),
+            (batch, beams, length),
+        )
+        live_source = ops.take_along_axis(source, live, axis=1)
+        # Inside its prompt a row keeps its beams and writes the prompt.
+        beam_ids = ops.where(in_prompt[:, None, None], beam_ids, live_ids)
+        scores = ops.where(in_prompt[:, None], scores, live_scores)
+        live_source = ops.where(in_prompt[:, None], keep_beams, live_source)
+        cache = keras.tree.map_structure(
+            lambda c: _flat_take(c, live_source, beams), cache
+        )
+        done = ops.logical_or(
+            done,
+            ops.sum(ops.cast(finished_scores > NEG / 2, "int32"), 1) >= beams,
+        )
+        return (
+            index + 1,
+            beam_ids,
+            scores,
+            cache,
+            finished_ids,
+            finished_scores,
+            done,
+        )
+
+    state = (start, beam_ids, scores, cache, finished_ids, finished_scores)
+    index, beam_ids, scores, _, finished_ids, finished_scores, done = (
+        ops.while_loop(cond, body, (*state, done))
+    )
+    live_scores = normalized(scores, index - lengths)
+    live_scores = ops.where(done[:, None], NEG, live_scores)
+    all_scores = ops.concatenate([finished_scores, live_scores], axis=1)
+    all_ids = ops.concatenate([finished_ids, beam_ids], axis=1)
+    if return_all:
+        best_scores, best = ops.top_k(all_scores, beams)
+    else:
+        best_scores = None
+        best = ops.cast(ops.argmax(all_scores, axis=1), "int32")[:, None]
+    count = beams if return_all else 1
+    best_ids = ops.reshape(
+        _flat_take(
+            ops.reshape(all_ids, (batch * 2 * beams, length)),
+            best,
+            2 * beams,
+        ),
+        (batch, count, length),
+    )
+    if return_all:
+        return best_ids, best_scores
+    return ops.reshape(best_ids, (batch, length))
