@@ -194,7 +194,7 @@ def _token_ids(inputs, key):
 
 
 def _attention_scores(model, inputs, block, attention, padding_id):
-    """Recompute the attention probabilities `(batch, heads, Tq, Tk)`."""
+    """The block's attention probabilities `(batch, heads, Tq, Tk)`."""
     import keras
 
     from keras_tfm.layers import TransformerDecoderBlock
@@ -216,29 +216,26 @@ def _attention_scores(model, inputs, block, attention, padding_id):
     query_key = "decoder_token_ids" if is_decoder else "encoder_token_ids"
     query_ids = _token_ids(inputs, query_key)
     query_mask = masks.padding_mask(query_ids, padding_id)
-
-    def prepare(add_norm, h):
-        return add_norm.normalize(h) if block.norm_first else h
-
-    self_mask = masks.attention_mask(key_mask=query_mask, causal=is_decoder)
-    h = prepare(block.self_attention_add_norm, x)
-    attended, scores = block.self_attention(
-        h, h, attention_mask=self_mask, return_attention_scores=True
-    )
     key_ids = query_ids
-    if attention == "cross":
-        x = block.self_attention_add_norm([x, attended])
-        key_ids = _token_ids(inputs, "encoder_token_ids")
-        cross_mask = masks.attention_mask(
-            key_mask=masks.padding_mask(key_ids, padding_id),
-            query_length=ops.shape(x)[1],
+    # The block itself returns its probabilities, with its own masks.
+    if not is_decoder:
+        _, scores = block(
+            x, padding_mask=query_mask, return_attention_scores=True
         )
-        h = prepare(block.cross_attention_add_norm, x)
-        _, scores = block.cross_attention_layer(
-            h,
+    elif block.cross_attention:
+        key_ids = _token_ids(inputs, "encoder_token_ids")
+        _, self_scores, cross_scores = block(
+            x,
             ops.convert_to_tensor(outputs[1]),
-            attention_mask=cross_mask,
+            decoder_padding_mask=query_mask,
+            encoder_padding_mask=masks.padding_mask(key_ids, padding_id),
             return_attention_scores=True,
+        )
+        scores = cross_scores if attention == "cross" else self_scores
+        key_ids = key_ids if attention == "cross" else query_ids
+    else:
+        _, scores = block(
+            x, decoder_padding_mask=query_mask, return_attention_scores=True
         )
     scores = ops.convert_to_numpy(ops.cast(scores, "float32"))
     return scores, query_ids, key_ids
@@ -273,9 +270,9 @@ def plot_attention(
 
     The probabilities are recomputed for `inputs` (no dropout): the block's
     input comes from a sub-model of `model` up to the layer before it, and
-    its attention layer is called with `return_attention_scores=True` and
-    the same masks the block uses. Padding (`padding_id`) is left out of
-    the picture; rows are queries, columns keys, labelled with tokens.
+    the block itself returns them (`return_attention_scores=True`).
+    Padding (`padding_id`) is left out of the picture; rows are queries,
+    columns keys, labelled with tokens.
 
     Args:
         model: a functional model built from keras_tfm blocks (such as

@@ -347,8 +347,9 @@ def get(
 ):
     """A sampler object from an object or a shorthand with its options.
 
-    Options the named sampler does not use are an error, so a typo such as
-    `get("greedy", temperature=0.7)` is not silently ignored.
+    Options the named sampler does not use are an error, so a slip such
+    as `get("greedy", temperature=0.7)` is not silently ignored; `seed`
+    is accepted by every sampler (deterministic ones need none).
     """
     given = {
         "num_beams": num_beams,
@@ -378,12 +379,18 @@ def get(
         "top_k": ("top_k", "top_p", "temperature", "seed"),
         "top_p": ("top_p", "top_k", "temperature", "seed"),
     }[sampler]
-    unused = sorted(set(given) - set(uses))
+    unused = sorted(set(given) - set(uses) - {"seed"})
     if unused:
         raise ValueError(
             f"sampler={sampler!r} does not use {', '.join(unused)}. "
             f"Received: {', '.join(f'{k}={given[k]!r}' for k in unused)}"
         )
+    # Checked under the names the caller used.
+    seed = _check_seed(seed)
+    check_positive_int("top_k", top_k, allow_none=True)
+    check_positive_int("num_beams", num_beams, allow_none=True)
+    if top_p is not None:
+        _check_number("top_p", top_p, 0, 1)
     if sampler == "greedy":
         return GreedySampler()
     if sampler == "beam":

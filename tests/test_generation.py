@@ -16,9 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from keras import ops
 
-from keras_tfm import generation
-from keras_tfm.generation import Generator, beam_search, decode
-from keras_tfm.models import decoder_lm, encoder_classifier, seq2seq_transformer
+from keras_tfm import layers as tfm_layers
+from keras_tfm import sampling
+from keras_tfm.generation import Generator
+from keras_tfm.models import (
+    CausalLM,
+    Seq2SeqLM,
+    decoder_lm,
+    encoder_classifier,
+    seq2seq_transformer,
+)
+from keras_tfm.search import beam_search, decode
 
 VOCAB = 20
 SEQ = 8
@@ -26,6 +34,7 @@ POSITIONS = ("sinusoidal", "learned", "rotary", "none")
 PROMPTS = np.array([[3, 4, 0], [5, 6, 7]])
 SOURCE = np.array([[3, 4, 5, 0], [6, 7, 8, 9]])
 COMPILED = keras.backend.backend() in ("jax", "tensorflow")
+START_ID = 1
 
 
 def randomize(model, seed, scale=3.0):
@@ -55,10 +64,30 @@ def make_model(kind, position="sinusoidal", seed=0, **kwargs):
     return randomize(model, seed)
 
 
-def make_generator(model):
+class StartingGenerator:
+    """A Generator whose encoder-decoder calls start from `START_ID`."""
+
+    def __init__(self, generator):
+        self.generator = generator
+
+    def __getattr__(self, name):
+        return getattr(self.generator, name)
+
+    def generate(self, *args, **kwargs):
+        if self.generator.seq2seq:
+            kwargs.setdefault("start_id", START_ID)
+        return self.generator.generate(*args, **kwargs)
+
+    def stream(self, *args, **kwargs):
+        if self.generator.seq2seq:
+            kwargs.setdefault("start_id", START_ID)
+        return self.generator.stream(*args, **kwargs)
+
+
+def make_generator(model, jit_compile=False):
     # TensorFlow without XLA in most tests, to keep compile times short;
     # `test_no_recompilation` covers XLA.
-    return Generator(model, jit_compile=False)
+    return StartingGenerator(Generator(model, jit_compile=jit_compile))
 
 
 def inputs_for(kind):
@@ -229,7 +258,7 @@ def test_gumbel_noise_matches_numpy_reference():
         bits = lowbias32(counter.astype(np.uint32) ^ key)
     uniform = ((bits >> np.uint32(9)).astype(np.float64) + 0.5) / 2**23
     expected = -np.log(-np.log(uniform))
-    noise = generation.gumbel_noise(
+    noise = sampling.gumbel_noise(
         ops.convert_to_tensor(np.int32(seed)),
         ops.convert_to_tensor(np.int32(index)),
         shape,
@@ -281,28 +310,41 @@ def test_stops_at_end_id_and_pads_after(kind):
 def test_no_recompilation():
     model = make_model("decoder_lm", "learned", seed=10)
     generator = Generator(model, jit_compile=True)
-    first = generator.generate(PROMPTS, 6, end_id=None)
-    expected_traces = 1 if COMPILED else 0
-    assert generator.trace_count == expected_traces
+    backend = keras.backend.backend()
+
+    def assert_compiled(functions, traces):
+        # One function per shape and search configuration on every backend;
+        # JAX and TensorFlow trace each once, PyTorch runs it eagerly and
+        # never traces.
+        assert len(generator._functions) == functions
+        assert generator.trace_count == (traces if COMPILED else 0)
+        if backend == "torch":
+            assert not any(
+                hasattr(f, "get_concrete_function") or hasattr(f, "lower")
+                for f in generator._functions.values()
+            )
+
+    first = generator.generate(PROMPTS, 6)
+    assert_compiled(1, 1)
     # Same shapes, other values (prompts, seed, temperature): no retrace.
     other_prompts = np.array([[9, 0, 0], [8, 7, 0]])
-    generator.generate(other_prompts, 6, end_id=None)
-    again = generator.generate(PROMPTS, 6, end_id=None)
-    assert generator.trace_count == expected_traces
+    generator.generate(other_prompts, 6)
+    again = generator.generate(PROMPTS, 6)
+    assert_compiled(1, 1)
     np.testing.assert_array_equal(first, again)
-    # Temperature, top_p, seed and end_id are arguments, not constants.
+    # Temperature, top_p, seed and stop ids are arguments, not constants.
     kwargs = dict(sampler="top_p", top_p=0.8)
     generator.generate(PROMPTS, 6, temperature=0.5, seed=1, end_id=3, **kwargs)
     generator.generate(PROMPTS, 6, temperature=2.0, seed=2, end_id=4, **kwargs)
-    assert generator.trace_count == 2 * expected_traces
+    assert_compiled(2, 2)
     # A new shape is a new function.
-    generator.generate(PROMPTS, 7, end_id=None)
-    assert generator.trace_count == 3 * expected_traces
+    generator.generate(PROMPTS, 7)
+    assert_compiled(3, 3)
     # Weights are read at call time, not baked into the compiled function.
     table = model.get_layer("token_embedding").embeddings
     table.assign(-table)
-    flipped = generator.generate(PROMPTS, 6, end_id=None)
-    assert generator.trace_count == 3 * expected_traces
+    flipped = generator.generate(PROMPTS, 6)
+    assert_compiled(3, 3)
     assert_greedy_is_argmax(model, "decoder_lm", flipped)
 
 
@@ -369,14 +411,14 @@ def search(function, table, length=5, **kwargs):
 
 
 def test_beam_search_beats_greedy_where_greedy_is_suboptimal():
-    greedy = search(decode, TRAP, end_id=END)
+    greedy = search(decode, TRAP, stop_ids=[END])
     assert greedy == [A, C, END, 0]
-    assert search(beam_search, TRAP, end_id=END, num_beams=1) == greedy
+    assert search(beam_search, TRAP, stop_ids=[END], num_beams=1) == greedy
     for length_penalty in (0.0, 1.0):
         beam = search(
             beam_search,
             TRAP,
-            end_id=END,
+            stop_ids=[END],
             num_beams=2,
             length_penalty=length_penalty,
         )
@@ -401,7 +443,7 @@ def test_beam_search_keeps_finished_hypotheses():
             beam_search,
             table,
             length=6,
-            end_id=END,
+            stop_ids=[END],
             num_beams=2,
             length_penalty=length_penalty,
         )
@@ -422,7 +464,7 @@ def test_length_penalty_can_prefer_longer_hypotheses():
         },
         7,
     )
-    kwargs = dict(length=6, end_id=END, num_beams=2)
+    kwargs = dict(length=6, stop_ids=[END], num_beams=2)
     total = search(beam_search, table, length_penalty=0.0, **kwargs)
     mean = search(beam_search, table, length_penalty=1.0, **kwargs)
     assert total == [A, END, 0, 0, 0]
@@ -445,10 +487,10 @@ def test_beam_search_is_exhaustive_when_beams_cover_everything(seed):
             table[START, seq[0]] + table[seq[0], seq[1]] + table[seq[1], seq[2]]
         ),
     )
-    found = search(beam_search, table, length=4, num_beams=9, end_id=None)
+    found = search(beam_search, table, length=4, num_beams=9)
     assert found == list(best)
-    greedy = search(decode, table, length=4, end_id=None)
-    one_beam = search(beam_search, table, length=4, num_beams=1, end_id=None)
+    greedy = search(decode, table, length=4)
+    one_beam = search(beam_search, table, length=4, num_beams=1)
     assert one_beam == greedy
 
 
@@ -458,7 +500,9 @@ def test_decode_keeps_prompts_of_different_lengths():
     lengths = np.array([1, 3], "int32")
     cache = ops.zeros((2, 1))
     for function, kwargs in ((decode, {}), (beam_search, {"num_beams": 2})):
-        out = function(markov(table), ids, lengths, cache, end_id=2, **kwargs)
+        out = function(
+            markov(table), ids, lengths, cache, stop_ids=[2], **kwargs
+        )
         np.testing.assert_array_equal(
             ops.convert_to_numpy(out), [[3, 4, 5, 6, 1], [4, 5, 6, 1, 2]]
         )
@@ -476,10 +520,10 @@ def test_top_k_and_top_p_sample_only_inside_the_set():
         out = decode(markov(table), ids, lengths, cache, seed=3, **kwargs)
         return ops.convert_to_numpy(out)[:, 1]
 
-    top_k = draw(sampler="top_k", top_k=2)
-    top_p = draw(sampler="top_p", top_p=0.65)  # 0.4 + 0.3 >= 0.65
-    free = draw(sampler="top_k", top_k=4)
-    cold = draw(sampler="top_k", top_k=4, temperature=1e-3)
+    top_k = draw(sampler=sampling.TopKSampler(2))
+    top_p = draw(sampler=sampling.TopPSampler(0.65))  # 0.4 + 0.3 >= 0.65
+    free = draw(sampler=sampling.TopKSampler(4))
+    cold = draw(sampler=sampling.TopKSampler(4, temperature=1e-3))
     assert set(top_k.tolist()) == {1, 2}
     assert set(top_p.tolist()) == {1, 2}
     assert set(free.tolist()) == {1, 2, 3, 4}
@@ -505,16 +549,18 @@ def lm_generator():
         (dict(num_beams=0, sampler="beam"), "num_beams"),
         (dict(top_p=0.0, sampler="top_p"), "top_p"),
         (dict(top_p=1.5, sampler="top_p"), "top_p"),
-        (dict(temperature=0.0), "temperature"),
-        (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=0.0, sampler="top_k", top_k=3), "temperature"),
+        (dict(temperature=-1.0, sampler="top_k", top_k=3), "temperature"),
         (dict(top_k=0, sampler="top_k"), "top_k"),
         (dict(sampler="top_k"), "top_k"),
         (dict(sampler="top_p"), "top_p"),
         (dict(sampler="nucleus"), "sampler"),
-        (dict(end_id=0), "end_id"),
-        (dict(end_id=VOCAB), "end_id"),
+        (dict(end_id=0), "stop_ids"),
+        (dict(end_id=VOCAB), "stop_ids"),
+        (dict(stop_ids=[3, 0]), "stop_ids"),
+        (dict(temperature=0.5), "greedy.*does not use temperature"),
         (dict(seed=1.5), "seed"),
-        (dict(length_penalty=float("nan")), "length_penalty"),
+        (dict(length_penalty=float("nan"), sampler="beam"), "length_penalty"),
         (dict(inputs=[[0, 3, 4]]), "right-padded"),
         (dict(inputs=[[3, 4], [0, 0]]), "at least one token"),
         (dict(inputs=[[3, VOCAB]]), "token ids"),
@@ -540,15 +586,325 @@ def test_seq2seq_bad_arguments():
         generator.generate(long_source, 4)
 
 
-def test_unsupported_models():
+def test_seq2seq_needs_start_id():
+    generator = Generator(make_model("seq2seq"), jit_compile=False)
+    with pytest.raises(ValueError, match="start_id"):
+        generator.generate(SOURCE, 4)
+
+
+def test_models_without_the_protocol_are_refused():
     classifier = encoder_classifier(
         VOCAB, SEQ, 3, num_layers=1, embedding_dim=16, num_heads=2
     )
-    with pytest.raises(ValueError, match="seq2seq_transformer.*decoder_lm"):
+    with pytest.raises(TypeError, match="`init_cache`, `call_with_cache`"):
         Generator(classifier)
     inputs = keras.Input((None,), dtype="int32", name="token_ids")
     plain = keras.Model(inputs, keras.layers.Embedding(VOCAB, 4)(inputs))
-    with pytest.raises(ValueError, match="decoder_embedding"):
+    with pytest.raises(TypeError, match="init_cache"):
         Generator(plain)
-    with pytest.raises(ValueError, match="decoder_lm"):
+    with pytest.raises(TypeError, match="call_with_cache"):
         Generator(keras.layers.Dense(3))
+
+
+# ------------------------------------------------ composed models
+
+
+def composed_causal_lm(position, name_prefix="mine"):
+    embedding_position = "none" if position == "rotary" else position
+    embedding = tfm_layers.TokenAndPositionEmbedding(
+        VOCAB,
+        SEQ,
+        16,
+        position=embedding_position,
+        scale=True,
+        name=f"{name_prefix}_in",
+    )
+    blocks = [
+        tfm_layers.TransformerDecoderBlock(
+            2,
+            32,
+            dropout=0.2,
+            norm_first=True,
+            cross_attention=False,
+            position="rotary" if position == "rotary" else "none",
+            name=f"{name_prefix}_block_{7 - i}",
+        )
+        for i in range(2)
+    ]
+    model = CausalLM(
+        embedding,
+        blocks,
+        final_norm=keras.layers.LayerNormalization(name=f"{name_prefix}_ln"),
+        head=keras.layers.Dense(VOCAB, name=f"{name_prefix}_out"),
+        name=f"{name_prefix}_lm",
+    )
+    return randomize(model, seed=POSITIONS.index(position) + 20)
+
+
+def composed_seq2seq(position):
+    embedding_position = "none" if position == "rotary" else position
+    block_position = "rotary" if position == "rotary" else "none"
+
+    def embedding(name):
+        return tfm_layers.TokenAndPositionEmbedding(
+            VOCAB, SEQ, 16, position=embedding_position, name=name
+        )
+
+    model = Seq2SeqLM(
+        embedding("source_in"),
+        [
+            tfm_layers.TransformerEncoderBlock(
+                2, 32, norm_first=True, position=block_position, name="enc_x"
+            )
+        ],
+        embedding("target_in"),
+        [
+            tfm_layers.TransformerDecoderBlock(
+                2, 32, norm_first=True, position=block_position, name=f"d{i}"
+            )
+            for i in (3, 1)
+        ],
+        encoder_final_norm=keras.layers.LayerNormalization(name="enc_ln"),
+        decoder_final_norm=keras.layers.LayerNormalization(name="dec_ln"),
+        head=keras.layers.Dense(VOCAB, name="untied"),
+    )
+    return randomize(model, seed=POSITIONS.index(position) + 30)
+
+
+def argmax_by_full_passes(model, kind, inputs, max_length):
+    """Greedy decoding by running the whole model again for every token."""
+    if kind == "seq2seq":
+        ids = np.zeros((len(inputs), max_length + 1), "int32")
+        ids[:, 0] = START_ID
+        lengths = np.ones(len(inputs), "int32")
+    else:
+        ids = np.zeros((len(inputs), max_length), "int32")
+        ids[:, : inputs.shape[1]] = inputs
+        lengths = (inputs > 0).sum(axis=1)
+    for index in range(int(lengths.min()), ids.shape[1]):
+        if kind == "seq2seq":
+            logits = model(
+                {"encoder_token_ids": inputs, "decoder_token_ids": ids},
+                training=False,
+            )
+        else:
+            logits = model(ids, training=False)
+        logits = ops.convert_to_numpy(logits)[:, index - 1]
+        tokens = np.argmax(logits[:, 1:], axis=-1) + 1
+        keep = index < lengths
+        ids[:, index] = np.where(keep, ids[:, index], tokens)
+    return ids[:, 1:] if kind == "seq2seq" else ids
+
+
+@pytest.mark.parametrize(
+    "kind, position", list(itertools.product(("seq2seq", "lm"), POSITIONS))
+)
+def test_composed_models_generate_exactly(kind, position, tmp_path):
+    if kind == "seq2seq":
+        model, inputs = composed_seq2seq(position), SOURCE
+    else:
+        model, inputs = composed_causal_lm(position), PROMPTS
+    expected = argmax_by_full_passes(model, kind, inputs, 7)
+    generated = make_generator(model).generate(inputs, 7)
+    np.testing.assert_array_equal(generated, expected)
+    path = str(tmp_path / "composed.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    reloaded = make_generator(loaded).generate(inputs, 7)
+    np.testing.assert_array_equal(reloaded, expected)
+
+
+class AdapterLM(CausalLM):
+    """Adds a layer before the head, in the graph and in the cached step."""
+
+    def __init__(self, *args, **kwargs):
+        self.adapter = keras.layers.Dense(16, activation="tanh", name="adapt")
+        super().__init__(*args, **kwargs)
+
+    def logits(self, x):
+        return super().logits(self.adapter(x))
+
+
+class ForgetfulLM(CausalLM):
+    """Changes the graph but not the cached step: must be caught."""
+
+    def build_graph(self, token_ids):
+        x = self.embedding(token_ids)
+        x = keras.layers.Dense(16, name="extra")(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.logits(x)
+
+
+def lm_parts():
+    return dict(
+        embedding=tfm_layers.TokenAndPositionEmbedding(VOCAB, SEQ, 16),
+        blocks=[
+            tfm_layers.TransformerDecoderBlock(2, 32, cross_attention=False)
+        ],
+    )
+
+
+def test_subclass_with_an_adapter_generates_exactly():
+    model = randomize(AdapterLM(**lm_parts()), seed=40)
+    expected = argmax_by_full_passes(model, "lm", PROMPTS, 7)
+    np.testing.assert_array_equal(
+        make_generator(model).generate(PROMPTS, 7), expected
+    )
+
+
+def test_subclass_that_forgets_call_with_cache_is_caught():
+    model = randomize(ForgetfulLM(**lm_parts()), seed=41)
+    with pytest.raises(ValueError, match="cached step does not match"):
+        Generator(model)
+
+
+def test_disagreeing_positions_fail_loudly():
+    embedding = tfm_layers.TokenAndPositionEmbedding(
+        VOCAB, SEQ, 16, position="rotary"
+    )
+    with pytest.raises(ValueError, match='position="rotary"'):
+        CausalLM(embedding, lm_parts()["blocks"])
+    rotary_block = tfm_layers.TransformerDecoderBlock(
+        2, 32, cross_attention=False, position="rotary"
+    )
+    with pytest.raises(ValueError, match="rotary"):
+        CausalLM(lm_parts()["embedding"], [rotary_block])
+
+
+def test_model_constructor_errors():
+    parts = lm_parts()
+    with pytest.raises(TypeError, match="`blocks`"):
+        CausalLM(parts["embedding"], parts["blocks"][0])
+    with pytest.raises(ValueError, match="`blocks` must not be empty"):
+        CausalLM(parts["embedding"], [])
+    with pytest.raises(ValueError, match="head=None"):
+        CausalLM(keras.layers.Embedding(VOCAB, 16), parts["blocks"])
+    with pytest.raises(TypeError, match="`head`"):
+        CausalLM(parts["embedding"], parts["blocks"], head="dense")
+
+
+def test_composed_config_round_trip_keeps_one_shared_table():
+    table = tfm_layers.TokenEmbedding(VOCAB, 16, name="shared")
+    model = Seq2SeqLM(
+        tfm_layers.TokenAndPositionEmbedding(
+            VOCAB, SEQ, 16, token_embedding=table
+        ),
+        [tfm_layers.TransformerEncoderBlock(2, 32)],
+        tfm_layers.TokenAndPositionEmbedding(
+            VOCAB, SEQ, 16, token_embedding=table
+        ),
+        [tfm_layers.TransformerDecoderBlock(2, 32)],
+    )
+    clone = Seq2SeqLM.from_config(model.get_config())
+    assert (
+        clone.encoder_embedding.token_embedding
+        is clone.decoder_embedding.token_embedding
+    )
+    assert clone.encoder_embedding.token_embedding is not table
+    assert len(clone.weights) == len(model.weights)
+
+
+# ------------------------------------------- stream, stop ids, all beams
+
+
+@pytest.mark.parametrize("kind", ("seq2seq", "decoder_lm"))
+def test_stream_chunks_concatenate_to_generate(kind):
+    model = make_model(kind, "sinusoidal", seed=42)
+    generator = make_generator(model)
+    free = generator.generate(inputs_for(kind), 8)
+    stop = int(free[0, 4])
+    for kwargs in (
+        {},
+        {"stop_ids": [stop]},
+        {"sampler": "top_k", "top_k": 5, "seed": 3},
+    ):
+        expected = generator.generate(inputs_for(kind), 8, **kwargs)
+        for chunk_size in (1, 3, 8):
+            chunks = list(
+                generator.stream(
+                    inputs_for(kind), 8, chunk_size=chunk_size, **kwargs
+                )
+            )
+            assert all(c.shape[0] == 2 for c in chunks)
+            np.testing.assert_array_equal(
+                np.concatenate(chunks, axis=1), expected
+            )
+    with pytest.raises(ValueError, match="beam"):
+        next(generator.stream(inputs_for(kind), 8, sampler="beam"))
+
+
+def test_several_stop_ids_stop_each_row_at_the_first():
+    model = make_model("decoder_lm", "sinusoidal", seed=43)
+    generator = make_generator(model)
+    free = generator.generate(PROMPTS, 8)
+    stops = [int(free[0, 3]), int(free[1, 5])]
+    stopped = generator.generate(PROMPTS, 8, stop_ids=stops)
+    for row, start in enumerate((2, 3)):
+        generated = free[row, start:]
+        hits = np.flatnonzero(np.isin(generated, stops))
+        end = start + hits[0] + 1 if len(hits) else 8
+        np.testing.assert_array_equal(stopped[row, :end], free[row, :end])
+        assert (stopped[row, end:] == 0).all()
+
+
+def test_beam_search_returns_every_beam_best_first():
+    model = make_model("seq2seq", "sinusoidal", seed=44)
+    generator = make_generator(model)
+    sampler = sampling.BeamSampler(num_beams=3, return_all=True)
+    ids, scores = generator.generate(SOURCE, 6, sampler=sampler)
+    assert ids.shape == (2, 3, 6) and scores.shape == (2, 3)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    best = generator.generate(SOURCE, 6, sampler="beam", num_beams=3)
+    np.testing.assert_array_equal(ids[:, 0], best)
+    assert len({tuple(row) for row in ids[0]}) == 3
+
+
+def test_decode_zeroes_the_buffer_after_every_row_finished():
+    table = table_from({k: {2: 1.0} for k in range(1, 7)}, 7)
+    ids = np.array([[3, 9, 9, 9, 9], [4, 5, 9, 9, 9]], "int32")
+    lengths = np.array([1, 2], "int32")
+    out = decode(markov(table), ids, lengths, ops.zeros((2, 1)), stop_ids=[2])
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(out), [[3, 2, 0, 0, 0], [4, 5, 2, 0, 0]]
+    )
+
+
+@pytest.mark.parametrize("temperature", [1e-10, 1e10])
+def test_sampling_is_finite_at_extreme_temperatures(temperature):
+    # The row maximum comes off before dividing: no NaN, never padding,
+    # and a tiny temperature is greedy.
+    rng = np.random.default_rng(5)
+    logits = (rng.normal(size=(4, 7)) * 1e3).astype("float32")
+    table = np.tile(logits[:1], (7, 1))
+    ids, lengths = start_buffer(4, 3)
+    for sampler in (
+        sampling.TopPSampler(0.9, temperature=temperature),
+        sampling.TopKSampler(3, temperature=temperature),
+    ):
+        out = ops.convert_to_numpy(
+            decode(
+                markov(table), ids, lengths, ops.zeros((4, 1)), sampler=sampler
+            )
+        )
+        assert (out[:, 1:] > 0).all()
+        if temperature < 1:
+            best = int(np.argmax(logits[0, 1:])) + 1
+            assert (out[:, 1:] == best).all()
+
+
+def test_sampler_objects():
+    assert sampling.get("greedy").get_config() == {}
+    sampler = sampling.TopPSampler(0.5, temperature=0.7, seed=3, k=4)
+    again = sampling.TopPSampler.from_config(sampler.get_config())
+    assert again.get_config() == sampler.get_config()
+    for make, match in (
+        (lambda: sampling.TopKSampler(0), "`k`"),
+        (lambda: sampling.TopPSampler(1.5), "`p`"),
+        (lambda: sampling.TopKSampler(2, temperature=float("inf")), "temp"),
+        (lambda: sampling.BeamSampler(2, return_all=1), "return_all"),
+        (lambda: sampling.get("greedy", num_beams=2), "does not use"),
+        (lambda: sampling.get(sampler, top_k=2), "sampler object"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            make()

@@ -170,7 +170,9 @@ def test_seq2seq_two_vocabularies_tie_decoder_table_with_output(tmp_path):
     "kind, share, expected_tables",
     [("seq2seq", None, 1), ("seq2seq", False, 2), ("lm", None, 1)],
 )
-def test_untied_models_have_a_dense_head(kind, share, expected_tables, tmp_path):
+def test_untied_models_have_a_dense_head(
+    kind, share, expected_tables, tmp_path
+):
     # Sharing the encoder/decoder table and tying the output are separate.
     extra = {} if share is None else {"share_embeddings": share}
     model, inputs = build(kind, tie_embeddings=False, **extra)

@@ -633,9 +633,7 @@ def test_key_side_padding_is_the_keys_mask():
     np.testing.assert_allclose(to_numpy(both), to_numpy(plain), atol=1e-6)
     # Without `key`, the value's mask is the key side's.
     self_masked = layer(query, value, value_mask=half)
-    self_explicit = layer(
-        query, value, attention_mask=ops.expand_dims(half, 1)
-    )
+    self_explicit = layer(query, value, attention_mask=ops.expand_dims(half, 1))
     np.testing.assert_allclose(
         to_numpy(self_masked), to_numpy(self_explicit), atol=1e-6
     )

@@ -475,3 +475,194 @@ def test_fit_step_under_jit_compile():
         "dec/self_attention/key_dense/bias",
         "dec/cross_attention/key_dense/bias",
     ]
+
+
+# ------------------------------------------------------- mask paths
+
+
+def masked_vectors(ids, seed):
+    """Vectors that carry a Keras padding mask, as an embedding gives."""
+    keras.utils.set_random_seed(seed)
+    embedding = TokenAndPositionEmbedding(VOCAB, 16, DIM, scale=True)
+    return embedding(np.asarray(ids, "int32"))
+
+
+def target_and_source(source_length):
+    target_ids = [[5, 6, 0, 0], [7, 8, 9, 0]]
+    source_ids = np.zeros((BATCH, source_length), "int32")
+    source_ids[0, :3] = [4, 5, 6]
+    source_ids[1, :2] = [7, 8]
+    real = np.asarray(target_ids) != 0
+    return masked_vectors(target_ids, 1), masked_vectors(source_ids, 2), real
+
+
+@pytest.mark.parametrize("source_length", [4, 6])
+def test_cross_attention_cache_masks_the_source_not_the_target(
+    source_length,
+):
+    # The decoder input's own Keras mask must not reach the encoder keys,
+    # and the cache must keep the encoder outputs' Keras mask.
+    block = built_decoder()
+    x, source, real = target_and_source(source_length)
+    full = to_numpy(block(x, source))
+    cross = block.compute_cross_attention_cache(source)
+    cache = block.empty_cache(BATCH, x.shape[1])
+    steps = []
+    for index in range(x.shape[1]):
+        output, cache = block(
+            x[:, index : index + 1],
+            cache=cache,
+            cache_index=index,
+            cross_attention_cache=cross,
+        )
+        steps.append(to_numpy(output))
+    cached = np.concatenate(steps, axis=1)
+    np.testing.assert_allclose(cached[real], full[real], atol=1e-5)
+
+
+def test_explicit_padding_masks_replace_the_keras_mask():
+    decoder = built_decoder()
+    encoder = TransformerEncoderBlock(**block_kwargs())
+    x, source, _ = target_and_source(5)
+    plain_x = to_numpy(x)  # the same values, no Keras mask
+    plain_source = to_numpy(source)
+    everything = np.ones(plain_x.shape[:2], bool)
+    np.testing.assert_allclose(
+        to_numpy(encoder(x, padding_mask=everything)),
+        to_numpy(encoder(plain_x)),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        to_numpy(
+            decoder(
+                x,
+                source,
+                decoder_padding_mask=everything,
+                encoder_padding_mask=np.ones(plain_source.shape[:2], bool),
+            )
+        ),
+        to_numpy(decoder(plain_x, plain_source)),
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("cross", [True, False])
+def test_cached_step_uses_an_explicit_decoder_padding_mask(cross):
+    block = built_decoder(cross=cross)
+    x = random_inputs(seed=20)
+    source = random_inputs(seed=21, length=SOURCE)
+    keep = padding([LENGTH, 3])
+    keep[0, 1] = False  # a hole in the middle, not only at the end
+    kwargs = {}
+    if cross:
+        kwargs["cross_attention_cache"] = block.compute_cross_attention_cache(
+            source
+        )
+    full = decode(block, x, source, decoder_padding_mask=keep)
+    cache = block.empty_cache(BATCH, LENGTH)
+    steps = []
+    for index in range(LENGTH):
+        output, cache = block(
+            x[:, index : index + 1],
+            cache=cache,
+            cache_index=index,
+            decoder_padding_mask=keep,
+            **kwargs,
+        )
+        steps.append(to_numpy(output))
+    np.testing.assert_allclose(
+        np.concatenate(steps, axis=1), full, rtol=0, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="decoder_padding_mask"):
+        block(
+            x[:, :1],
+            cache=cache,
+            cache_index=0,
+            decoder_padding_mask=keep[:, :2],
+            **kwargs,
+        )
+
+
+def test_padding_mask_errors_name_the_argument():
+    block = built_decoder()
+    x = random_inputs(seed=22)
+    source = random_inputs(seed=23, length=SOURCE)
+    with pytest.raises(ValueError, match="`decoder_padding_mask`"):
+        block(x, source, decoder_padding_mask=padding([2, 2], LENGTH + 1))
+    with pytest.raises(ValueError, match="`encoder_padding_mask`"):
+        block(x, source, encoder_padding_mask=padding([2, 2], SOURCE + 1))
+    encoder = TransformerEncoderBlock(**block_kwargs())
+    with pytest.raises(ValueError, match="`padding_mask`"):
+        encoder(x, padding_mask=padding([2, 2], LENGTH + 1))
+
+
+def test_cross_attention_argument_is_validated():
+    with pytest.raises(ValueError, match="cross_attention"):
+        TransformerDecoderBlock(**block_kwargs(cross_attention="yes"))
+
+
+# ------------------------------------------------------- scores
+
+
+def test_blocks_return_their_attention_scores():
+    block = built_decoder()
+    x = random_inputs(seed=24)
+    source = random_inputs(seed=25, length=SOURCE)
+    keep = padding([LENGTH, 3])
+    source_keep = padding([SOURCE, 2], SOURCE)
+    output, self_scores, cross_scores = block(
+        x,
+        source,
+        decoder_padding_mask=keep,
+        encoder_padding_mask=source_keep,
+        return_attention_scores=True,
+    )
+    np.testing.assert_allclose(
+        to_numpy(output),
+        decode(
+            block,
+            x,
+            source,
+            decoder_padding_mask=keep,
+            encoder_padding_mask=source_keep,
+        ),
+        atol=1e-6,
+    )
+    self_scores, cross_scores = to_numpy(self_scores), to_numpy(cross_scores)
+    assert self_scores.shape == (BATCH, HEADS, LENGTH, LENGTH)
+    assert cross_scores.shape == (BATCH, HEADS, LENGTH, SOURCE)
+    np.testing.assert_allclose(np.triu(self_scores, k=1), 0.0)
+    np.testing.assert_allclose(self_scores[1, :, :, 3:], 0.0)
+    np.testing.assert_allclose(cross_scores[1, :, :, 2:], 0.0)
+    np.testing.assert_allclose(cross_scores.sum(-1), 1.0, rtol=1e-5)
+    # With a cache the scores cover the cache's slots.
+    cache = block.empty_cache(BATCH, LENGTH)
+    cross = block.compute_cross_attention_cache(source, source_keep)
+    _, step_self, step_cross, _ = block(
+        x[:, :1],
+        cache=cache,
+        cache_index=0,
+        cross_attention_cache=cross,
+        return_attention_scores=True,
+    )
+    np.testing.assert_allclose(
+        to_numpy(step_cross)[:, :, 0], cross_scores[:, :, 0], atol=1e-6
+    )
+    np.testing.assert_allclose(to_numpy(step_self)[:, :, 0, 1:], 0.0)
+    symbolic = block(
+        keras.Input((LENGTH, DIM)),
+        keras.Input((SOURCE, DIM)),
+        return_attention_scores=True,
+    )
+    assert [tuple(t.shape) for t in symbolic] == [
+        (None, LENGTH, DIM),
+        (None, HEADS, LENGTH, LENGTH),
+        (None, HEADS, LENGTH, SOURCE),
+    ]
+    encoder = TransformerEncoderBlock(**block_kwargs())
+    output, scores = encoder(x, padding_mask=keep, return_attention_scores=True)
+    np.testing.assert_allclose(
+        to_numpy(output), to_numpy(encoder(x, padding_mask=keep)), atol=1e-6
+    )
+    assert tuple(scores.shape) == (BATCH, HEADS, LENGTH, LENGTH)
+    np.testing.assert_allclose(to_numpy(scores)[1, :, :, 3:], 0.0)
