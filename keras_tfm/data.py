@@ -545,7 +545,7 @@ def _split(batch, inputs, labels):
     """`(inputs dict, labels)` from a dict of arrays, as `fit` takes it."""
     keys = inputs
     if keys is None:
-        keys = [k for k in batch if k not in (labels, "indices")]
+        keys = [k for k in batch if k not in (labels, "labels", "indices")]
     missing = [k for k in [*keys, labels] if k is not None and k not in batch]
     if missing:
         raise ValueError(
@@ -570,7 +570,7 @@ class PackedDataset(keras.utils.PyDataset):
         packed: the dict returned by `pack` or `pack_pairs`.
         batch_size: rows per batch; the last batch may be smaller.
         inputs: names of the arrays the model takes. Defaults to all but
-            `labels`.
+            `labels` (and the array named `"labels"`).
         labels: name of the labels array, or `None` to yield inputs only.
             Defaults to `"labels"`.
         shuffle: shuffle the rows every epoch. Defaults to `True`.
