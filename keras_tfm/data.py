@@ -453,6 +453,12 @@ def fill(ids):
     >>> fill(np.array([[1, 1, 2, 0], [1, 0, 0, 0]]))
     0.5
     """
+    if isinstance(ids, dict):
+        raise ValueError(
+            "`ids` must be an array (or a list of arrays) of segment or token "
+            "ids, e.g. `packed['segment_ids']`. Received: a dict with keys "
+            f"{sorted(ids)}"
+        )
     arrays = ids if isinstance(ids, (list, tuple)) else [ids]
     arrays = [np.asarray(a) for a in arrays]
     total = sum(a.size for a in arrays)
@@ -568,13 +574,16 @@ class PackedDataset(keras.utils.PyDataset):
 
     Args:
         packed: the dict returned by `pack` or `pack_pairs`.
-        batch_size: rows per batch; the last batch may be smaller.
+        batch_size: rows per batch; the last batch may be smaller (see
+            `drop_remainder`).
         inputs: names of the arrays the model takes. Defaults to all but
             `labels` (and the array named `"labels"`).
         labels: name of the labels array, or `None` to yield inputs only.
             Defaults to `"labels"`.
         shuffle: shuffle the rows every epoch. Defaults to `True`.
         seed: seed of the shuffles.
+        drop_remainder: leave out the last rows that do not fill a batch,
+            so that every batch has one shape (one compilation).
         **kwargs: `keras.utils.PyDataset` arguments (`workers`, ...).
 
     Example:
@@ -595,6 +604,7 @@ class PackedDataset(keras.utils.PyDataset):
         labels="labels",
         shuffle=True,
         seed=None,
+        drop_remainder=False,
         **kwargs,
     ):
         self.batch_size = _check_length("batch_size", batch_size)
@@ -610,6 +620,7 @@ class PackedDataset(keras.utils.PyDataset):
         self.inputs = inputs
         self.labels = labels
         self.shuffle = shuffle
+        self.drop_remainder = drop_remainder
         self._rng = np.random.default_rng(seed)
         self._rows = len(next(iter(self.packed.values())))
         self._order = np.arange(self._rows)
@@ -617,6 +628,8 @@ class PackedDataset(keras.utils.PyDataset):
             self._order = self._rng.permutation(self._rows)
 
     def __len__(self):
+        if self.drop_remainder:
+            return self._rows // self.batch_size
         return -(-self._rows // self.batch_size)
 
     def __getitem__(self, index):

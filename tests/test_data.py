@@ -303,6 +303,8 @@ def test_fill():
     assert data.fill([np.ones((1, 2)), np.zeros((1, 6))]) == 0.25
     with pytest.raises(ValueError, match="ids"):
         data.fill(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="segment_ids"):
+        data.fill(data.pack([[1]], 2))
 
 
 # --- PyDatasets and fit -----------------------------------------------------
@@ -373,8 +375,9 @@ def test_a_model_fits_on_a_packed_dataset():
     sequences = [rng.integers(1, 20, rng.integers(2, 9)) for _ in range(40)]
     packed = data.pack(sequences, 16, return_labels=True)
     dataset = data.PackedDataset(
-        packed, 8, inputs=["token_ids", "positions"], seed=0
+        packed, 4, inputs=["token_ids", "positions"], drop_remainder=True
     )
+    assert len(dataset) == len(packed["token_ids"]) // 4
     model = tiny_packed_lm(20)
     history = model.fit(dataset, epochs=2, verbose=0)
     losses = history.history["loss"]

@@ -227,8 +227,9 @@ class LearnedPositionEmbedding(keras.layers.Layer):
 
     - a `ValueError` whenever the length, `start_index` and `positions` are
       known in Python: eagerly on every backend (PyTorch's `model.fit` and
-      `predict` included), when a functional model is built, and while
-      JAX or TensorFlow trace a function (JAX shapes are always static);
+      `predict` included, also under `torch.compile`, which runs the check
+      in Python), when a functional model is built, and while JAX or
+      TensorFlow trace a function (JAX shapes are always static);
     - a `tf.errors.InvalidArgumentError` with the same words when a
       TensorFlow graph without XLA runs (`model.predict`/`fit` on a CPU, or
       `jit_compile=False`) with a length, `start_index` or `positions`
