@@ -197,22 +197,22 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         return config
 
 
-def _overflow_message(sequence_length):
+def _overflow_message(sequence_length, needed=None):
+    """The error of a too short table; `needed=None`: printed after it."""
+    if needed is None:
+        needed = "the number of rows printed after this message"
+    else:
+        needed = f"{needed} rows"
     return (
         "`sequence_length` must cover every position of the input, which "
-        "needs the number of rows printed after this message (last position "
-        f"+ 1). Received: sequence_length={sequence_length}. Build the layer "
-        "with a larger `sequence_length` or truncate the input."
+        f"needs {needed} (last position + 1). Received: "
+        f"sequence_length={sequence_length}. Build the layer with a larger "
+        "`sequence_length` or truncate the input."
     )
 
 
 def _raise_overflow(needed, sequence_length):
-    raise ValueError(
-        f"`sequence_length` must cover every position of the input, which "
-        f"needs {needed} rows (last position + 1). Received: "
-        f"sequence_length={sequence_length}. Build the layer with a larger "
-        "`sequence_length` or truncate the input."
-    )
+    raise ValueError(_overflow_message(sequence_length, needed))
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
