@@ -11,6 +11,8 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from keras_tfm import data
 from keras_tfm.layers.position import SinusoidalPositionEncoding
@@ -86,6 +88,32 @@ def test_pack_keeps_every_sequence_whole_and_exactly_once():
     )
     found = segments_of(packed["token_ids"], packed["segment_ids"])
     assert sorted(found) == sorted(tuple(s) for s in sequences)
+
+
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=30),
+    sequence_length=st.integers(12, 20),
+)
+def test_pack_invariants_hold_for_any_lengths(lengths, sequence_length):
+    sequences = [
+        [100 * (i + 1) + j for j in range(n)] for i, n in enumerate(lengths)
+    ]
+    packed = data.pack(sequences, sequence_length, return_labels=True)
+    check_row_layout(
+        packed["token_ids"],
+        packed["segment_ids"],
+        packed["positions"],
+        sequence_length,
+    )
+    found = segments_of(packed["token_ids"], packed["segment_ids"])
+    assert sorted(found) == sorted(tuple(s) for s in sequences)
+    # First fit never leaves two rows that could have been one.
+    used = np.count_nonzero(packed["segment_ids"], axis=1)
+    assert all(
+        a + b > sequence_length
+        for i, a in enumerate(used)
+        for b in used[i + 1 :]
+    )
 
 
 def test_pack_first_fit_decreasing_by_hand():

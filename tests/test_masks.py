@@ -427,3 +427,18 @@ def test_segment_mask_inside_a_compiled_model():
     data = random_segment_ids(np.random.default_rng(2), batch=3, length=6)
     got = model.predict(data, verbose=0)
     np.testing.assert_array_equal(got, segment_reference(data, data, True))
+
+
+def test_segment_mask_of_one_segment_rows_is_the_padding_attention_mask():
+    ids = np.array([[4, 2, 0], [7, 0, 0], [1, 1, 1]])
+    padding = masks.padding_mask(ids)
+    segments = ops.cast(padding, "int32")
+    for causal in (False, True):
+        np.testing.assert_array_equal(
+            as_numpy(masks.segment_mask(segments, causal=causal)),
+            as_numpy(
+                masks.attention_mask(
+                    query_mask=padding, key_mask=padding, causal=causal
+                )
+            ),
+        )
