@@ -52,6 +52,10 @@ def static_value(x):
 
         if isinstance(x, torch.Tensor):
             return x.detach().cpu().numpy()
+        if isinstance(x, torch.SymInt):
+            # A dynamic size under torch.compile: reading it specializes the
+            # compiled code on it, as a Python check needs.
+            return np.asarray(int(x))
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
