@@ -1,6 +1,7 @@
 """keras_tfm: Keras 3 layers for building Transformers."""
 
 from keras_tfm import (
+    data,
     distribution,
     generation,
     layers,
@@ -16,6 +17,7 @@ from keras_tfm.layers import *  # noqa: F403
 __version__ = "0.1.0"
 
 __all__ = [
+    "data",
     "distribution",
     "generation",
     "layers",

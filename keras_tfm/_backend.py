@@ -1,9 +1,98 @@
-"""The backend-specific pieces of keras_tfm, behind small functions.
+"""What needs a backend itself, behind small functions.
 
-Library code imports only `keras`; what truly needs a backend lives here.
+With `distribution.py` (whose subject is `tf.distribute`), this is the only
+module of keras_tfm that imports TensorFlow, JAX or PyTorch; each import is
+made inside the function that needs it, for the backend in use only.
 """
 
 import keras
+import numpy as np
+
+
+def static_value(x):
+    """Return the value of `x` as a NumPy array when it is known now.
+
+    Known now: Python numbers and NumPy arrays, eager tensors of every
+    backend, and TensorFlow graph tensors that constant-fold (such as a
+    static dimension). Unknown (returns `None`): `keras.KerasTensor`s, JAX
+    tracers (inside `jax.jit`, `jax.eval_shape`) and TensorFlow graph
+    tensors whose value depends on the inputs.
+
+    Args:
+        x: a Python number, NumPy array or backend tensor, or `None`.
+
+    Returns:
+        A NumPy array, or `None` when the value is not known yet.
+
+    Example:
+
+    >>> int(static_value(3))
+    3
+    >>> static_value(None) is None
+    True
+    """
+    if x is None or isinstance(x, keras.KerasTensor):
+        return None
+    if isinstance(x, (int, float, np.integer, np.floating, np.ndarray)):
+        return np.asarray(x)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        value = tf.get_static_value(x)
+        return None if value is None else np.asarray(value)
+    if backend == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+        return np.asarray(x)
+    if backend == "torch":
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu().numpy()
+        if isinstance(x, torch.SymInt):
+            # A dynamic size under torch.compile: reading it specializes the
+            # compiled code on it, as a Python check needs.
+            return np.asarray(int(x))
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def with_runtime_check(tensor, condition, message, value):
+    """Return `tensor`, guarded by a run-time check inside a TensorFlow graph.
+
+    Callers check every value known in Python themselves (see
+    `static_value`). What is left is a value known only when a TensorFlow
+    graph runs (`model.predict`/`fit` without XLA, with a length unknown at
+    trace time): there the returned tensor depends on an assertion that
+    `condition` holds, and running it otherwise raises
+    `tf.errors.InvalidArgumentError` whose message is `message` followed by
+    `value` in brackets.
+
+    Where no such check can run, `tensor` comes back unchanged: eagerly on
+    any backend, under JAX tracing (JAX has no run-time assertion), and
+    under TensorFlow XLA, which compiles assertions away.
+
+    Args:
+        tensor: the tensor to guard.
+        condition: scalar boolean tensor.
+        message: the error message, a Python string.
+        value: scalar tensor printed after the message (the offending
+            value).
+
+    Returns:
+        `tensor`, or an identity of it that runs the assertion first.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return tensor
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return tensor
+    check = tf.debugging.Assert(condition, [message, value])
+    with tf.control_dependencies([check]):
+        return tf.identity(tensor)
 
 
 def compile_function(function, variables, jit_compile=True, on_trace=None):

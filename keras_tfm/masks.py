@@ -8,16 +8,22 @@ The decoder's first self-attention uses the padding mask AND the causal mask;
 every other attention (encoder self-attention, cross-attention) uses the key
 side's padding mask alone.
 
+Packed rows (several sequences per row, see `keras_tfm.data.pack`) carry
+`segment_ids` of shape `(batch, seq)`: `0` is padding and `1, 2, ...` number
+the sequences of a row. `segment_mask` lets a token attend only within its
+own segment.
+
 All functions accept concrete or symbolic tensors on any backend and work
 under `jit_compile`.
 """
 
+import keras
 from keras import ops
 
 
-def _is_integer_dtype(dtype):
-    dtype = str(dtype)
-    return "int" in dtype or dtype == "bool"
+def _is_integer_dtype(dtype, allow_bool=True):
+    dtype = keras.backend.standardize_dtype(dtype)
+    return "int" in dtype or (allow_bool and dtype == "bool")
 
 
 def padding_mask(token_ids, padding_id=0):
@@ -224,3 +230,95 @@ def combine_masks(*masks):
     for mask in present[1:]:
         combined = ops.logical_and(combined, ops.cast(mask, "bool"))
     return combined
+
+
+def _as_segment_ids(segment_ids, name):
+    segment_ids = ops.convert_to_tensor(segment_ids)
+    if not _is_integer_dtype(segment_ids.dtype, allow_bool=False):
+        raise TypeError(
+            f"`{name}` must be an integer tensor of segment ids. "
+            f"Received: {name} with "
+            f"dtype={keras.backend.standardize_dtype(segment_ids.dtype)}"
+        )
+    if len(segment_ids.shape) != 2:
+        raise ValueError(
+            f"`{name}` must have shape (batch, seq). "
+            f"Received: {name} with shape {tuple(segment_ids.shape)}"
+        )
+    return segment_ids
+
+
+def segment_mask(query_segment_ids, key_segment_ids=None, causal=False):
+    """Return the attention mask of packed rows: attend within a segment.
+
+    Packed rows hold several sequences; `segment_ids` number them `1, 2,
+    ...` within each row and mark padding with `0`. A query may attend to a
+    key when both carry the same non-zero segment id, so sequences packed
+    into one row never see each other and padding sees nothing (its row of
+    the mask is all `False`, which attention turns into a finite output).
+
+    Self-attention passes one set of ids; cross-attention in a packed
+    encoder-decoder passes the decoder's ids as queries and the encoder's as
+    keys (a pair shares its segment id on both sides, see
+    `keras_tfm.data.pack_pairs`).
+
+    Args:
+        query_segment_ids: integer tensor `(batch, query_len)`.
+        key_segment_ids: integer tensor `(batch, key_len)`. Defaults to
+            `query_segment_ids` (self-attention).
+        causal: whether query `i` may only see keys `j <= i` as well (the
+            decoder's self-attention). Positions are the indices along the
+            row, so this composes with the segment test: a token sees the
+            earlier tokens of its own segment.
+
+    Returns:
+        Boolean tensor `(batch, query_len, key_len)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> ids = np.array([[1, 1, 2, 0]])
+    >>> ops.convert_to_numpy(segment_mask(ids)).astype(int).tolist()
+    [[[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]]
+    >>> m = segment_mask(ids, causal=True)
+    >>> ops.convert_to_numpy(m).astype(int)[0, :3].tolist()
+    [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0]]
+    """
+    if not isinstance(causal, bool):
+        raise TypeError(f"`causal` must be a bool. Received: causal={causal!r}")
+    queries = _as_segment_ids(query_segment_ids, "query_segment_ids")
+    if key_segment_ids is None:
+        keys = queries
+    else:
+        keys = _as_segment_ids(key_segment_ids, "key_segment_ids")
+        query_batch, key_batch = queries.shape[0], keys.shape[0]
+        if (
+            query_batch is not None
+            and key_batch is not None
+            and query_batch != key_batch
+        ):
+            raise ValueError(
+                "`key_segment_ids` must have the batch size of "
+                f"`query_segment_ids` ({query_batch}). Received: "
+                f"key_segment_ids with shape {tuple(keys.shape)}"
+            )
+    if queries.dtype != keys.dtype:
+        keys = ops.cast(keys, queries.dtype)
+    queries = ops.expand_dims(queries, 2)  # (batch, Tq, 1)
+    keys = ops.expand_dims(keys, 1)  # (batch, 1, Tk)
+    # Equal ids and a real query imply a real key too.
+    # (batch, Tq, Tk)
+    mask = ops.logical_and(ops.equal(queries, keys), ops.not_equal(queries, 0))
+    if causal:
+        # Built from the ids themselves: lengths may be `None` symbolically.
+        query_positions = ops.cumsum(
+            ops.ones_like(queries, dtype="int32"), axis=1
+        )  # (batch, Tq, 1)
+        key_positions = ops.cumsum(
+            ops.ones_like(keys, dtype="int32"), axis=2
+        )  # (batch, 1, Tk)
+        mask = ops.logical_and(
+            mask, ops.greater_equal(query_positions, key_positions)
+        )
+    return mask

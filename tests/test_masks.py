@@ -273,3 +273,172 @@ def test_masks_on_symbolic_tensors(length):
     queries = keras.Input(shape=(4,), dtype="bool")
     both = masks.attention_mask(query_mask=queries, key_mask=padding)
     assert tuple(both.shape) == (None, 4, length)
+
+
+# --- segment_mask ----------------------------------------------------------
+
+
+def segment_reference(query_ids, key_ids, causal):
+    """Loop over every (query, key) pair: same non-zero segment [, j <= i]."""
+    batch, query_len = query_ids.shape
+    key_len = key_ids.shape[1]
+    expected = np.zeros((batch, query_len, key_len), "bool")
+    for b in range(batch):
+        for i in range(query_len):
+            for j in range(key_len):
+                same = query_ids[b, i] == key_ids[b, j] != 0
+                expected[b, i, j] = same and (j <= i or not causal)
+    return expected
+
+
+def random_segment_ids(rng, batch, length):
+    """Rows of runs `1, 1, 2, 2, 2, ...` followed by padding zeros."""
+    rows = []
+    for _ in range(batch):
+        used = int(rng.integers(0, length + 1))
+        cuts = np.sort(rng.choice(np.arange(1, length), 3, replace=False))
+        row = 1 + np.searchsorted(cuts, np.arange(length), side="right")
+        row[used:] = 0
+        rows.append(row)
+    return np.array(rows, "int32")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_segment_mask_matches_reference_on_random_rows(causal):
+    rng = np.random.default_rng(0)
+    ids = random_segment_ids(rng, batch=6, length=9)
+    assert_mask(
+        masks.segment_mask(ids, causal=causal),
+        segment_reference(ids, ids, causal),
+    )
+
+
+def test_segment_mask_cross_attention_reference():
+    rng = np.random.default_rng(1)
+    queries = random_segment_ids(rng, batch=4, length=5)
+    keys = random_segment_ids(rng, batch=4, length=7)
+    assert_mask(
+        masks.segment_mask(queries, keys),
+        segment_reference(queries, keys, causal=False),
+    )
+
+
+def test_segment_mask_by_hand():
+    ids = np.array([[1, 1, 2, 2, 0]])
+    assert_mask(
+        masks.segment_mask(ids, causal=True),
+        [
+            [
+                [T, F, F, F, F],
+                [T, T, F, F, F],
+                [F, F, T, F, F],
+                [F, F, T, T, F],
+                [F, F, F, F, F],
+            ]
+        ],
+    )
+
+
+def test_segment_mask_padding_rows_and_columns_are_false():
+    ids = np.array([[0, 0, 0], [3, 3, 0]], "int64")
+    mask = as_numpy(masks.segment_mask(ids))
+    assert not mask[0].any()
+    assert not mask[1, 2].any() and not mask[1, :, 2].any()
+
+
+def test_segment_mask_mixed_integer_dtypes():
+    queries = np.array([[1, 2]], "int32")
+    keys = np.array([[2, 1, 0]], "int64")
+    assert_mask(
+        masks.segment_mask(queries, keys),
+        [[[F, T, F], [T, F, F]]],
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (
+            {"query_segment_ids": np.ones((2, 3), "float32")},
+            TypeError,
+            "query_segment_ids.*dtype=float32",
+        ),
+        (
+            {"query_segment_ids": np.ones((2, 3), "bool")},
+            TypeError,
+            "query_segment_ids",
+        ),
+        (
+            {"query_segment_ids": np.ones((2, 3, 1), "int32")},
+            ValueError,
+            r"query_segment_ids.*shape \(2, 3, 1\)",
+        ),
+        (
+            {
+                "query_segment_ids": np.ones((2, 3), "int32"),
+                "key_segment_ids": np.ones((3,), "int32"),
+            },
+            ValueError,
+            "key_segment_ids",
+        ),
+        (
+            {
+                "query_segment_ids": np.ones((2, 3), "int32"),
+                "key_segment_ids": np.ones((3, 4), "int32"),
+            },
+            ValueError,
+            r"batch size.*\(2\).*key_segment_ids with shape \(3, 4\)",
+        ),
+        (
+            {"query_segment_ids": np.ones((2, 3), "int32"), "causal": 1},
+            TypeError,
+            "causal=1",
+        ),
+    ],
+)
+def test_segment_mask_bad_inputs_raise(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        masks.segment_mask(**kwargs)
+
+
+@pytest.mark.parametrize("length", [6, None])
+def test_segment_mask_on_symbolic_tensors(length):
+    ids = keras.Input(shape=(length,), dtype="int32")
+    mask = masks.segment_mask(ids, causal=True)
+    assert tuple(mask.shape) == (None, length, length)
+    assert keras.backend.standardize_dtype(mask.dtype) == "bool"
+    keys = keras.Input(shape=(4,), dtype="int32")
+    assert tuple(masks.segment_mask(ids, keys).shape) == (None, length, 4)
+
+
+class CausalSegmentMask(keras.layers.Layer):
+    def call(self, segment_ids):
+        mask = masks.segment_mask(segment_ids, causal=True)
+        return ops.cast(mask, "int32")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], input_shape[1])
+
+
+def test_segment_mask_inside_a_compiled_model():
+    ids = keras.Input(shape=(None,), dtype="int32")
+    model = keras.Model(ids, CausalSegmentMask()(ids))
+    model.compile(jit_compile=keras.backend.backend() != "torch")
+    data = random_segment_ids(np.random.default_rng(2), batch=3, length=6)
+    got = model.predict(data, verbose=0)
+    np.testing.assert_array_equal(got, segment_reference(data, data, True))
+
+
+def test_segment_mask_of_one_segment_rows_is_the_padding_attention_mask():
+    ids = np.array([[4, 2, 0], [7, 0, 0], [1, 1, 1]])
+    padding = masks.padding_mask(ids)
+    segments = ops.cast(padding, "int32")
+    for causal in (False, True):
+        np.testing.assert_array_equal(
+            as_numpy(masks.segment_mask(segments, causal=causal)),
+            as_numpy(
+                masks.attention_mask(
+                    query_mask=padding, key_mask=padding, causal=causal
+                )
+            ),
+        )

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tfm import _backend
 from keras_tfm._validation import (
     check_positive_int,
     check_positive_number,
@@ -70,6 +71,34 @@ def _positions(length, start_index):
     return ops.arange(length, dtype="int32") + ops.cast(start_index, "int32")
 
 
+def _check_positions(layer, inputs, positions, start_index):
+    """Validate the `positions` call argument; return it as int32."""
+    if not (isinstance(start_index, int) and start_index == 0):
+        raise ValueError(
+            f"{type(layer).__name__} takes `positions` or `start_index`, not "
+            "both: `start_index` must be 0 when `positions` is given. "
+            f"Received: start_index={start_index!r}"
+        )
+    positions = ops.convert_to_tensor(positions)
+    dtype = keras.backend.standardize_dtype(positions.dtype)
+    if "int" not in dtype:
+        raise TypeError(
+            "`positions` must be an integer tensor. "
+            f"Received: positions with dtype={dtype}"
+        )
+    expected = tuple(inputs.shape[:2])
+    got = tuple(positions.shape)
+    if len(got) != 2 or any(
+        a is not None and b is not None and a != b
+        for a, b in zip(got, expected, strict=True)
+    ):
+        raise ValueError(
+            "`positions` must have the shape (batch, seq) of the inputs, "
+            f"{expected}. Received: positions with shape {got}"
+        )
+    return ops.cast(positions, "int32")
+
+
 @keras.saving.register_keras_serializable(package="keras_tfm")
 class SinusoidalPositionEncoding(keras.layers.Layer):
     """Fixed sinusoidal position encoding of "Attention Is All You Need".
@@ -89,6 +118,10 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         inputs: tensor `(batch, seq, dim)`; only its shape is used.
         start_index: position of the first element (an int or a scalar
             tensor), for incremental decoding. Defaults to `0`.
+        positions: optional integer tensor `(batch, seq)` of per-token
+            positions, used instead of `start_index + arange(seq)`; packed
+            rows pass positions that restart at 0 in each segment (see
+            `keras_tfm.data.pack`). `start_index` must then stay `0`.
 
     Returns:
         The encoding broadcast to the shape of `inputs`, in the layer's
@@ -104,6 +137,10 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
     (2, 4, 6)
     >>> [round(float(v), 4) for v in pe[0, 1, :2]]
     [0.8415, 0.5403]
+    >>> restarted = np.array([[0, 1, 0, 1], [0, 1, 2, 3]])
+    >>> pe2 = SinusoidalPositionEncoding()(x, positions=restarted)
+    >>> bool((ops.convert_to_numpy(pe2)[0, 2] == pe[0, 0]).all())
+    True
 
     References:
         Vaswani et al., "Attention Is All You Need", 2017, section 3.5.
@@ -130,17 +167,23 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         pair = np.arange(dim) // 2
         return np.power(float(self.max_wavelength), -2.0 * pair / dim)
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, positions=None):
         shape = ops.shape(inputs)
         dim = self._dim
+        if positions is None:
+            positions = _positions(shape[1], start_index)  # (seq,)
+        else:
+            positions = _check_positions(self, inputs, positions, start_index)
         turns = sinusoid_angles_in_turns(
-            _positions(shape[1], start_index), self.inverse_wavelengths(dim)
+            positions, self.inverse_wavelengths(dim)
         )
-        angles = turns * (2 * math.pi)  # (seq, dim)
+        angles = turns * (2 * math.pi)  # ([batch,] seq, dim)
         is_even = ops.convert_to_tensor(np.arange(dim) % 2 == 0)
         encoding = ops.where(is_even, ops.sin(angles), ops.cos(angles))
         encoding = ops.cast(encoding, self.compute_dtype)
-        return ops.broadcast_to(ops.expand_dims(encoding, 0), shape)
+        if len(encoding.shape) == 2:
+            encoding = ops.expand_dims(encoding, 0)
+        return ops.broadcast_to(encoding, shape)
 
     def compute_mask(self, inputs, mask=None):
         return mask
@@ -154,52 +197,22 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         return config
 
 
-def _check_fits(length, start_index, sequence_length):
-    """Raise if positions `start_index..start_index + length` overflow.
-
-    Runs in Python whenever the sizes are known (eager, JAX tracing,
-    functional build). A length that is only known at run time inside a
-    TensorFlow graph is checked with a graph assertion instead.
-    """
-    static_length = length if isinstance(length, int) else None
-    static_start = start_index if isinstance(start_index, int) else 0
-    message = (
-        "The input is longer than the learned position table: positions "
-        "up to {end} requested, but `sequence_length` is "
-        f"{sequence_length}. Build the layer with a larger "
+def _overflow_message(sequence_length, needed=None):
+    """The error of a too short table; `needed=None`: printed after it."""
+    if needed is None:
+        needed = "the number of rows printed after this message"
+    else:
+        needed = f"{needed} rows"
+    return (
+        "`sequence_length` must cover every position of the input, which "
+        f"needs {needed} (last position + 1). Received: "
+        f"sequence_length={sequence_length}. Build the layer with a larger "
         "`sequence_length` or truncate the input."
     )
-    if static_length is not None:
-        end = static_start + static_length
-        if end > sequence_length:
-            raise ValueError(message.format(end=end))
-        if isinstance(start_index, int):
-            return
-    if keras.backend.backend() != "tensorflow":
-        # A concrete tensor `start_index` (eager JAX/torch): check it, as
-        # JAX would silently clamp the slice. A traced one cannot be read.
-        try:
-            end = int(length) + int(start_index)
-        except (TypeError, RuntimeError):
-            return None
-        if end > sequence_length:
-            raise ValueError(message.format(end=end))
-        return None
-    if keras.backend.backend() == "tensorflow":
-        # A TensorFlow graph with an unknown length: `tf.gather` would fail
-        # opaquely on CPU and return zeros on GPU, so assert explicitly. This
-        # is the one place keras_tfm touches a backend directly.
-        import tensorflow as tf
 
-        if tf.executing_eagerly():
-            end = int(length) + int(start_index)
-            if end > sequence_length:
-                raise ValueError(message.format(end=end))
-            return
-        end = ops.cast(length, "int32") + ops.cast(start_index, "int32")
-        return tf.debugging.assert_less_equal(
-            end, sequence_length, message=message.format(end="(dynamic)")
-        )
+
+def _raise_overflow(needed, sequence_length):
+    raise ValueError(_overflow_message(sequence_length, needed))
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
@@ -208,10 +221,34 @@ class LearnedPositionEmbedding(keras.layers.Layer):
 
     Position `p` is represented by row `p` of a trainable table named
     `embeddings`, as in BERT, GPT-2 and the keras.io Transformer examples.
-    Unlike a fixed encoding, the table cannot extend past `sequence_length`:
-    a longer input raises a `ValueError` that names `sequence_length`,
-    eagerly, when a functional model is built, and at run time in a
-    TensorFlow graph whose length is unknown.
+    Unlike a fixed encoding, the table cannot extend past `sequence_length`.
+    A position past the table raises an error that names `sequence_length`
+    and the number of rows the input needs, wherever a check can run:
+
+    - a `ValueError` whenever the length, `start_index` and `positions` are
+      known in Python: eagerly on every backend (PyTorch's `model.fit` and
+      `predict` included, also under `torch.compile`, which runs the check
+      in Python), when a functional model is built, and while JAX or
+      TensorFlow trace a function (JAX shapes are always static);
+    - a `tf.errors.InvalidArgumentError` with the same words when a
+      TensorFlow graph without XLA runs (`model.predict`/`fit` on a CPU, or
+      `jit_compile=False`) with a length, `start_index` or `positions`
+      known only then.
+
+    Negative `positions` raise a `ValueError` where they are known.
+
+    Compiled code has no run-time assertions, so two cases cannot raise:
+
+    - JAX, inside `jax.jit` with a traced `start_index` (a cached decoding
+      loop) or traced `positions`: `start_index` is clamped to
+      `sequence_length - seq` (the last `seq` rows come back), and rows
+      gathered for out-of-range `positions` are NaN (`jnp.take` fill mode);
+    - TensorFlow XLA (`jit_compile=True`, the default of `model.fit` on a
+      GPU), with a length, tensor `start_index` or `positions` unknown at
+      trace time: a too long input or too late `start_index` fails with
+      XLA's own `tf.errors.InvalidArgumentError` (a shape error), which
+      does not name `sequence_length`, and out-of-range `positions` are
+      clamped to the last row.
 
     Args:
         sequence_length: number of positions in the table.
@@ -223,10 +260,15 @@ class LearnedPositionEmbedding(keras.layers.Layer):
         inputs: tensor `(batch, seq, dim)`; only its shape is used.
         start_index: position of the first element, for incremental
             decoding. Defaults to `0`.
+        positions: optional integer tensor `(batch, seq)` of per-token
+            positions, gathered from the table instead of the rows
+            `start_index .. start_index + seq`; packed rows pass positions
+            that restart at 0 in each segment. `start_index` must then stay
+            `0`.
 
     Returns:
-        Rows `start_index .. start_index + seq` of the table broadcast to
-        the shape of `inputs`.
+        Rows `start_index .. start_index + seq` of the table (or the rows
+        `positions`) broadcast to the shape of `inputs`.
 
     Example:
 
@@ -236,6 +278,9 @@ class LearnedPositionEmbedding(keras.layers.Layer):
     (2, 5, 4)
     >>> tuple(layer.embeddings.shape)
     (8, 4)
+    >>> positions = np.array([[0, 1, 2, 0, 1], [0, 1, 0, 0, 0]])
+    >>> tuple(layer(np.zeros((2, 5, 4)), positions=positions).shape)
+    (2, 5, 4)
 
     References:
         Gehring et al., "Convolutional Sequence to Sequence Learning", 2017;
@@ -258,8 +303,8 @@ class LearnedPositionEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         check_rank(self, "inputs", input_shape, (3,))
-        if input_shape[1] is not None:
-            _check_fits(input_shape[1], 0, self.sequence_length)
+        if input_shape[1] is not None and input_shape[1] > self.sequence_length:
+            _raise_overflow(input_shape[1], self.sequence_length)
         self.embeddings = self.add_weight(
             name="embeddings",
             shape=(self.sequence_length, input_shape[-1]),
@@ -268,15 +313,47 @@ class LearnedPositionEmbedding(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, inputs, start_index=0):
-        shape = ops.shape(inputs)
-        check = _check_fits(shape[1], start_index, self.sequence_length)
-        table = ops.convert_to_tensor(self.embeddings)
-        if check is not None:
-            import tensorflow as tf
+    def _checked_table(self, needed):
+        """The table, guarded at run time to have `needed` rows."""
+        return _backend.with_runtime_check(
+            ops.convert_to_tensor(self.embeddings),
+            ops.less_equal(needed, self.sequence_length),
+            _overflow_message(self.sequence_length),
+            needed,
+        )
 
-            with tf.control_dependencies([check]):
-                table = tf.identity(table)
+    def _gather(self, positions):
+        known = _backend.static_value(positions)
+        if known is None:
+            table = self._checked_table(ops.max(positions) + 1)
+        else:
+            if known.size and known.min() < 0:
+                raise ValueError(
+                    "`positions` must be non-negative. Received: positions "
+                    f"with minimum {known.min()}"
+                )
+            if known.size and known.max() >= self.sequence_length:
+                _raise_overflow(int(known.max()) + 1, self.sequence_length)
+            table = ops.convert_to_tensor(self.embeddings)
+        return ops.take(table, positions, axis=0)  # (batch, seq, dim)
+
+    def call(self, inputs, start_index=0, positions=None):
+        if positions is not None:
+            positions = _check_positions(self, inputs, positions, start_index)
+            return ops.cast(self._gather(positions), self.compute_dtype)
+        shape = ops.shape(inputs)
+        length = _backend.static_value(shape[1])
+        start = _backend.static_value(start_index)
+        if length is not None and int(length) > self.sequence_length:
+            _raise_overflow(int(length), self.sequence_length)
+        if length is not None and start is not None:
+            if int(length) + int(start) > self.sequence_length:
+                _raise_overflow(int(length) + int(start), self.sequence_length)
+            table = ops.convert_to_tensor(self.embeddings)
+        else:
+            table = self._checked_table(
+                ops.cast(shape[1], "int32") + ops.cast(start_index, "int32")
+            )
         if isinstance(start_index, int) and start_index == 0:
             rows = table[: shape[1]]
         else:
@@ -323,6 +400,10 @@ class RotaryEmbedding(keras.layers.Layer):
         inputs: tensor `(batch, seq, heads, head_dim)` or `(batch, seq,
             dim)`, with an even last dimension.
         start_index: position of the first element. Defaults to `0`.
+        positions: optional integer tensor `(batch, seq)` of per-token
+            positions (shared by every head), used instead of
+            `start_index + arange(seq)`; packed rows pass positions that
+            restart at 0 in each segment. `start_index` must then stay `0`.
 
     Returns:
         The rotated tensor, same shape and dtype as `inputs`.
@@ -355,18 +436,21 @@ class RotaryEmbedding(keras.layers.Layer):
             )
         self.built = True
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, positions=None):
         shape = ops.shape(inputs)
         dim = inputs.shape[-1]
         frequencies = np.power(
             float(self.max_wavelength), -np.arange(0, dim, 2) / dim
         )
-        turns = sinusoid_angles_in_turns(
-            _positions(shape[1], start_index), frequencies
-        )
+        if positions is None:
+            positions = _positions(shape[1], start_index)  # (seq,)
+        else:
+            positions = _check_positions(self, inputs, positions, start_index)
+        turns = sinusoid_angles_in_turns(positions, frequencies)
         angles = ops.concatenate([turns, turns], axis=-1) * (2 * math.pi)
-        # (seq, dim) -> broadcastable to (batch, seq, [heads,] dim)
-        angles = ops.expand_dims(angles, 0)
+        # ([batch,] seq, dim) -> broadcastable to (batch, seq, [heads,] dim)
+        if len(angles.shape) == 2:
+            angles = ops.expand_dims(angles, 0)
         if len(inputs.shape) == 4:
             angles = ops.expand_dims(angles, 2)
         cos = ops.cast(ops.cos(angles), inputs.dtype)

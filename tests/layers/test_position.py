@@ -349,3 +349,230 @@ def test_rotary_layer_contract():
         expected_output_shape=shape,
         input_mask=mask,
     )
+
+
+# --- per-token `positions` (packed rows) -----------------------------------
+
+RESTARTED = np.array([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]], "int32")
+SEGMENTS = [(0, 3), (3, 5), (5, 6)]  # the segments of RESTARTED[0]
+
+
+def arange_positions(batch, length):
+    return np.broadcast_to(np.arange(length, dtype="int32"), (batch, length))
+
+
+def make_layer(name):
+    if name == "sinusoidal":
+        return SinusoidalPositionEncoding(), (2, 6, 8)
+    if name == "learned":
+        return LearnedPositionEmbedding(sequence_length=8), (2, 6, 8)
+    return RotaryEmbedding(), (2, 6, 2, 8)
+
+
+LAYERS = ["sinusoidal", "learned", "rotary"]
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_arange_positions_equal_the_default_bit_for_bit(name):
+    layer, shape = make_layer(name)
+    x = np.random.default_rng(9).normal(size=shape).astype("float32")
+    default = ops.convert_to_numpy(layer(x))
+    given = ops.convert_to_numpy(
+        layer(x, positions=arange_positions(*shape[:2]))
+    )
+    np.testing.assert_array_equal(given, default)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_restarted_positions_equal_each_segment_alone(name):
+    layer, shape = make_layer(name)
+    x = np.random.default_rng(10).normal(size=shape).astype("float32")
+    packed = to_numpy(layer(x, positions=RESTARTED))
+    for start, end in SEGMENTS:
+        alone = to_numpy(layer(x[:1, start:end]))
+        np.testing.assert_allclose(packed[:1, start:end], alone, atol=1e-6)
+    # The second row counts 0..5: the default positions.
+    np.testing.assert_allclose(packed[1], to_numpy(layer(x))[1], atol=1e-6)
+
+
+def test_sinusoidal_positions_match_the_paper_far_out():
+    positions = np.array([[5000, 5001, 0, 2**20]], "int32")
+    encoding = SinusoidalPositionEncoding()(
+        np.zeros((1, 4, 16)), positions=positions
+    )
+    expected = sinusoid_reference(positions[0], 16)
+    np.testing.assert_allclose(to_numpy(encoding)[0], expected, atol=2e-5)
+
+
+def test_rotary_positions_match_reference_per_row():
+    x = np.random.default_rng(11).normal(size=(2, 6, 2, 8)).astype("float32")
+    out = to_numpy(RotaryEmbedding()(x, positions=RESTARTED))
+    for row in range(2):
+        expected = rotary_reference(x[row : row + 1], RESTARTED[row])
+        np.testing.assert_allclose(out[row : row + 1], expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("length", [6, None])
+def test_positions_on_symbolic_tensors(name, length):
+    layer, shape = make_layer(name)
+    x = keras.Input(shape=(length, *shape[2:]))
+    positions = keras.Input(shape=(length,), dtype="int32")
+    out = layer(x, positions=positions)
+    assert tuple(out.shape) == (None, length, *shape[2:])
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_positions_in_a_compiled_fit(name):
+    layer, shape = make_layer(name)
+    x = keras.Input(shape=(None, *shape[2:]))
+    positions = keras.Input(shape=(None,), dtype="int32")
+    out = keras.layers.Dense(1)(layer(x, positions=positions))
+    model = keras.Model([x, positions], out)
+    # torch.compile is slow to start; the other backends compile with XLA.
+    model.compile("sgd", "mse", jit_compile=keras.backend.backend() != "torch")
+    data = np.random.default_rng(12).normal(size=shape).astype("float32")
+    target = np.zeros((*shape[:-1], 1), "float32")
+    model.fit([data, RESTARTED], target, epochs=1, verbose=0)
+    compiled = model.predict([data, RESTARTED], verbose=0)
+    eager = ops.convert_to_numpy(model([data, RESTARTED]))
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_positions_bad_inputs_raise(name):
+    layer, shape = make_layer(name)
+    x = np.zeros(shape, "float32")
+    with pytest.raises(ValueError, match="start_index=2"):
+        layer(x, start_index=2, positions=RESTARTED)
+    with pytest.raises(TypeError, match="positions with dtype=float32"):
+        layer(x, positions=RESTARTED.astype("float32"))
+    with pytest.raises(ValueError, match=r"positions with shape \(2, 5\)"):
+        layer(x, positions=RESTARTED[:, :5])
+    with pytest.raises(ValueError, match=r"positions with shape \(12,\)"):
+        layer(x, positions=RESTARTED.reshape(-1))
+
+
+def test_learned_positions_past_the_table_raise_eagerly():
+    layer = LearnedPositionEmbedding(sequence_length=8)
+    x = np.zeros((2, 6, 4), "float32")
+    with pytest.raises(ValueError, match="needs 10 rows.*sequence_length=8"):
+        layer(x, positions=RESTARTED + np.array([[0, 0, 7, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="non-negative.*minimum -1"):
+        layer(x, positions=RESTARTED - 1)
+    # The last row is fine.
+    layer(x, positions=np.full((2, 6), 7, "int32"))
+
+
+# --- the learned table's overflow, per backend and compile mode ------------
+# (issue 13; the contract is in `LearnedPositionEmbedding`'s docstring)
+
+
+def expect_overflow(mode):
+    """What overflowing the table gives here: see the layer's docstring."""
+    if keras.backend.backend() == "tensorflow" and mode == "graph":
+        return "assertion"
+    if keras.backend.backend() == "tensorflow" and mode == "jit":
+        return "xla"
+    return "value_error"
+
+
+def check_overflow_error(info, mode, needed):
+    expected = expect_overflow(mode)
+    message = str(info.value)
+    if expected == "value_error":
+        assert info.type is ValueError
+        assert f"needs {needed} rows" in message, message
+        assert "sequence_length=8" in message, message
+        return
+    import tensorflow as tf
+
+    assert info.type is tf.errors.InvalidArgumentError
+    if expected == "assertion":
+        assert "sequence_length=8" in message, message
+        assert f"[{needed}]" in message, message
+    else:
+        # XLA drops assertions: its own shape error, no `sequence_length`.
+        assert "sequence_length" not in message, message
+
+
+def skip_torch_compile(mode):
+    if keras.backend.backend() == "torch" and mode == "jit":
+        # Checked by hand: ValueError, as eagerly (the check runs in Python
+        # while dynamo traces), but each test takes ~30 s on 2 CPU cores.
+        pytest.skip("torch.compile is too slow to start for a unit test")
+
+
+@pytest.mark.parametrize("mode", ["graph", "jit"])
+def test_learned_overflow_with_a_length_known_only_at_run_time(mode):
+    skip_torch_compile(mode)
+    inputs = keras.Input(shape=(None, 4))
+    model = keras.Model(inputs, LearnedPositionEmbedding(8)(inputs))
+    model.compile(jit_compile=mode == "jit")
+    model.predict(np.zeros((2, 3, 4)), verbose=0)
+    # A second length makes TensorFlow retrace with an unknown length.
+    model.predict(np.zeros((2, 8, 4)), verbose=0)
+    with pytest.raises(Exception) as info:
+        model.predict(np.zeros((2, 9, 4)), verbose=0)
+    check_overflow_error(info, mode, needed=9)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "jit"])
+def test_learned_overflow_with_positions(mode):
+    skip_torch_compile(mode)
+    x = keras.Input(shape=(None, 4))
+    positions = keras.Input(shape=(None,), dtype="int32")
+    layer = LearnedPositionEmbedding(8)
+    model = keras.Model([x, positions], layer(x, positions=positions))
+    model.compile(jit_compile=mode == "jit")
+    data = np.zeros((2, 6, 4), "float32")
+    bad = RESTARTED.copy()
+    bad[0, 2] = 9
+    if mode == "eager":
+        with pytest.raises(ValueError) as info:
+            model([data, bad])
+        check_overflow_error(info, mode, needed=10)
+        return
+    model.predict([data, RESTARTED], verbose=0)
+    backend = keras.backend.backend()
+    if mode == "jit" and backend in ("tensorflow", "jax"):
+        out = model.predict([data, bad], verbose=0)
+        table = to_numpy(layer.embeddings)
+        if backend == "tensorflow":  # XLA clamps to the last row
+            np.testing.assert_array_equal(out[0, 2], table[7])
+        else:  # `jnp.take` fills with NaN
+            assert np.isnan(out[0, 2]).all()
+        np.testing.assert_array_equal(out[0, 1], table[1])
+        return
+    with pytest.raises(Exception) as info:
+        model.predict([data, bad], verbose=0)
+    check_overflow_error(info, mode, needed=10)
+
+
+@pytest.mark.parametrize("mode", ["graph", "jit"])
+def test_learned_overflow_with_a_start_index_known_only_at_run_time(mode):
+    layer = LearnedPositionEmbedding(8)
+    x = np.zeros((1, 4, 2), "float32")
+    layer(x)
+    table = to_numpy(layer.embeddings)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        call = jax.jit(lambda start: layer(x, start_index=start))
+        if mode == "graph":
+            pytest.skip("JAX has no graph mode without jit")
+        # A traced start index cannot be checked: the slice start clamps.
+        np.testing.assert_array_equal(to_numpy(call(6))[0], table[4:8])
+        return
+    if backend == "torch":
+        pytest.skip("torch has no graph of its own; eager is tested above")
+    import tensorflow as tf
+
+    call = tf.function(
+        lambda start: layer(x, start_index=start), jit_compile=mode == "jit"
+    )
+    np.testing.assert_array_equal(to_numpy(call(tf.constant(4)))[0], table[4:])
+    with pytest.raises(Exception) as info:
+        call(tf.constant(6))
+    check_overflow_error(info, mode, needed=10)
