@@ -1,7 +1,9 @@
 """What the encoder and decoder blocks share: arguments and sublayers."""
 
 import keras
+from keras import ops
 
+from keras_tfm import masks
 from keras_tfm._validation import (
     check_activation,
     check_choice,
@@ -115,6 +117,21 @@ class TransformerBlock(keras.layers.Layer):
                 f"`{name}` must have shape (batch, {length}). Received: "
                 f"{name} with shape {shape}"
             )
+
+    def _segments(self, segment_ids, inputs, attention_mask, causal):
+        """Padding and attention masks of packed rows."""
+        self._check_padding_mask("segment_ids", segment_ids, inputs.shape[1])
+        segments = masks.segment_mask(segment_ids, causal=causal)
+        return (
+            ops.not_equal(segment_ids, 0),
+            masks.combine_masks(segments, attention_mask),
+        )
+
+    def _rotary_positions(self, positions):
+        """Keyword arguments that pass `positions` to rotary attention."""
+        if positions is None or self.position != "rotary":
+            return {}
+        return {"positions": positions}
 
     def _initializer(self, initializer):
         # A fresh instance per sublayer: an unseeded initializer instance

@@ -122,6 +122,11 @@ class MultiHeadAttention(keras.layers.Layer):
             `empty_cache`. Needs `value_dim == key_dim`. Heads come before
             positions so that each decoding step reads the cache in the
             layout the attention matmuls use (no per-step transpose).
+        positions: optional int `(batch, query_len)` positions of the
+            queries for `position="rotary"` (packed rows, where positions
+            restart in each segment); instead of `0, 1, ...`.
+        key_positions: the same for the keys; defaults to `positions` in
+            self-attention (the key tensor is the query tensor).
         cache_index: position of the first query when decoding with a self
             attention cache. The projected `key`/`value` of the current
             step(s) are written into `cache` at this index and the queries
@@ -332,23 +337,29 @@ class MultiHeadAttention(keras.layers.Layer):
             heads, (shape[0], shape[1], self.num_heads, head_dim)
         )
 
-    def _project_key(self, key, start_index=0):
+    def _project_key(self, key, start_index=0, positions=None):
         key = self._project(self.key_dense, key, self.key_dim)
         if self.position == "rotary":
-            key = self.rotary_embedding(key, start_index=start_index)
+            key = self.rotary_embedding(
+                key, start_index=start_index, positions=positions
+            )
         return key
 
     def _project_value(self, value):
         return self._project(self.value_dense, value, self._value_dim)
 
-    def _keys_and_values(self, key, value, cache, cache_index):
+    def _keys_and_values(self, key, value, cache, cache_index, positions):
         """Return keys, values and the cache.
 
         Without a cache keys and values are `(batch, key_len, heads, dim)`;
         with one they are the cache's `(batch, heads, max_length, dim)`.
         """
         if cache is None:
-            return self._project_key(key), self._project_value(value), None
+            return (
+                self._project_key(key, positions=positions),
+                self._project_value(value),
+                None,
+            )
         if cache_index is not None:
             # The new steps `(batch, 2, heads, steps, key_dim)` are written
             # at `cache_index` with one update of the whole cache, which
@@ -424,6 +435,8 @@ class MultiHeadAttention(keras.layers.Layer):
         training=None,
         cache=None,
         cache_index=None,
+        positions=None,
+        key_positions=None,
         query_mask=None,
         value_mask=None,
         key_mask=None,
@@ -436,6 +449,26 @@ class MultiHeadAttention(keras.layers.Layer):
                 "`cache_index` needs a `cache`. Received: cache=None, "
                 f"cache_index={cache_index}"
             )
+        if positions is not None or key_positions is not None:
+            if self.position != "rotary":
+                raise ValueError(
+                    '`positions` apply to position="rotary" attention only; '
+                    "other positions are added by the embedding. Received: "
+                    f"positions with position={self.position!r}"
+                )
+            if cache is not None:
+                raise ValueError(
+                    "`positions` are for packed rows without a cache; with a "
+                    "cache positions follow `cache_index`. Received: a cache"
+                )
+            if key_positions is None:
+                if (value if key is None else key) is not query:
+                    raise ValueError(
+                        "`key_positions` are needed when the keys are not "
+                        "the queries (cross-attention). Received: "
+                        "key_positions=None"
+                    )
+                key_positions = positions
         explicit_key = key is not None
         key = value if key is None else key
         start_index = 0 if cache_index is None else cache_index
@@ -444,11 +477,11 @@ class MultiHeadAttention(keras.layers.Layer):
         query_heads = self._project(self.query_dense, query, self.key_dim)
         if self.position == "rotary":
             query_heads = self.rotary_embedding(
-                query_heads, start_index=start_index
+                query_heads, start_index=start_index, positions=positions
             )
 
         key_heads, value_heads, cache = self._keys_and_values(
-            key, value, cache, cache_index
+            key, value, cache, cache_index, key_positions
         )
         # Keys and values: (batch, key_len, heads, dim), or heads first,
         # (batch, heads, max_length, dim), when they come from a cache.
@@ -570,6 +603,8 @@ class MultiHeadAttention(keras.layers.Layer):
         training=None,
         cache=None,
         cache_index=None,
+        positions=None,
+        key_positions=None,
         query_mask=None,
         value_mask=None,
         key_mask=None,

@@ -71,6 +71,15 @@ class TransformerDecoderBlock(TransformerBlock):
             from `compute_cross_attention_cache` (or the cache alone,
             `(batch, 2, heads, source_len, head_dim)`, with the mask passed
             as `encoder_padding_mask`).
+        segment_ids: optional int `(batch, target_len)` for packed rows
+            (`0` padding, `1, 2, ...` the sequences of a row): a token
+            attends only to earlier tokens of its own segment; replaces
+            the decoder padding mask. Not with a `cache`.
+        encoder_segment_ids: optional int `(batch, source_len)`: with
+            `segment_ids`, cross-attention sees only the source segment
+            with the same id (a pair shares its id on both sides).
+        positions: optional int `(batch, target_len)` per-token positions
+            for rotary self-attention (packed rows).
         return_attention_scores: whether to also return the attention
             probabilities `(batch, heads, target_len, key_len)` of the
             self-attention and, with `cross_attention=True`, of the
@@ -225,6 +234,9 @@ class TransformerDecoderBlock(TransformerBlock):
         cache=None,
         cache_index=None,
         cross_attention_cache=None,
+        segment_ids=None,
+        encoder_segment_ids=None,
+        positions=None,
         return_attention_scores=False,
         training=None,
         mask=None,
@@ -267,7 +279,36 @@ class TransformerDecoderBlock(TransformerBlock):
 
         self_padding = None
         self_mask = None
-        if cache is None:
+        cross_segments = None
+        if segment_ids is not None or encoder_segment_ids is not None:
+            if cache is not None or cross_attention_cache is not None:
+                raise ValueError(
+                    "`segment_ids` are for packed rows without a cache. "
+                    "Received: segment_ids with a cache"
+                )
+            if segment_ids is None or (
+                self.cross_attention and encoder_segment_ids is None
+            ):
+                raise ValueError(
+                    "Packed rows need `segment_ids` and, with "
+                    "cross-attention, `encoder_segment_ids`. Received: "
+                    f"segment_ids={_given(segment_ids)}, "
+                    f"encoder_segment_ids={_given(encoder_segment_ids)}"
+                )
+            self_padding, self_mask = self._segments(
+                segment_ids, inputs, None, causal=True
+            )
+            if self.cross_attention:
+                self._check_padding_mask(
+                    "encoder_segment_ids",
+                    encoder_segment_ids,
+                    encoder_outputs.shape[1],
+                )
+                encoder_padding_mask = ops.not_equal(encoder_segment_ids, 0)
+                cross_segments = masks.segment_mask(
+                    segment_ids, encoder_segment_ids
+                )
+        elif cache is None:
             if decoder_padding_mask is None:
                 self_padding = mask if mask is not None else inputs_mask
             else:
@@ -287,6 +328,7 @@ class TransformerDecoderBlock(TransformerBlock):
                 key_mask=decoder_padding_mask, query_length=1
             )
         scores = []
+        rotary = self._rotary_positions(positions)
 
         def attend_self(x):
             outputs = self.self_attention(
@@ -299,6 +341,7 @@ class TransformerDecoderBlock(TransformerBlock):
                 cache=cache,
                 cache_index=cache_index,
                 training=training,
+                **rotary,
             )
             return _keep_scores(outputs, return_attention_scores, scores)
 
@@ -331,6 +374,7 @@ class TransformerDecoderBlock(TransformerBlock):
                     outputs = self.cross_attention_layer(
                         h,
                         encoder_outputs,
+                        attention_mask=cross_segments,
                         value_mask=encoder_padding_mask,
                         return_attention_scores=return_attention_scores,
                         training=training,
@@ -383,6 +427,9 @@ class TransformerDecoderBlock(TransformerBlock):
         cache=None,
         cache_index=None,
         cross_attention_cache=None,
+        segment_ids=None,
+        encoder_segment_ids=None,
+        positions=None,
         return_attention_scores=False,
         **kwargs,
     ):
@@ -419,6 +466,10 @@ class TransformerDecoderBlock(TransformerBlock):
         config = super().get_config()
         config.update({"cross_attention": self.cross_attention})
         return config
+
+
+def _given(value):
+    return "None" if value is None else "given"
 
 
 def _keep_scores(outputs, return_attention_scores, scores):

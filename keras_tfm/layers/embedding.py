@@ -202,6 +202,10 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     Call arguments:
         inputs: integer ids `(batch, seq)`.
         start_index: position of the first token, for incremental decoding.
+        positions: optional int `(batch, seq)` per-token positions (packed
+            rows, where positions restart in each segment); instead of
+            `start_index, start_index + 1, ...`. Not used by `"rotary"`
+            and `"none"`, which add no position here.
         training: whether dropout is active.
 
     Returns:
@@ -308,7 +312,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             self.position_embedding.build(vector_shape)
         self.built = True
 
-    def call(self, inputs, start_index=0, training=None):
+    def call(self, inputs, start_index=0, positions=None, training=None):
         if not is_integer_dtype(inputs.dtype):
             raise TypeError(
                 "TokenAndPositionEmbedding expects integer token ids. "
@@ -320,8 +324,11 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 math.sqrt(self.embedding_dim), vectors.dtype
             )
         if self.position_embedding is not None:
+            position_kwargs = {"start_index": start_index}
+            if positions is not None:
+                position_kwargs["positions"] = positions
             vectors = vectors + self.position_embedding(
-                vectors, start_index=start_index
+                vectors, **position_kwargs
             )
         return self.dropout_layer(vectors, training=training)
 

@@ -47,6 +47,12 @@ class TransformerEncoderBlock(TransformerBlock):
             that mask (it is not combined with it).
         attention_mask: optional boolean `(batch, seq, seq)`, combined with
             the padding mask.
+        segment_ids: optional int `(batch, seq)` for packed rows: `1, 2,
+            ...` number the sequences of a row, `0` is padding. A token
+            attends only within its segment (`keras_tfm.masks.segment_mask`),
+            and padding is where the id is `0` (the Keras mask is not used).
+        positions: optional int `(batch, seq)` per-token positions for
+            rotary attention (restarting in each segment of packed rows).
         return_attention_scores: whether to also return the attention
             probabilities `(batch, heads, seq, seq)` (no dropout on them).
         training: whether dropout is active.
@@ -90,6 +96,8 @@ class TransformerEncoderBlock(TransformerBlock):
         inputs,
         padding_mask=None,
         attention_mask=None,
+        segment_ids=None,
+        positions=None,
         return_attention_scores=False,
         training=None,
         mask=None,
@@ -98,12 +106,17 @@ class TransformerEncoderBlock(TransformerBlock):
         self._check_inputs("inputs", inputs.shape)
         if attention_mask is not None:
             self._check_attention_mask(attention_mask, inputs)
-        if padding_mask is None:
+        if segment_ids is not None:
+            padding_mask, attention_mask = self._segments(
+                segment_ids, inputs, attention_mask, causal=False
+            )
+        elif padding_mask is None:
             padding_mask = mask if mask is not None else inputs_mask
         else:
             self._check_padding_mask(
                 "padding_mask", padding_mask, inputs.shape[1]
             )
+        rotary = self._rotary_positions(positions)
         scores = []
 
         def attend(x):
@@ -116,6 +129,7 @@ class TransformerEncoderBlock(TransformerBlock):
                 value_mask=padding_mask,
                 return_attention_scores=return_attention_scores,
                 training=training,
+                **rotary,
             )
             if return_attention_scores:
                 outputs, attention_scores = outputs
@@ -138,6 +152,8 @@ class TransformerEncoderBlock(TransformerBlock):
         inputs,
         padding_mask=None,
         attention_mask=None,
+        segment_ids=None,
+        positions=None,
         return_attention_scores=False,
         **kwargs,
     ):

@@ -79,6 +79,42 @@ def embed(embedding, token_ids, start_index):
     return embedding(token_ids, training=False)
 
 
+def check_packed(packed):
+    if not isinstance(packed, bool):
+        raise ValueError(
+            f"`packed` must be a boolean. Received: packed={packed!r}"
+        )
+
+
+def packed_inputs(prefix=""):
+    """Symbolic inputs of packed rows: token ids, segment ids, positions."""
+    return {
+        f"{prefix}{name}": keras.Input(
+            shape=(None,), dtype="int32", name=f"{prefix}{name}"
+        )
+        for name in ("token_ids", "segment_ids", "positions")
+    }
+
+
+def embed_packed(name, embedding, token_ids, positions):
+    """Embed packed rows: positions restart in every segment."""
+    if isinstance(embedding, TokenAndPositionEmbedding):
+        return embedding(token_ids, positions=positions)
+    if isinstance(embedding, TokenEmbedding):
+        return embedding(token_ids)
+    raise ValueError(
+        "`packed=True` passes per-token positions to the embedding, which "
+        "must be a TokenAndPositionEmbedding (or a TokenEmbedding, which "
+        f"adds no positions). Received: {name}={embedding!r}"
+    )
+
+
+def run_packed_blocks(blocks, x, segment_ids, positions, **kwargs):
+    for block in blocks:
+        x = block(x, segment_ids=segment_ids, positions=positions, **kwargs)
+    return x
+
+
 def empty_caches(blocks, batch_size, max_length):
     caches = []
     for index, block in enumerate(blocks):

@@ -142,6 +142,7 @@ def seq2seq_transformer(
     gated=False,
     normalization="layer",
     layer_norm_epsilon=1e-5,
+    packed=False,
     name="seq2seq_transformer",
 ):
     """Build the encoder-decoder Transformer of "Attention Is All You Need".
@@ -178,6 +179,9 @@ def seq2seq_transformer(
         gated: gated (GLU) feed-forward networks.
         normalization: `"layer"` or `"rms"`.
         layer_norm_epsilon: epsilon of every normalization.
+        packed: take packed pairs (`keras_tfm.data.pack_pairs`): inputs
+            `encoder_`/`decoder_` `token_ids`, `segment_ids`, `positions`.
+            The weights are the unpacked model's.
         name: model name.
 
     Returns:
@@ -253,6 +257,7 @@ def seq2seq_transformer(
         encoder_final_norm=encoder_norm,
         decoder_final_norm=decoder_norm,
         head=_head(tie_embeddings, target_vocabulary_size),
+        packed=packed,
         name=name,
     )
 
@@ -362,6 +367,7 @@ def decoder_lm(
     gated=False,
     normalization="layer",
     layer_norm_epsilon=1e-5,
+    packed=False,
     name="decoder_lm",
 ):
     """Build a decoder-only (GPT-style) causal language model.
@@ -387,6 +393,9 @@ def decoder_lm(
         gated: gated (GLU) feed-forward networks.
         normalization: `"layer"` or `"rms"`.
         layer_norm_epsilon: epsilon of every normalization.
+        packed: take packed rows (`keras_tfm.data.pack`): inputs
+            `token_ids`, `segment_ids`, `positions`. The weights are the
+            unpacked model's.
         name: model name.
 
     Returns:
@@ -424,5 +433,6 @@ def decoder_lm(
         blocks,
         final_norm=norm,
         head=_head(tie_embeddings, vocabulary_size),
+        packed=packed,
         name=name,
     )

@@ -35,6 +35,12 @@ class CausalLM(keras.Model):
         head: optional layer mapping the model width to vocabulary logits.
             `None` ties the output to the embedding's token table
             (`token_embedding(x, reverse=True)`).
+        packed: whether the inputs are packed rows (see
+            `keras_tfm.data.pack`): a dict of `token_ids`, `segment_ids`
+            and `positions`; each token attends only to earlier tokens of
+            its own segment and positions restart in each segment. The
+            weights are those of the unpacked model (`set_weights` moves
+            between the two) and the cached step is the same.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -58,7 +64,15 @@ class CausalLM(keras.Model):
     True
     """
 
-    def __init__(self, embedding, blocks, final_norm=None, head=None, **kwargs):
+    def __init__(
+        self,
+        embedding,
+        blocks,
+        final_norm=None,
+        head=None,
+        packed=False,
+        **kwargs,
+    ):
         _parts.check_layer("embedding", embedding)
         blocks = _parts.check_blocks("blocks", blocks)
         _parts.check_layer("final_norm", final_norm, allow_none=True)
@@ -66,6 +80,7 @@ class CausalLM(keras.Model):
         if head is None:
             _parts.token_table("embedding", embedding)
         _parts.check_positions("embedding", embedding, "blocks", blocks)
+        _parts.check_packed(packed)
         parts = dict(
             embedding=embedding,
             blocks=blocks,
@@ -73,14 +88,30 @@ class CausalLM(keras.Model):
             head=head,
         )
         _parts.set_parts(self, parts)
-        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        self.packed = packed
+        if packed:
+            inputs = _parts.packed_inputs()
+        else:
+            inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         super().__init__(
-            inputs=token_ids, outputs=self.build_graph(token_ids), **kwargs
+            inputs=inputs, outputs=self.build_graph(inputs), **kwargs
         )
         _parts.track_parts(self, parts)
 
     def build_graph(self, token_ids):
-        """The functional graph: symbolic `token_ids` to logits."""
+        """The functional graph: symbolic `token_ids` (a dict of packed
+        inputs with `packed=True`) to logits."""
+        if self.packed:
+            x = _parts.embed_packed(
+                "embedding",
+                self.embedding,
+                token_ids["token_ids"],
+                token_ids["positions"],
+            )
+            x = _parts.run_packed_blocks(
+                self.blocks, x, token_ids["segment_ids"], token_ids["positions"]
+            )
+            return self.logits(x)
         x = self.embedding(token_ids)
         for block in self.blocks:
             x = block(x)
@@ -133,6 +164,7 @@ class CausalLM(keras.Model):
             "blocks": [_parts.serialize(block) for block in self.blocks],
             "final_norm": _parts.serialize(self.final_norm),
             "head": _parts.serialize(self.head),
+            "packed": self.packed,
         }
 
     @classmethod

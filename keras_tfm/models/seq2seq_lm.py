@@ -36,6 +36,11 @@ class Seq2SeqLM(keras.Model):
         decoder_final_norm: optional layer after the last decoder block.
         head: optional layer mapping the model width to target logits.
             `None` ties the output to the decoder embedding's token table.
+        packed: whether the inputs are packed pairs (see
+            `keras_tfm.data.pack_pairs`): `encoder_`/`decoder_` `token_ids`,
+            `segment_ids` and `positions`; a pair shares its segment id on
+            both sides and attends only within it. Same weights and cached
+            step as the unpacked model.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -73,6 +78,7 @@ class Seq2SeqLM(keras.Model):
         encoder_final_norm=None,
         decoder_final_norm=None,
         head=None,
+        packed=False,
         **kwargs,
     ):
         _parts.check_layer("encoder_embedding", encoder_embedding)
@@ -93,6 +99,7 @@ class Seq2SeqLM(keras.Model):
             "encoder_blocks",
             encoder_blocks,
         )
+        _parts.check_packed(packed)
         _parts.check_positions(
             "decoder_embedding",
             decoder_embedding,
@@ -109,14 +116,21 @@ class Seq2SeqLM(keras.Model):
             head=head,
         )
         _parts.set_parts(self, parts)
-        inputs = {
-            "encoder_token_ids": keras.Input(
-                shape=(None,), dtype="int32", name="encoder_token_ids"
-            ),
-            "decoder_token_ids": keras.Input(
-                shape=(None,), dtype="int32", name="decoder_token_ids"
-            ),
-        }
+        self.packed = packed
+        if packed:
+            inputs = {
+                **_parts.packed_inputs("encoder_"),
+                **_parts.packed_inputs("decoder_"),
+            }
+        else:
+            inputs = {
+                "encoder_token_ids": keras.Input(
+                    shape=(None,), dtype="int32", name="encoder_token_ids"
+                ),
+                "decoder_token_ids": keras.Input(
+                    shape=(None,), dtype="int32", name="decoder_token_ids"
+                ),
+            }
         super().__init__(
             inputs=inputs, outputs=self.build_graph(inputs), **kwargs
         )
@@ -124,10 +138,42 @@ class Seq2SeqLM(keras.Model):
 
     def build_graph(self, inputs):
         """The functional graph: the symbolic inputs dict to logits."""
+        if self.packed:
+            return self._packed_graph(inputs)
         encoded = self.encoder_outputs(inputs["encoder_token_ids"])
         x = self.decoder_embedding(inputs["decoder_token_ids"])
         for block in self.decoder_blocks:
             x = block(x, encoded)
+        return self.logits(x)
+
+    def _packed_graph(self, inputs):
+        source_segments = inputs["encoder_segment_ids"]
+        target_segments = inputs["decoder_segment_ids"]
+        x = _parts.embed_packed(
+            "encoder_embedding",
+            self.encoder_embedding,
+            inputs["encoder_token_ids"],
+            inputs["encoder_positions"],
+        )
+        encoded = _parts.run_packed_blocks(
+            self.encoder_blocks, x, source_segments, inputs["encoder_positions"]
+        )
+        if self.encoder_final_norm is not None:
+            encoded = self.encoder_final_norm(encoded)
+        x = _parts.embed_packed(
+            "decoder_embedding",
+            self.decoder_embedding,
+            inputs["decoder_token_ids"],
+            inputs["decoder_positions"],
+        )
+        for block in self.decoder_blocks:
+            x = block(
+                x,
+                encoded,
+                segment_ids=target_segments,
+                encoder_segment_ids=source_segments,
+                positions=inputs["decoder_positions"],
+            )
         return self.logits(x)
 
     def encoder_outputs(self, encoder_token_ids, training=None):
@@ -222,6 +268,7 @@ class Seq2SeqLM(keras.Model):
             "encoder_final_norm": _parts.serialize(self.encoder_final_norm),
             "decoder_final_norm": _parts.serialize(self.decoder_final_norm),
             "head": _parts.serialize(self.head),
+            "packed": self.packed,
         }
 
     @classmethod
