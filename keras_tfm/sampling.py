@@ -68,7 +68,8 @@ def gumbel_noise(seed, index, shape):
 
     >>> from keras import ops
     >>> noise = ops.convert_to_numpy(gumbel_noise(7, 3, (2, 5)))
-    >>> noise.shape, bool((noise == gumbel_noise(7, 3, (2, 5))).all())
+    >>> again = ops.convert_to_numpy(gumbel_noise(7, 3, (2, 5)))
+    >>> noise.shape, bool((noise == again).all())
     ((2, 5), True)
     """
     batch, vocabulary = shape
@@ -179,8 +180,9 @@ class GreedySampler(Sampler):
     Example:
 
     >>> import numpy as np
+    >>> from keras import ops
     >>> logits = np.array([[9.0, 1.0, 3.0, 2.0]], "float32")
-    >>> GreedySampler().choose(logits, 0, 0, ()).tolist()
+    >>> ops.convert_to_numpy(GreedySampler().choose(logits, 0, 0, ())).tolist()
     [2]
     """
 
