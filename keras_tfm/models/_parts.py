@@ -149,19 +149,34 @@ def deserialize(config):
     return keras.saving.deserialize_keras_object(config)
 
 
-def set_parts(model, parts):
-    """Set the model's parts as attributes before `keras.Model.__init__`.
+class EarlyAttributes:
+    """Lets a model set attributes before `keras.Model.__init__`.
 
-    The functional graph is wired from them before the model exists;
-    PyTorch modules refuse attributes before `__init__`, so they are
-    placed plainly first and set again (tracked) by `track_parts` after.
+    The functional graph is wired from the model's parts (and a
+    subclass's own layers) before the model exists. PyTorch modules refuse
+    attributes before `__init__`, so until `keras_init_starts` they are
+    placed plainly and `track_early_attributes` sets them again, tracked,
+    once the model exists.
     """
-    for name, value in parts.items():
-        object.__setattr__(model, name, value)
 
+    def __setattr__(self, name, value):
+        if "_keras_init_started" not in self.__dict__ and not (
+            name.startswith("_")
+        ):
+            self.__dict__.setdefault("_early_attributes", []).append(name)
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
 
-def track_parts(model, parts):
-    for name in parts:
-        model.__dict__.pop(name, None)
-    for name, value in parts.items():
-        setattr(model, name, value)
+    def keras_init_starts(self):
+        object.__setattr__(self, "_keras_init_started", True)
+
+    def track_early_attributes(self):
+        early = self.__dict__.pop("_early_attributes", [])
+        values = {
+            name: self.__dict__.pop(name)
+            for name in early
+            if name in self.__dict__
+        }
+        for name, value in values.items():
+            setattr(self, name, value)

@@ -6,7 +6,7 @@ from keras_tfm.models import _parts
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
-class CausalLM(keras.Model):
+class CausalLM(_parts.EarlyAttributes, keras.Model):
     """A decoder-only (GPT-style) language model composed from layers.
 
     Wires `embedding -> blocks -> final_norm -> head` into a functional
@@ -81,22 +81,19 @@ class CausalLM(keras.Model):
             _parts.token_table("embedding", embedding)
         _parts.check_positions("embedding", embedding, "blocks", blocks)
         _parts.check_packed(packed)
-        parts = dict(
-            embedding=embedding,
-            blocks=blocks,
-            final_norm=final_norm,
-            head=head,
-        )
-        _parts.set_parts(self, parts)
+        self.embedding = embedding
+        self.blocks = blocks
+        self.final_norm = final_norm
+        self.head = head
         self.packed = packed
         if packed:
             inputs = _parts.packed_inputs()
         else:
             inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        super().__init__(
-            inputs=inputs, outputs=self.build_graph(inputs), **kwargs
-        )
-        _parts.track_parts(self, parts)
+        outputs = self.build_graph(inputs)
+        self.keras_init_starts()
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.track_early_attributes()
 
     def build_graph(self, token_ids):
         """The functional graph: symbolic `token_ids` (a dict of packed

@@ -7,7 +7,7 @@ from keras_tfm.models import _parts
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
-class Seq2SeqLM(keras.Model):
+class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
     """An encoder-decoder Transformer composed from layers.
 
     Wires the encoder (`encoder_embedding -> encoder_blocks ->
@@ -106,16 +106,13 @@ class Seq2SeqLM(keras.Model):
             "decoder_blocks",
             decoder_blocks,
         )
-        parts = dict(
-            encoder_embedding=encoder_embedding,
-            encoder_blocks=encoder_blocks,
-            decoder_embedding=decoder_embedding,
-            decoder_blocks=decoder_blocks,
-            encoder_final_norm=encoder_final_norm,
-            decoder_final_norm=decoder_final_norm,
-            head=head,
-        )
-        _parts.set_parts(self, parts)
+        self.encoder_embedding = encoder_embedding
+        self.encoder_blocks = encoder_blocks
+        self.decoder_embedding = decoder_embedding
+        self.decoder_blocks = decoder_blocks
+        self.encoder_final_norm = encoder_final_norm
+        self.decoder_final_norm = decoder_final_norm
+        self.head = head
         self.packed = packed
         if packed:
             inputs = {
@@ -131,10 +128,10 @@ class Seq2SeqLM(keras.Model):
                     shape=(None,), dtype="int32", name="decoder_token_ids"
                 ),
             }
-        super().__init__(
-            inputs=inputs, outputs=self.build_graph(inputs), **kwargs
-        )
-        _parts.track_parts(self, parts)
+        outputs = self.build_graph(inputs)
+        self.keras_init_starts()
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.track_early_attributes()
 
     def build_graph(self, inputs):
         """The functional graph: the symbolic inputs dict to logits."""
