@@ -7,12 +7,17 @@ with `tf.saved_model.load(path)` in a process that has neither keras_tfm
 nor Keras, and serves from TF Serving.
 
 A model's forward pass alone exports with Keras itself:
-`model.export(path, format="tf_saved_model")` or `format="onnx"` (with
+`model.export(path, format="tf_saved_model")`, or `format="onnx"` (with
 `tf2onnx` and `onnx` installed: `pip install keras_tfm[export]`).
+`export_onnx` does the latter for models with exact GELU too, whose
+TensorFlow `Erfc` op `tf2onnx` cannot convert by itself.
 
 TensorFlow is imported inside the functions that need it, so importing
 this module works on every backend; exporting needs the TensorFlow
-backend.
+backend. A model trained under JAX or PyTorch exports from a TensorFlow
+process: `model.save("model.keras")` there, then with
+`KERAS_BACKEND=tensorflow`, `keras.saving.load_model("model.keras")` and
+export (the weights are the same on every backend).
 """
 
 import keras
@@ -100,7 +105,8 @@ def export_generator(
         stop_ids: ids that end a row, or None.
         end_id: one more stop id.
         jit_compile: whether the saved function is compiled with XLA when
-            it runs (the serving runtime then needs XLA).
+            it runs (the serving runtime then needs XLA, and XLA drops the
+            prompt checks above: bad prompts give unspecified ids).
 
     Returns:
         The `keras.export.ExportArchive` that was written (its `serve`
@@ -223,3 +229,69 @@ def export_generator(
     archive.add_endpoint(SIGNATURE_KEY, function)
     archive.write_out(str(path), verbose=False)
     return archive
+
+
+_ERFC_REGISTERED = []
+
+
+def _register_erfc():
+    """Teach tf2onnx the TensorFlow `Erfc` op: `erfc(x) = 1 - erf(x)`.
+
+    Exact GELU (`keras.activations.gelu`, `activation="gelu"`) is
+    `0.5 * x * erfc(-x / sqrt(2))` on TensorFlow; ONNX has `Erf` (opset
+    9) but no `Erfc`, and tf2onnx has no rule for it.
+    """
+    if _ERFC_REGISTERED:
+        return
+    from tf2onnx import handler, utils
+
+    @handler.tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            node.type = "Erf"
+            one = ctx.make_const(
+                utils.make_name(f"{node.name}_one"), np.array(1, dtype)
+            )
+            ctx.insert_new_node_on_output(
+                "Sub",
+                node.output[0],
+                inputs=[one.output[0], node.output[0]],
+                name=utils.make_name(f"{node.name}_erfc"),
+            )
+
+    _ERFC_REGISTERED.append(Erfc)
+
+
+def export_onnx(model, path, **kwargs):
+    """Export a model's forward pass to ONNX, exact GELU included.
+
+    `model.export(path, format="onnx", **kwargs)`, after teaching
+    `tf2onnx` the TensorFlow `Erfc` op that exact GELU (`activation=
+    "gelu"`) uses, which it cannot convert by itself ("Tensorflow op
+    [...Gelu/Erfc: Erfc] is not supported"). Plain `model.export` works
+    for models without it.
+
+    Needs `tf2onnx` and `onnx` (`pip install keras_tfm[export]`) and the
+    TensorFlow backend, where Keras converts with `tf2onnx`.
+
+    Args:
+        model: a built Keras model, e.g. from `keras_tfm.models`.
+        path: the `.onnx` file to write.
+        **kwargs: further arguments of `keras.Model.export`
+            (`input_signature`, `opset_version`, `verbose`).
+
+    Raises:
+        RuntimeError: under a backend other than TensorFlow.
+    """
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            "`export_onnx` converts the model's TensorFlow graph with "
+            "tf2onnx and needs the TensorFlow backend (elsewhere use "
+            "`model.export(path, format='onnx')`). Received: "
+            f"backend={backend!r}"
+        )
+    _register_erfc()
+    model.export(str(path), format="onnx", **kwargs)

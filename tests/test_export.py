@@ -118,7 +118,8 @@ def exported(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("generators")
     models = {"decoder": _decoder(), "seq2seq": _seq2seq()}
-    generators = {kind: Generator(model) for kind, model in models.items()}
+    # Without XLA, as the export runs by default (and quicker to trace).
+    generators = {k: Generator(m, jit_compile=False) for k, m in models.items()}
     jobs, expected = {}, {}
     inputs = {**{n: (n, c[2]) for n, c in CASES.items()}, **EXTRA}
     for name, (kind, options, _) in CASES.items():
@@ -204,15 +205,58 @@ def test_export_generator_rejects_options(tmp_path):
         export.export_generator(_seq2seq(), str(tmp_path), 6)
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() == "tensorflow",
-    reason="the other backends' error",
+# Under JAX or PyTorch: save, then export from a TensorFlow process.
+EXPORT_FROM_TENSORFLOW = textwrap.dedent(
+    """
+    import json, sys
+    import keras, tensorflow as tf
+    from keras_tfm import export
+    model = keras.saving.load_model(sys.argv[1])
+    export.export_generator(model, sys.argv[2], int(sys.argv[3]))
+    serve = tf.saved_model.load(sys.argv[2]).signatures["serving_default"]
+    ids = serve(token_ids=tf.constant(json.loads(sys.argv[4]), tf.int32))
+    print("IDS " + json.dumps(ids["token_ids"].numpy().tolist()))
+    """
 )
-def test_export_generator_needs_tensorflow(tmp_path):
+
+other_backends = pytest.mark.skipif(
+    keras.backend.backend() == "tensorflow",
+    reason="the other backends' path",
+)
+
+
+@other_backends
+def test_model_of_another_backend_exports_from_tensorflow(tmp_path):
+    model = _decoder()
+    expected = Generator(model).generate(PROMPTS, MAX_LENGTH)
+    model.save(str(tmp_path / "model.keras"))
+    arguments = [
+        str(tmp_path / "model.keras"),
+        str(tmp_path / "generator"),
+        str(MAX_LENGTH),
+        json.dumps(PROMPTS.tolist()),
+    ]
+    child = subprocess.run(
+        [sys.executable, "-c", EXPORT_FROM_TENSORFLOW, *arguments],
+        cwd=str(tmp_path),
+        env=subprocess_env(KERAS_BACKEND="tensorflow"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stdout + child.stderr
+    line = [r for r in child.stdout.splitlines() if r.startswith("IDS ")]
+    np.testing.assert_array_equal(json.loads(line[-1][4:]), expected)
+
+
+@other_backends
+def test_exports_need_tensorflow(tmp_path):
     model = decoder_lm(VOCAB, SEQ, **COMMON)
     backend = keras.backend.backend()
-    with pytest.raises(RuntimeError, match=f"tensorflow.*{backend}"):
+    with pytest.raises(RuntimeError, match=f"TensorFlow.*{backend}"):
         export.export_generator(model, str(tmp_path), 6)
+    with pytest.raises(RuntimeError, match=f"TensorFlow.*{backend}"):
+        export.export_onnx(model, str(tmp_path / "model.onnx"))
 
 
 # ------------------------------------------------ Keras's own model.export
@@ -266,4 +310,19 @@ def test_keras_onnx_export(tmp_path, name):
     session = onnxruntime.InferenceSession(path)
     (feed,) = session.get_inputs()
     (outputs,) = session.run(None, {feed.name: inputs})
+    np.testing.assert_allclose(outputs, expected, atol=1e-4)
+
+
+@tensorflow_only
+def test_export_onnx_exact_gelu(tmp_path):
+    # Plain model.export(format="onnx") fails here: tf2onnx cannot convert
+    # the Erfc op of TensorFlow's exact GELU; export_onnx teaches it.
+    import onnxruntime
+
+    model = decoder_lm(VOCAB, SEQ, **COMMON, activation="gelu", gated=True)
+    expected = ops.convert_to_numpy(model(PROMPTS))
+    path = str(tmp_path / "model.onnx")
+    export.export_onnx(model, path, verbose=False)
+    session = onnxruntime.InferenceSession(path)
+    (outputs,) = session.run(None, {"token_ids": PROMPTS})
     np.testing.assert_allclose(outputs, expected, atol=1e-4)
