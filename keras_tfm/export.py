@@ -83,7 +83,8 @@ def export_generator(
     or the generated tokens after `start_id` (encoder-decoder), `0` after
     a row's stop id. The prompts' lengths are found in the graph (`ids !=
     0`); a prompt longer than `max_length`, an empty row or a `0` before a
-    token of a prompt fails the call with `InvalidArgumentError`.
+    token of a prompt fails the call with `InvalidArgumentError`, as does
+    a source longer than a learned position table.
 
     Greedy decoding runs the whole batch at once. Beam search decodes row
     by row (`tf.map_fn`), so the batch size stays free; each row's beams
@@ -109,11 +110,13 @@ def export_generator(
             prompt checks above: bad prompts give unspecified ids).
 
     Returns:
-        The `keras.export.ExportArchive` that was written (its `serve`
-        attribute is the exported `tf.function`).
+        The `keras.export.ExportArchive` that was written; its endpoint
+        `serving_default` is the exported `tf.function`.
 
     Raises:
         RuntimeError: under a backend other than TensorFlow.
+        ValueError: for options `Generator.generate` refuses, a random
+            sampler or `BeamSampler(return_all=True)`.
 
     Example:
 
