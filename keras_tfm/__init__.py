@@ -3,6 +3,7 @@
 from keras_tfm import (
     data,
     distribution,
+    export,
     generation,
     layers,
     losses,
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "data",
     "distribution",
+    "export",
     "generation",
     "layers",
     "losses",
