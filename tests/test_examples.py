@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import keras
 import numpy as np
@@ -745,3 +746,58 @@ def test_data_parallel_on_two_devices(tmp_path):
     assert (metrics["distribute"], metrics["replicas"]) == ("data-parallel", 2)
     assert metrics["loss"] < metrics["first_loss"]
     assert metrics["sample"].startswith("Return the ")
+
+
+def test_ding_to_tsv(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "ding_to_tsv",
+        os.path.join(os.path.dirname(EXAMPLES), "scripts", "ding_to_tsv.py"),
+    )
+    ding = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ding)
+    dictionary = "\n".join(
+        [
+            "# Version :: devel",
+            "kaum {adv} | Die Preise werden sich kaum ändern. | Er kam "
+            "kaum. :: hardly | Prices are unlikely to change. | He hardly "
+            "came.",
+            "Gruß {m} | Viele Grüße an Ihre Frau! | Grüße aus Köln! :: "
+            "greeting | My regards to your wife! | Greetings from "
+            "Cologne (Germany)!",  # optional words: dropped
+            "zu {prp} | Ich gebe es jdm. zurück. :: to | I give it back to "
+            "sb.",  # placeholders
+            "x | Das ist so. | y :: x | That is so.",  # not aligned
+            "fast {adv} | Er ist fast fertig. | Er ist fast fertig. :: "
+            "almost | He is almost done. | He is almost done.",  # repeated
+            "Satz | Zu kurz. | das ist klein. :: x | Too short. | That is "
+            "small.",  # 2 words; lower case
+        ]
+    )
+    path = tmp_path / "de-en"
+    path.write_text(dictionary, encoding="utf-8")
+    output = tmp_path / "pairs.tsv"
+    ding.main([str(path), "-o", str(output)])
+    assert output.read_text(encoding="utf-8").splitlines() == [
+        "Die Preise werden sich kaum ändern.\tPrices are unlikely to change.",
+        "Er kam kaum.\tHe hardly came.",
+        "Viele Grüße an Ihre Frau!\tMy regards to your wife!",
+        "Er ist fast fertig.\tHe is almost done.",
+    ]
+    # The same from the package: an ar archive holding data.tar.xz.
+    data_tar = tmp_path / "data.tar.xz"
+    with tarfile.open(data_tar, "w:xz") as tar:
+        tar.add(path, arcname="./usr/share/trans/de-en")
+    members = [
+        ("debian-binary", b"2.0\n"),
+        ("data.tar.xz", data_tar.read_bytes()),
+    ]
+    deb = b"!<arch>\n"
+    for name, content in members:
+        header = (
+            f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(content):<10}`\n"
+        )
+        deb += header.encode() + content + b"\n" * (len(content) % 2)
+    (tmp_path / "trans-de-en.deb").write_bytes(deb)
+    from_deb = tmp_path / "from_deb.tsv"
+    ding.main([str(tmp_path / "trans-de-en.deb"), "-o", str(from_deb)])
+    assert from_deb.read_text(encoding="utf-8") == output.read_text("utf-8")
