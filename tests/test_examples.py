@@ -638,6 +638,24 @@ def test_imdb(monkeypatch, tmp_path, capsys):
     assert classes == ["negative", "positive"]
 
 
+def test_lm_reads_a_text_file_as_subwords(data_files, tmp_path):
+    module = example("train_lm")
+    text = " ".join(f"{de} {en}" for de, en in GERMAN * 12)
+    (data_files / "german.txt").write_text(text, encoding="utf-8")
+    parser, args = module.parse_args(
+        ["--text-file", str(data_files / "german.txt"), "--sequence-length",
+         "16", "--max-vocabulary", "300", "--output-dir", str(tmp_path)]
+    )  # fmt: skip
+    assert args.tokenizer == "subword"  # the default for a user's text
+    train, validation, tokenizer, _ = module.load_corpus(parser, args)
+    for x, y in (train, validation):
+        assert x.shape[1:] == y.shape[1:] == (16,)
+        assert (x[:, 1:] == y[:, :-1]).all()  # labels: the next token
+    assert tokenizer.get_vocab_size() <= 300
+    assert data.decode(tokenizer, train[0][0]) in text
+    assert data.decode(tokenizer, validation[0][-1]) in text
+
+
 def test_stdlib_corpus():
     text = example("train_lm").stdlib_docstrings(3000)
     assert len(text) == 3000
