@@ -271,6 +271,25 @@ def test_bad_input_is_one_line_and_exit_status_2(
     assert snapshot(output_dir) == before  # nothing destroyed or added
 
 
+def test_resuming_without_a_good_tokenizer_is_an_error(
+    data_files, tmp_path, capsys
+):
+    (data_files / "pairs.tsv").write_text("eins\tone\nzwei\ttwo\n")
+    output_dir = tmp_path / "out"
+    (output_dir / training.BACKUP_DIR).mkdir(parents=True)  # unfinished
+    (output_dir / data.TOKENIZER_FILE).write_text("{not json")
+    before = snapshot(output_dir)
+    with pytest.raises(SystemExit) as error:
+        run(
+            "train_seq2seq", output_dir, "--data", str(data_files / "pairs.tsv")
+        )
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"cannot resume: {output_dir / data.TOKENIZER_FILE}: not a" in err
+    assert snapshot(output_dir) == before
+
+
 def test_output_dir_that_is_a_file(tmp_path, capsys):
     path = tmp_path / "file"
     path.write_text("not a directory")
