@@ -230,11 +230,10 @@ def main(argv=None):
     parser, args = parse_args(argv)
     rng = np.random.default_rng(args.seed)
     train, test, tokenizer = load_pairs(parser, args, rng)
-    texts = [text for pair in train + test for text in pair]
-    source_length = max(len(ids) for ids in data.encode(tokenizer, texts[::2]))
-    target_length = 1 + max(
-        len(ids) for ids in data.encode(tokenizer, texts[1::2])
-    )
+    sources, targets = zip(*train, *test, strict=True)
+    source_length = max(map(len, data.encode(tokenizer, sources)))
+    # <start> + target as the decoder's input, target + <end> as labels.
+    target_length = 1 + max(map(len, data.encode(tokenizer, targets)))
     train_x, train_y = encode(train, tokenizer, source_length, target_length)
     test_x, test_y = encode(test, tokenizer, source_length, target_length)
 
