@@ -24,7 +24,9 @@ the final metrics. Interrupt it and run the same command again to resume.
 
 import itertools
 
-import _common as common
+import _data as data
+import _flags as flags
+import _training as training
 import numpy as np
 
 FILLER = (
@@ -59,7 +61,7 @@ def order_sentences(count, min_length, max_length, rng):
 
 
 def build_parser():
-    parser = common.make_parser(__doc__)
+    parser = flags.make_parser(__doc__)
     group = parser.add_argument_group("data")
     source = group.add_mutually_exclusive_group()
     source.add_argument(
@@ -75,7 +77,7 @@ def build_parser():
     )
     group.add_argument(
         "--max-length",
-        type=common.positive_int,
+        type=flags.positive_int,
         default=48,
         help="longest text in tokens: generated sentences are 16 to this "
         "long, --data and --dataset texts are cut to it "
@@ -83,30 +85,30 @@ def build_parser():
     )
     group.add_argument(
         "--max-vocabulary",
-        type=common.positive_int,
+        type=flags.positive_int,
         default=20000,
         help="most words kept; rarer ones become <unk> (default: %(default)s)",
     )
     group.add_argument(
         "--train-size",
-        type=common.positive_int,
+        type=flags.positive_int,
         default=8000,
         help="generated training sentences (default: %(default)s)",
     )
     group.add_argument(
         "--test-size",
-        type=common.positive_int,
+        type=flags.positive_int,
         default=1000,
         help="generated test sentences (default: %(default)s)",
     )
     group.add_argument(
         "--test-fraction",
-        type=common.rate,
+        type=flags.rate,
         default=0.1,
         help="share of --data lines held out for testing "
         "(default: %(default)s)",
     )
-    common.add_model_flags(
+    flags.add_model_flags(
         parser,
         num_layers=2,
         embedding_dim=64,
@@ -114,7 +116,7 @@ def build_parser():
         intermediate_dim=128,
         dropout=0.1,
     )
-    common.add_training_flags(
+    training.add_training_flags(
         parser,
         epochs=6,
         batch_size=64,
@@ -133,7 +135,8 @@ def parse_args(argv=None):
         parser.error("--max-length must be >= 16 for the generated data")
     if args.data is not None and args.test_fraction == 0:
         parser.error("--test-fraction must be > 0 with --data")
-    common.check_args(parser, args)
+    flags.check_model_args(parser, args)
+    training.check_run_args(parser, args)
     return parser, args
 
 
@@ -157,15 +160,18 @@ def load_imdb(parser, args):
             vocabulary[index + 3] = word
     tokens = [vocabulary.get(i, "<unk>") for i in range(args.max_vocabulary)]
     return (
-        (common.pad(list(train_x), args.max_length), np.asarray(train_y)),
-        (common.pad(list(test_x), args.max_length), np.asarray(test_y)),
+        (data.pad(list(train_x), args.max_length), np.asarray(train_y)),
+        (data.pad(list(test_x), args.max_length), np.asarray(test_y)),
         tokens,
         ["negative", "positive"],
+        None,
     )
 
 
 def load_data(parser, args, rng):
-    """`(train, test, tokens, class_names)`, `train = (ids, labels)`."""
+    """`(train, test, tokens, class_names, tokenizer)`, `train = (ids,
+    labels)`, `tokens[id]` the text of a token; the tokenizer is None for
+    IMDB, whose texts come as ids."""
     if args.dataset == "imdb":
         return load_imdb(parser, args)
     if args.data is None:
@@ -173,7 +179,7 @@ def load_data(parser, args, rng):
         test = order_sentences(args.test_size, 16, args.max_length, rng)
         class_names = [" < ".join(NAMES[i] for i in order) for order in ORDERS]
     else:
-        rows = common.read_tsv(parser, "--data", args.data, ("label", "text"))
+        rows = data.read_tsv(parser, "--data", args.data, ("label", "text"))
         class_names = sorted({label for label, _ in rows})
         if len(class_names) < 2:
             parser.error(
@@ -184,48 +190,60 @@ def load_data(parser, args, rng):
         rows = [(index[label], text.lower()) for label, text in rows]
         train, test = (
             tuple(zip(*part, strict=True))
-            for part in common.split(rows, args.test_fraction, rng)
+            for part in data.split(rows, args.test_fraction, rng)
         )
-    vocabulary = common.Vocabulary.build(
-        train[1], level="word", max_size=args.max_vocabulary
+    tokenizer = data.tokenizer_for(
+        parser,
+        train[1],
+        "word",
+        args.max_vocabulary,
+        saved=training.resumed_file(args, data.TOKENIZER_FILE),
     )
 
     def encode(labels, texts):
-        ids = [vocabulary.encode(text) for text in texts]
-        return common.pad(ids, args.max_length), np.asarray(labels, "int32")
+        ids = data.pad(data.encode(tokenizer, texts), args.max_length)
+        return ids, np.asarray(labels, "int32")
 
-    return encode(*train), encode(*test), vocabulary.tokens, class_names
+    return (
+        encode(*train),
+        encode(*test),
+        data.token_names(tokenizer),
+        class_names,
+        tokenizer,
+    )
 
 
 def main(argv=None):
     parser, args = parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    train, test, tokens, class_names = load_data(parser, args, rng)
+    train, test, tokens, class_names, tokenizer = load_data(parser, args, rng)
 
-    # Imported once the inputs are known to be good (see _common).
+    # Imported once the inputs are known to be good (see _training).
     import keras
 
     import keras_tfm as tfm
 
-    distribution = common.Distribution(parser, args)  # before seeding
+    distribution = training.Distribution(parser, args)  # before seeding
     keras.utils.set_random_seed(args.seed)
     with distribution.scope():
-        model = common.build(
+        model = flags.build_model(
             parser,
             tfm.models.encoder_classifier,
             len(tokens),
             args.max_length,
             len(class_names),
-            **common.model_kwargs(args),
+            **flags.model_kwargs(args),
         )
         model.compile(
-            optimizer=common.optimizer(args),
+            optimizer=training.optimizer(args),
             loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
                 label_smoothing=args.label_smoothing, ignore_class=None
             ),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
-    run = common.Run(args, distribution)
+    run = training.Run(args, distribution)
+    if tokenizer is not None:
+        tokenizer.save(run.path(data.TOKENIZER_FILE))
     print(
         f"{len(train[0])} training and {len(test[0])} test texts, "
         f"{len(tokens)} tokens, classes {class_names}"

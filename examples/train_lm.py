@@ -1,4 +1,4 @@
-"""Train a character-level decoder-only Transformer language model.
+"""Train a decoder-only Transformer language model.
 
     python examples/train_lm.py
     python examples/train_lm.py --position rotary --epochs 10
@@ -7,13 +7,15 @@
 
 The default corpus is real English prose that ships with every Python:
 the docstrings of the standard library, read from its source files at run
-time (nothing is imported or downloaded). `--text-file PATH` trains on any
-UTF-8 text instead, such as Tiny Shakespeare.
+time (nothing is imported or downloaded), one character per token.
+`--text-file PATH` trains on any UTF-8 text instead, such as Tiny
+Shakespeare, with a byte-level BPE tokenizer trained on the training part
+(`--tokenizer`; saved in OUTPUT_DIR).
 
 The model is `keras_tfm.models.decoder_lm` with its output tied to the
-token table, trained on windows of `--sequence-length` characters with the
+token table, trained on windows of `--sequence-length` tokens with the
 TransformerSchedule. The last tenth of the text is held out: the script
-reports its perplexity per character (exp of the cross-entropy) and prints
+reports its perplexity per token (exp of the cross-entropy) and prints
 a sample from `keras_tfm.generation.Generator` (by default temperature
 sampling from the whole distribution; see `--sampler`). `--distribute`
 trains on several devices (see the README's "Distribution"). OUTPUT_DIR
@@ -27,7 +29,10 @@ import math
 import os
 import sysconfig
 
-import _common as common
+import _data as data
+import _decoding as decoding
+import _flags as flags
+import _training as training
 import numpy as np
 
 
@@ -69,7 +74,7 @@ def stdlib_docstrings(max_chars):
 
 
 def build_parser():
-    parser = common.make_parser(__doc__)
+    parser = flags.make_parser(__doc__)
     group = parser.add_argument_group("data")
     group.add_argument(
         "--text-file",
@@ -77,21 +82,27 @@ def build_parser():
         help="a UTF-8 text file to train on instead of the standard "
         "library's docstrings",
     )
+    data.add_tokenizer_flags(
+        parser,
+        group,
+        default_help="subword with --text-file, char for the docstrings",
+        max_vocabulary=4000,
+    )
     group.add_argument(
         "--corpus-chars",
-        type=common.positive_int,
+        type=flags.positive_int,
         default=400_000,
         help="characters of the text to use (default: %(default)s)",
     )
     group.add_argument(
         "--sequence-length",
-        type=common.positive_int,
+        type=flags.positive_int,
         default=128,
-        help="characters of context per training window (default: %(default)s)",
+        help="tokens of context per training window (default: %(default)s)",
     )
     group.add_argument(
         "--validation-fraction",
-        type=common.rate,
+        type=flags.rate,
         default=0.1,
         help="share of the text, at its end, held out for validation "
         "(default: %(default)s)",
@@ -106,10 +117,10 @@ def build_parser():
         "--sample-length",
         type=int,
         default=300,
-        help="characters to sample after training; 0 for none "
+        help="tokens to sample after training; 0 for none "
         "(default: %(default)s)",
     )
-    common.add_model_flags(
+    flags.add_model_flags(
         parser,
         num_layers=3,
         embedding_dim=128,
@@ -117,7 +128,7 @@ def build_parser():
         intermediate_dim=512,
         dropout=0.1,
     )
-    common.add_training_flags(
+    training.add_training_flags(
         parser,
         epochs=6,
         batch_size=32,
@@ -126,7 +137,7 @@ def build_parser():
         label_smoothing=0.0,
         output_dir="runs/lm",
     )
-    common.add_generation_flags(
+    decoding.add_generation_flags(
         parser, sampler="top_p", temperature=0.8, top_p=1.0
     )
     return parser
@@ -141,12 +152,17 @@ def parse_args(argv=None):
         parser.error("--validation-fraction must be > 0")
     if args.sample_length and args.sequence_length < 2:
         parser.error("--sample-length needs --sequence-length 2 or more")
-    common.check_args(parser, args)
+    data.resolve_tokenizer(
+        parser, args, "char" if args.text_file is None else "subword"
+    )
+    flags.check_model_args(parser, args)
+    decoding.check_generation_args(parser, args)
+    training.check_run_args(parser, args)
     return parser, args
 
 
 def windows(ids, length, stride):
-    """Inputs `ids[i : i + length]` and next-character labels."""
+    """Inputs `ids[i : i + length]` and next-token labels."""
     starts = range(0, len(ids) - length - 1 + 1, stride)
     x = np.stack([ids[s : s + length] for s in starts])
     y = np.stack([ids[s + 1 : s + length + 1] for s in starts])
@@ -154,99 +170,110 @@ def windows(ids, length, stride):
 
 
 def load_corpus(parser, args):
-    """Train and validation windows, and the vocabulary."""
+    """Train and validation windows, the tokenizer (trained on the
+    training part of the text) and the name of the text."""
     if args.text_file is None:
         text = stdlib_docstrings(args.corpus_chars)
         source = "the standard library's docstrings"
     else:
-        text = common.read_text(parser, "--text-file", args.text_file)
+        text = data.read_text(parser, "--text-file", args.text_file)
         text = text[: args.corpus_chars]
         source = args.text_file
     split_at = int(len(text) * (1 - args.validation_fraction))
+    tokenizer = data.tokenizer_for(
+        parser,
+        [text[:split_at]],
+        args.tokenizer,
+        args.max_vocabulary,
+        saved=training.resumed_file(args, data.TOKENIZER_FILE),
+    )
+    train_ids, validation_ids = (
+        np.asarray(ids, "int32")
+        for ids in data.encode(tokenizer, [text[:split_at], text[split_at:]])
+    )
     needed = args.sequence_length + 1
-    if split_at < needed or len(text) - split_at < needed:
+    if min(len(train_ids), len(validation_ids)) < needed:
         parser.error(
-            f"{source}: {len(text)} characters is too short for "
+            f"{source}: {len(text)} characters ({len(train_ids)} + "
+            f"{len(validation_ids)} {args.tokenizer} tokens) is too short for "
             f"--sequence-length {args.sequence_length} in both the training "
             "and the validation part"
         )
-    vocabulary = common.Vocabulary.build([text[:split_at]], level="char")
-    ids = np.asarray(vocabulary.encode(text), "int32")
     train = windows(
-        ids[:split_at], args.sequence_length, args.sequence_length // 2 or 1
+        train_ids, args.sequence_length, args.sequence_length // 2 or 1
     )
     validation = windows(
-        ids[split_at:], args.sequence_length, args.sequence_length
+        validation_ids, args.sequence_length, args.sequence_length
     )
-    return train, validation, vocabulary, source
+    return train, validation, tokenizer, source
 
 
 def sample(
-    generator, vocabulary, prompt, length, sequence_length, seed, **options
+    generator, tokenizer, prompt, length, sequence_length, seed, **options
 ):
-    """`prompt` and `length` characters generated after it.
+    """`prompt` and the text of `length` tokens generated after it.
 
     The model knows positions up to `sequence_length` only (a learned
     table has no others), so longer texts are generated in rounds: each
-    round's prompt is the last `sequence_length // 2` characters so far,
-    and it continues them up to `sequence_length`. Every round has the
-    same shapes, so the search is compiled once. The text ends early at an
+    round's prompt is the last `sequence_length // 2` tokens so far, and
+    it continues them up to `sequence_length`. Every round has the same
+    shapes, so the search is compiled once. The text ends early at an
     `<end>` token.
 
     Args:
         generator: a `keras_tfm.generation.Generator` of the model.
-        vocabulary: the `Vocabulary` of the model.
+        tokenizer: the tokenizer of the model.
         prompt: text to continue.
-        length: characters to generate.
+        length: tokens to generate.
         sequence_length: the training window, at least 2.
         seed: seed of the first round; round `i` uses `seed + i`.
         **options: `Generator.generate` arguments (`sampler`, ...).
     """
     width = sequence_length // 2
-    ids = vocabulary.encode(prompt) or [common.UNK]
+    ids = data.encode(tokenizer, [prompt])[0] or [data.UNK]
     generated = []
     round_ = 0
-    while len(generated) < length:  # at least one new character a round
+    while len(generated) < length:  # at least one new token a round
         context = (ids + generated)[-width:]
-        window = common.pad([context], width)
-        new = common.generate(
+        window = data.pad([context], width)
+        new = decoding.generate(
             generator,
             window,
             sequence_length,
-            start_id=common.START,
-            end_id=common.END,
+            start_id=data.START,
+            end_id=data.END,
             seed=seed + round_,
             **options,
         )[0, len(context) :].tolist()
-        if common.END in new:
-            generated += new[: new.index(common.END) + 1]
+        if data.END in new:
+            generated += new[: new.index(data.END) + 1]
             break
         generated += new
         round_ += 1
-    return prompt + vocabulary.decode(generated[:length])
+    return prompt + data.decode(tokenizer, generated[:length])
 
 
 def main(argv=None):
     parser, args = parse_args(argv)
-    train, validation, vocabulary, source = load_corpus(parser, args)
+    train, validation, tokenizer, source = load_corpus(parser, args)
 
-    # Imported once the inputs are known to be good (see _common).
+    # Imported once the inputs are known to be good (see _training).
     import keras
 
     import keras_tfm as tfm
 
-    distribution = common.Distribution(parser, args)  # before seeding
+    distribution = training.Distribution(parser, args)  # before seeding
     keras.utils.set_random_seed(args.seed)
     with distribution.scope():
-        model = common.build(
+        model = flags.build_model(
             parser,
             tfm.models.decoder_lm,
-            len(vocabulary),
+            tokenizer.get_vocab_size(),
             args.sequence_length,
-            **common.model_kwargs(args),
+            **flags.model_kwargs(args),
         )
         model.compile(
-            optimizer=common.optimizer(args),
+            optimizer=training.optimizer(args),
             loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
                 label_smoothing=args.label_smoothing
             ),
@@ -258,12 +285,12 @@ def main(argv=None):
                 tfm.metrics.MaskedAccuracy(),
             ],
         )
-    run = common.Run(args, distribution)
-    vocabulary.save(run.path("vocabulary.json"))
+    run = training.Run(args, distribution)
+    tokenizer.save(run.path(data.TOKENIZER_FILE))
     print(
         f"{source}: {len(train[0])} training and {len(validation[0])} "
-        f"validation windows of {args.sequence_length} characters, "
-        f"{len(vocabulary)} tokens"
+        f"validation windows of {args.sequence_length} tokens, "
+        f"{tokenizer.get_vocab_size()} {args.tokenizer} tokens"
     )
     history = run.fit(model, *train, validation_data=validation)
 
@@ -274,15 +301,16 @@ def main(argv=None):
         )
         text = sample(
             generator,
-            vocabulary,
+            tokenizer,
             args.prompt,
             args.sample_length,
             args.sequence_length,
             args.seed,
-            **common.generation_options(args),
+            **decoding.generation_options(args),
         )
         print(f"--- sample ---\n{text}\n--------------")
     metrics = {
+        # Per token: per character with the default --tokenizer char.
         "val_perplexity": math.exp(history["val_cross_entropy"][-1]),
         "val_cross_entropy": history["val_cross_entropy"][-1],
         "val_masked_accuracy": history["val_masked_accuracy"][-1],
@@ -291,6 +319,7 @@ def main(argv=None):
         "epochs": len(history["loss"]),
         "sample": text,
         "sampler": args.sampler,
+        "tokenizer": args.tokenizer,
     }
     run.plot("learning_curves", tfm.plotting.plot_history, history)
     if args.position != "rotary":

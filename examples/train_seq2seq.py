@@ -2,27 +2,33 @@
 
     python examples/train_seq2seq.py
     python examples/train_seq2seq.py --position rotary --output-dir runs/rot
-    python examples/train_seq2seq.py --data spa.txt --tokenizer word
+    python examples/train_seq2seq.py --data de_en.tsv --output-dir runs/de_en
     python examples/train_seq2seq.py --sampler beam --num-beams 4
 
 The default task is generated in the script, so it runs anywhere with no
 download: dates written the ways people write them ("3rd of March 2021",
 "Wednesday, March 3, 2021", "mar 3 2021", "03.03.2021", ...) become ISO
-dates ("2021-03-03"). Source and target differ in length and order (the
-year moves to the front, month names become numbers), and the test split
-holds dates never seen in training, in any format.
+dates ("2021-03-03"), one character per token. Source and target differ
+in length and order (the year moves to the front, month names become
+numbers), and the test split holds dates never seen in training.
 
 `--data PATH` trains on your own tab-separated `source<TAB>target` pairs
 instead (the format of the Anki/Tatoeba files that the keras.io
-English-Spanish example uses; extra columns are ignored), with a character
-or whitespace tokenizer.
+English-Spanish example uses; extra columns are ignored; see
+scripts/ding_to_tsv.py for German-English sentences from Debian), with a
+byte-level BPE tokenizer trained on the training split (`--tokenizer`).
 
 The model trains with the paper's recipe: the TransformerSchedule warm-up,
-Adam(beta_2=0.98), label smoothing (MaskedSparseCategoricalCrossentropy)
-and masked token accuracy. Afterwards `keras_tfm.generation.Generator`
-decodes the test split (greedily unless `--sampler` says otherwise) and
-the exact-match accuracy is reported. `--distribute` trains on several
-devices (see the README's "Distribution"). OUTPUT_DIR receives checkpoints,
+Adam(beta_2=0.98), label smoothing and masked token accuracy. The loss is
+MaskedSparseCategoricalCrossentropy: the Keras padding mask only covers
+positions whose input is padding, and the label right after `<end>` (a
+padding label at a real input position) would count in a plain
+SparseCategoricalCrossentropy without `ignore_class=0`. Afterwards
+`keras_tfm.generation.Generator` decodes the test split (greedily unless
+`--sampler` says otherwise) and the script reports exact match, corpus
+BLEU and chrF (sacrebleu, default settings, its signatures included).
+`--distribute` trains on several devices (see the README's
+"Distribution"). OUTPUT_DIR receives checkpoints, the tokenizer,
 history.csv, metrics.json and plots (learning curves, the position table,
 a cross-attention map); the last line printed is the JSON of the final
 metrics. Interrupt it and run the same command again to resume.
@@ -30,7 +36,10 @@ metrics. Interrupt it and run the same command again to resume.
 
 import datetime
 
-import _common as common
+import _data as data
+import _decoding as decoding
+import _flags as flags
+import _training as training
 import numpy as np
 
 MONTHS = [
@@ -86,7 +95,7 @@ def date_pairs(train_size, test_size, rng):
 
 
 def build_parser():
-    parser = common.make_parser(__doc__)
+    parser = flags.make_parser(__doc__)
     group = parser.add_argument_group("data")
     group.add_argument(
         "--data",
@@ -94,47 +103,39 @@ def build_parser():
         help="a UTF-8 file of source<TAB>target lines to train on instead "
         "of the generated dates",
     )
-    group.add_argument(
-        "--tokenizer",
-        choices=("char", "word"),
-        default="char",
-        help="split texts into characters or whitespace-separated words "
-        "(default: %(default)s)",
+    data.add_tokenizer_flags(
+        parser,
+        group,
+        default_help="subword with --data, char for the dates",
+        max_vocabulary=8000,
     )
     group.add_argument(
         "--max-length",
-        type=common.positive_int,
+        type=flags.positive_int,
         default=64,
         help="longest sequence in tokens; longer --data pairs are dropped "
         "(default: %(default)s)",
     )
     group.add_argument(
-        "--max-vocabulary",
-        type=common.positive_int,
-        default=20000,
-        help="most tokens kept in the vocabulary; rarer ones become <unk> "
-        "(default: %(default)s)",
-    )
-    group.add_argument(
         "--train-size",
-        type=common.positive_int,
+        type=flags.positive_int,
         default=12000,
         help="generated training pairs (default: %(default)s)",
     )
     group.add_argument(
         "--test-size",
-        type=common.positive_int,
+        type=flags.positive_int,
         default=1000,
         help="generated test pairs (default: %(default)s)",
     )
     group.add_argument(
         "--test-fraction",
-        type=common.rate,
+        type=flags.rate,
         default=0.1,
         help="share of --data pairs held out for testing "
         "(default: %(default)s)",
     )
-    common.add_model_flags(
+    flags.add_model_flags(
         parser,
         num_layers=2,
         embedding_dim=64,
@@ -142,7 +143,7 @@ def build_parser():
         intermediate_dim=128,
         dropout=0.1,
     )
-    common.add_training_flags(
+    training.add_training_flags(
         parser,
         epochs=10,
         batch_size=64,
@@ -151,7 +152,7 @@ def build_parser():
         label_smoothing=0.1,
         output_dir="runs/seq2seq",
     )
-    common.add_generation_flags(parser, sampler="greedy", temperature=1.0)
+    decoding.add_generation_flags(parser, sampler="greedy", temperature=1.0)
     return parser
 
 
@@ -160,113 +161,136 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.data is not None and args.test_fraction == 0:
         parser.error("--test-fraction must be > 0 with --data")
-    common.check_args(parser, args)
+    data.resolve_tokenizer(
+        parser, args, "char" if args.data is None else "subword"
+    )
+    flags.check_model_args(parser, args)
+    decoding.check_generation_args(parser, args)
+    training.check_run_args(parser, args)
     return parser, args
 
 
 def load_pairs(parser, args, rng):
-    """Train and test pairs of texts, and the vocabulary."""
+    """Train and test pairs of texts, and the tokenizer, trained on the
+    training pairs (or the one of the run being resumed)."""
     if args.data is None:
         train, test = date_pairs(args.train_size, args.test_size, rng)
     else:
-        pairs = common.read_tsv(
-            parser, "--data", args.data, ("source", "target")
-        )
-        pairs = [
-            (s, t)
-            for s, t in pairs
-            if len(common.Vocabulary.split_text(s, args.tokenizer))
-            <= args.max_length
-            and len(common.Vocabulary.split_text(t, args.tokenizer)) + 1
-            <= args.max_length
-        ]
+        pairs = data.read_tsv(parser, "--data", args.data, ("source", "target"))
         if len(pairs) < 2:
-            parser.error(
-                f"--data {args.data}: fewer than 2 pairs of at most "
-                f"--max-length {args.max_length} tokens"
-            )
-        train, test = common.split(pairs, args.test_fraction, rng)
-    vocabulary = common.Vocabulary.build(
+            parser.error(f"--data {args.data}: fewer than 2 pairs")
+        train, test = data.split(pairs, args.test_fraction, rng)
+    tokenizer = data.tokenizer_for(
+        parser,
         [text for pair in train for text in pair],
-        level=args.tokenizer,
-        max_size=args.max_vocabulary,
+        args.tokenizer,
+        args.max_vocabulary,
+        saved=training.resumed_file(args, data.TOKENIZER_FILE),
     )
-    return train, test, vocabulary
+    if args.data is not None:
+        train, test = (
+            fitting(pairs, tokenizer, args) for pairs in (train, test)
+        )
+        if not train or not test:
+            parser.error(
+                f"--data {args.data}: no {'training' if not train else 'test'} "
+                f"pairs of at most --max-length {args.max_length} tokens"
+            )
+    return train, test, tokenizer
 
 
-def encode(pairs, vocabulary, source_length, target_length):
-    """Encoder ids, decoder inputs (`<start>` + target) and labels."""
-    sources = common.pad(
-        [vocabulary.encode(s) for s, _ in pairs], source_length
+def fitting(pairs, tokenizer, args):
+    """The pairs whose source, and target with `<end>`, fit --max-length."""
+    sources = data.encode(tokenizer, [source for source, _ in pairs])
+    targets = data.encode(tokenizer, [target for _, target in pairs])
+    return [
+        pair
+        for pair, source, target in zip(pairs, sources, targets, strict=True)
+        if len(source) <= args.max_length and len(target) < args.max_length
+    ]
+
+
+def encode(pairs, tokenizer, source_length, target_length):
+    """Encoder ids, decoder inputs (`<start>` + target) and labels
+    (target + `<end>`), padded with 0."""
+    sources = data.encode(tokenizer, [source for source, _ in pairs])
+    targets = data.encode(tokenizer, [target for _, target in pairs])
+    labels = data.pad([ids + [data.END] for ids in targets], target_length)
+    decoder_inputs = data.pad(
+        [[data.START] + ids for ids in targets], target_length
     )
-    targets = common.pad(
-        [vocabulary.encode(t, end=True) for _, t in pairs], target_length
-    )
-    decoder_inputs = np.concatenate(
-        [np.full((len(pairs), 1), common.START, "int32"), targets[:, :-1]],
-        axis=1,
-    )
-    inputs = {"encoder_token_ids": sources, "decoder_token_ids": decoder_inputs}
-    return inputs, targets
+    inputs = {
+        "encoder_token_ids": data.pad(sources, source_length),
+        "decoder_token_ids": decoder_inputs,
+    }
+    return inputs, labels
 
 
 def main(argv=None):
     parser, args = parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    train, test, vocabulary = load_pairs(parser, args, rng)
-    encoded = [vocabulary.encode(s) for s, _ in train + test]
-    source_length = max(len(ids) for ids in encoded)
-    target_length = 1 + max(len(vocabulary.encode(t)) for _, t in train + test)
-    train_x, train_y = encode(train, vocabulary, source_length, target_length)
-    test_x, test_y = encode(test, vocabulary, source_length, target_length)
+    train, test, tokenizer = load_pairs(parser, args, rng)
+    sources, targets = zip(*train, *test, strict=True)
+    source_length = max(map(len, data.encode(tokenizer, sources)))
+    # <start> + target as the decoder's input, target + <end> as labels.
+    target_length = 1 + max(map(len, data.encode(tokenizer, targets)))
+    train_x, train_y = encode(train, tokenizer, source_length, target_length)
+    test_x, test_y = encode(test, tokenizer, source_length, target_length)
 
-    # Imported once the inputs are known to be good (see _common).
+    # Imported once the inputs are known to be good (see _training).
     import keras
 
     import keras_tfm as tfm
 
-    distribution = common.Distribution(parser, args)  # before seeding
+    distribution = training.Distribution(parser, args)  # before seeding
     keras.utils.set_random_seed(args.seed)
     with distribution.scope():
-        model = common.build(
+        model = flags.build_model(
             parser,
             tfm.models.seq2seq_transformer,
-            len(vocabulary),
+            tokenizer.get_vocab_size(),
             max(source_length, target_length),
-            **common.model_kwargs(args),
+            **flags.model_kwargs(args),
         )
         model.compile(
-            optimizer=common.optimizer(args),
+            optimizer=training.optimizer(args),
+            # The Keras padding mask covers padded *inputs* only; the label
+            # after `<end>` is padding at a real input position, which only
+            # the masked loss (ignore_class=0) leaves out.
             loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
                 label_smoothing=args.label_smoothing
             ),
             metrics=[tfm.metrics.MaskedAccuracy()],
         )
-    run = common.Run(args, distribution)
-    vocabulary.save(run.path("vocabulary.json"))
+    run = training.Run(args, distribution)
+    tokenizer.save(run.path(data.TOKENIZER_FILE))
     print(
         f"{len(train)} training and {len(test)} test pairs, "
-        f"{len(vocabulary)} tokens, e.g. {test[0][0]!r} -> {test[0][1]!r}"
+        f"{tokenizer.get_vocab_size()} {args.tokenizer} tokens, e.g. "
+        f"{test[0][0]!r} -> {test[0][1]!r}"
     )
     history = run.fit(model, train_x, train_y, validation_data=(test_x, test_y))
 
     generator = tfm.generation.Generator(
         model, jit_compile=distribution.jit_compile
     )
-    predicted = common.generate(
+    predicted = decoding.generate(
         generator,
         test_x["encoder_token_ids"],
         target_length,
-        start_id=common.START,
-        end_id=common.END,
+        start_id=data.START,
+        end_id=data.END,
         seed=args.seed,
-        **common.generation_options(args),
+        **decoding.generation_options(args),
     )
-    for (source, target), guess in zip(test[:5], predicted, strict=False):
-        print(f"{source!r} -> {vocabulary.decode(guess)!r} (want {target!r})")
+    hypotheses = [data.decode(tokenizer, ids) for ids in predicted]
+    for (source, target), guess in zip(test[:5], hypotheses, strict=False):
+        print(f"{source!r} -> {guess!r} (want {target!r})")
     metrics = {
-        "test_exact_match": common.exact_match(predicted, test_y),
+        "test_exact_match": decoding.exact_match(predicted, test_y),
+        **decoding.translation_scores(hypotheses, [t for _, t in test]),
         "sampler": args.sampler,
+        "tokenizer": args.tokenizer,
         "val_masked_accuracy": history["val_masked_accuracy"][-1],
         "first_loss": history["loss"][0],
         "loss": history["loss"][-1],
@@ -289,7 +313,7 @@ def main(argv=None):
         tfm.plotting.plot_attention,
         model,
         example,
-        vocabulary=vocabulary.tokens,
+        vocabulary=data.token_names(tokenizer),
         title=f"cross-attention of the last decoder layer ({args.position})",
     )
     return run.finish(model, metrics)

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import keras
 import numpy as np
@@ -30,7 +31,10 @@ from tests.helpers import (
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 sys.path.insert(0, EXAMPLES)
 
-common = importlib.import_module("_common")
+data = importlib.import_module("_data")
+decoding = importlib.import_module("_decoding")
+flags = importlib.import_module("_flags")
+training = importlib.import_module("_training")
 # Plots need matplotlib, an optional extra; without it runs skip them.
 PLOTS = importlib.util.find_spec("matplotlib") is not None
 NAMES = ("train_seq2seq", "train_classifier", "train_lm")
@@ -80,7 +84,7 @@ def run(name, output_dir, *extra):
 
 
 def read_history(output_dir):
-    with open(os.path.join(output_dir, common.HISTORY), newline="") as file:
+    with open(os.path.join(output_dir, training.HISTORY), newline="") as file:
         return list(csv.DictReader(file))
 
 
@@ -89,13 +93,13 @@ def test_runs_end_to_end(name, tmp_path, capsys):
     metrics = run(name, tmp_path)
     printed = capsys.readouterr().out.strip().splitlines()
     assert json.loads(printed[-1]) == metrics  # the last line printed
-    with open(tmp_path / common.METRICS) as file:
+    with open(tmp_path / training.METRICS) as file:
         assert json.load(file) == metrics
     assert metrics["backend"] == keras.backend.backend()
     assert metrics["epochs"] == 2
     assert metrics["loss"] < metrics["first_loss"]
     files = set(os.listdir(tmp_path))
-    assert {common.MODEL, common.CHECKPOINT, common.HISTORY} <= files
+    assert {training.MODEL, training.CHECKPOINT, training.HISTORY} <= files
     plots = {
         "train_seq2seq": {"attention", "position_encoding", "learning_curves"},
         "train_classifier": {
@@ -106,7 +110,7 @@ def test_runs_end_to_end(name, tmp_path, capsys):
         "train_lm": {"learning_curves"},  # rotary: no position table
     }[name]
     assert ({f"{plot}.png" for plot in plots} <= files) == PLOTS
-    assert common.BACKUP_DIR not in files  # a finished run leaves none
+    assert training.BACKUP_DIR not in files  # a finished run leaves none
     assert len(read_history(tmp_path)) == 2
     if name == "train_seq2seq":
         assert 0 <= metrics["test_exact_match"] <= 1
@@ -122,13 +126,13 @@ def test_resumes_an_interrupted_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         run("train_classifier", tmp_path, "--epochs", "3",
             "--stop-after-epochs", "1")  # fmt: skip
-    assert stopped.value.code == common.EXIT_INTERRUPTED
+    assert stopped.value.code == training.EXIT_INTERRUPTED
     out, err = capsys.readouterr()
     assert "run the same command again to resume" in err
     assert json.loads(out.strip().splitlines()[-1])["interrupted"] is True
     assert [row["epoch"] for row in read_history(tmp_path)] == ["0"]
-    assert os.path.isdir(tmp_path / common.BACKUP_DIR)
-    assert not os.path.exists(tmp_path / common.METRICS)
+    assert os.path.isdir(tmp_path / training.BACKUP_DIR)
+    assert not os.path.exists(tmp_path / training.METRICS)
 
     # Other settings would not resume this run: refused, backup kept.
     with pytest.raises(SystemExit) as refused:
@@ -136,7 +140,7 @@ def test_resumes_an_interrupted_run(tmp_path, capsys):
             "--embedding-dim", "32")  # fmt: skip
     assert refused.value.code == 2
     assert "--embedding-dim" in capsys.readouterr().err
-    assert os.path.isdir(tmp_path / common.BACKUP_DIR)
+    assert os.path.isdir(tmp_path / training.BACKUP_DIR)
 
     metrics = run("train_classifier", tmp_path, "--epochs", "3")
     out = capsys.readouterr().out
@@ -146,7 +150,7 @@ def test_resumes_an_interrupted_run(tmp_path, capsys):
     assert [row["epoch"] for row in read_history(tmp_path)] == ["0", "1", "2"]
     assert metrics["epochs"] == 3
     # The optimizer continued too: three epochs of updates in all.
-    model = keras.saving.load_model(tmp_path / common.MODEL)
+    model = keras.saving.load_model(tmp_path / training.MODEL)
     steps_per_epoch = 64 // 16
     assert int(model.optimizer.iterations.numpy()) == 3 * steps_per_epoch
 
@@ -167,7 +171,7 @@ def data_files(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
     files = {
-        "good.tsv": "one\tuno\ttatoeba\ntwo\tdos\nthree\ttres\n",
+        "columns.tsv": "one\tuno\ttatoeba\ntwo\tdos\tt\nthree\ttres\n",
         "no_tab.tsv": "one\tuno\ntwo dos\n",
         "empty.tsv": "",
         "blank.tsv": "\n  \n\n",
@@ -177,7 +181,9 @@ def data_files(tmp_path):
     }
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")
-    (folder / "latin1.tsv").write_bytes("caf\xe9\tcoffee\n".encode("latin-1"))
+    (folder / "latin1.tsv").write_bytes(
+        "one\tuno\n\ncaf\xe9\tcoffee\n".encode("latin-1")
+    )
     return folder
 
 
@@ -188,7 +194,15 @@ OTHER_STRATEGY = (
 BAD_INPUTS = [
     ("train_seq2seq", ["--data", "{data}/missing.tsv"], "no such file"),
     ("train_seq2seq", ["--data", "{data}"], "is a directory"),
-    ("train_seq2seq", ["--data", "{data}/latin1.tsv"], "not UTF-8"),
+    ("train_seq2seq", ["--data", "{data}/latin1.tsv"], "latin1.tsv, line 3: "
+     "not UTF-8 text (invalid continuation byte at byte 4 of the line)"),
+    ("train_seq2seq", ["--data", "{data}/columns.tsv"], "columns.tsv, line 3: "
+     "2 tab-separated columns, but line 1 has 3"),
+    ("train_classifier", ["--data", "{data}/latin1.tsv"], "line 3: not UTF-8"),
+    ("train_lm", ["--text-file", "{data}/latin1.tsv"], "line 3: not UTF-8"),
+    ("train_seq2seq", ["--tokenizer", "subword", "--max-vocabulary", "100"],
+     "--max-vocabulary must be >= 260 with --tokenizer subword"),
+    ("train_seq2seq", ["--tokenizer", "bpe"], "invalid choice: 'bpe'"),
     ("train_seq2seq", ["--data", "{data}/no_tab.tsv"], "line 2: no tab"),
     ("train_seq2seq", ["--data", "{data}/empty.tsv"], "the file is empty"),
     ("train_seq2seq", ["--data", "{data}/blank.tsv"], "the file is empty"),
@@ -242,7 +256,7 @@ def test_bad_input_is_one_line_and_exit_status_2(
     monkeypatch.delenv("TF_CONFIG", raising=False)
     output_dir = tmp_path / "out"
     output_dir.mkdir()
-    (output_dir / common.METRICS).write_text('{"from": "an earlier run"}')
+    (output_dir / training.METRICS).write_text('{"from": "an earlier run"}')
     (output_dir / "notes.txt").write_text("keep me")
     before = snapshot(output_dir)
     args = [a.replace("{data}", str(data_files)) for a in args]
@@ -255,6 +269,25 @@ def test_bad_input_is_one_line_and_exit_status_2(
     assert message in err
     assert "Traceback" not in out + err
     assert snapshot(output_dir) == before  # nothing destroyed or added
+
+
+def test_resuming_without_a_good_tokenizer_is_an_error(
+    data_files, tmp_path, capsys
+):
+    (data_files / "pairs.tsv").write_text("eins\tone\nzwei\ttwo\n")
+    output_dir = tmp_path / "out"
+    (output_dir / training.BACKUP_DIR).mkdir(parents=True)  # unfinished
+    (output_dir / data.TOKENIZER_FILE).write_text("{not json")
+    before = snapshot(output_dir)
+    with pytest.raises(SystemExit) as error:
+        run(
+            "train_seq2seq", output_dir, "--data", str(data_files / "pairs.tsv")
+        )
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"cannot resume: {output_dir / data.TOKENIZER_FILE}: not a" in err
+    assert snapshot(output_dir) == before
 
 
 def test_output_dir_that_is_a_file(tmp_path, capsys):
@@ -328,12 +361,12 @@ def test_the_docstring_commands_parse():
             if line.startswith(f"python examples/{name}.py"):
                 argv = line.split()[2:]
                 parsed = module.build_parser().parse_args(argv)
-                assert parsed.position in common.POSITIONS
+                assert parsed.position in flags.POSITIONS
 
 
 def test_flag_choices_are_the_library_names():
-    assert common.SAMPLERS == generation.SAMPLERS
-    assert common.DISTRIBUTE == distribution.DISTRIBUTE_CHOICES
+    assert decoding.SAMPLERS == generation.SAMPLERS
+    assert training.DISTRIBUTE == distribution.DISTRIBUTE_CHOICES
 
 
 def tiny_seq2seq(vocabulary_size=12, sequence_length=8):
@@ -352,7 +385,7 @@ def test_generate_in_batches_compiles_once():
     generator = generation.Generator(tiny_seq2seq())
     sources = np.random.default_rng(0).integers(1, 12, size=(5, 4))
     sources[1, 2:] = 0  # padding
-    decoded = common.generate(generator, sources, 6, batch_size=2)
+    decoded = decoding.generate(generator, sources, 6, batch_size=2)
     assert decoded.shape == (5, 6) and decoded.dtype == np.int32
     if keras.backend.backend() != "torch":  # torch runs eagerly
         assert generator.trace_count == 1  # batches 2, 2 and 1 (+ 1 copy)
@@ -363,7 +396,7 @@ def test_generate_in_batches_compiles_once():
 def test_exact_match_stops_at_end():
     decoded = np.array([[5, 6, 7, 2, 0, 0], [5, 6, 7, 2, 0, 0]])
     targets = np.array([[5, 6, 7, 2, 4, 4], [5, 6, 2, 0, 0, 0]])
-    assert common.exact_match(decoded, targets) == 0.5
+    assert decoding.exact_match(decoded, targets) == 0.5
 
 
 class RecordingGenerator:
@@ -386,11 +419,11 @@ class RecordingGenerator:
 
 def test_lm_samples_past_its_window_in_rounds():
     module = example("train_lm")
-    vocabulary = common.Vocabulary.build(["abcdef"])
-    a, b = vocabulary.encode("ab")
+    tokenizer = data.train_tokenizer(["abcdef"], "char", 100)
+    [[a, b]] = data.encode(tokenizer, ["ab"])
     generator = RecordingGenerator([a] * 8)
     text = module.sample(
-        generator, vocabulary, "fed", 10, 8, 7, sampler="top_k", top_k=2
+        generator, tokenizer, "fed", 10, 8, 7, sampler="top_k", top_k=2
     )
     assert text == "fed" + "a" * 10  # 5 + 4 + 4 generated, 10 kept
     # Rounds of the last 4 characters continued up to 8: one shape.
@@ -398,8 +431,8 @@ def test_lm_samples_past_its_window_in_rounds():
     assert [call[2]["seed"] for call in generator.calls] == [7, 8, 9]
     assert generator.calls[0][2]["sampler"] == "top_k"
 
-    ended = RecordingGenerator([a, common.END, b])
-    assert module.sample(ended, vocabulary, "fed", 10, 8, 0) == "feda"
+    ended = RecordingGenerator([a, data.END, b])
+    assert module.sample(ended, tokenizer, "fed", 10, 8, 0) == "feda"
     assert len(ended.calls) == 1
 
 
@@ -430,7 +463,7 @@ def test_decoding_flags_reach_the_generator(name, args, tmp_path, monkeypatch):
     assert calls
     for _, _, options in calls:
         assert options["sampler"] == parsed.sampler
-        assert options["end_id"] == common.END
+        assert options["end_id"] == data.END
         for option in ("num_beams", "length_penalty", "top_k", "top_p"):
             assert options[option] == getattr(parsed, option)
         assert options["temperature"] == parsed.temperature
@@ -445,36 +478,123 @@ def test_decoding_flags_reach_the_generator(name, args, tmp_path, monkeypatch):
         assert {call[:2] for call in calls} == {((1, 16), 32)}
 
 
-def test_vocabulary_round_trip():
-    vocabulary = common.Vocabulary.build(["abc", "aab"], level="char")
-    assert vocabulary.tokens[:6] == [*common.SPECIAL_TOKENS, "a", "b"]
-    ids = vocabulary.encode("abz", start=True, end=True)
-    assert ids[0] == common.START and ids[-1] == common.END
-    assert ids[3] == common.UNK
-    assert vocabulary.decode(ids) == "ab"
-    words = common.Vocabulary.build(["the cat", "the dog"], level="word")
-    assert words.decode(words.encode("the dog")) == "the dog"
+def test_tokenizers_reserve_the_special_ids():
+    for kind in data.TOKENIZERS:
+        tokenizer = data.train_tokenizer(["abc abc", "aab"], kind, 300)
+        ids = [tokenizer.token_to_id(t) for t in data.SPECIAL_TOKENS]
+        assert ids == [data.PAD, data.START, data.END, data.UNK], kind
+    chars = data.train_tokenizer(["abc", "aab"], "char", 100)
+    [ids] = data.encode(chars, ["abz"])
+    assert ids[2] == data.UNK  # unseen character
+    assert data.decode(chars, [data.START, *ids, data.END, 5]) == "ab"
+    words = data.train_tokenizer(["the cat", "the dog"], "word", 100)
+    [ids] = data.encode(words, ["the  dog"])
+    assert data.decode(words, ids) == "the dog"
+    assert data.token_names(words)[: len(data.SPECIAL_TOKENS) + 1] == [
+        *data.SPECIAL_TOKENS,
+        "the",  # the most frequent word first
+    ]
+
+
+GERMAN = [
+    ("Die Preise werden sich kaum ändern.", "Prices are unlikely to change."),
+    ("Er hat es mir gegenüber erwähnt.", "He mentioned it to me."),
+    ("Grüße aus Köln!", "Greetings from Cologne!"),
+    ("Das Wetter ist schön.", "The weather is fine."),
+    ("Wir müssen uns beeilen.", "We must hurry."),
+]
+
+
+def test_subword_round_trip_is_lossless(tmp_path):
+    train = [text for pair in GERMAN[:3] for text in pair]
+    # Unseen words, letters and symbols, double and trailing spaces, a
+    # decomposed umlaut (u + combining diaeresis), a tab: all restored.
+    test = [text for pair in GERMAN[3:] for text in pair] + [
+        "Straße, Öl, Ähre, Übel; ½ € 😀 ☃",
+        "  zwei  Leerzeichen \tund ein Tab ",
+        "fu\u0308r",
+    ]
+    tokenizer = data.train_tokenizer(train, "subword", 300)
+    path = str(tmp_path / data.TOKENIZER_FILE)
+    tokenizer.save(path)
+    reloaded = data.load_tokenizer(None, path)
+    for ids in data.encode(reloaded, train + test):
+        assert data.UNK not in ids
+    decoded = [
+        data.decode(reloaded, ids) for ids in data.encode(reloaded, test)
+    ]
+    assert decoded == test
+    assert data.encode(reloaded, test) == data.encode(tokenizer, test)
+    # Subwords: fewer tokens than the UTF-8 bytes of the training text.
+    assert len(data.encode(reloaded, [train[0]])[0]) < len(train[0].encode())
+
+
+def test_translation_scores():
+    references = [target for _, target in GERMAN]
+    perfect = decoding.translation_scores(references, references)
+    assert perfect["test_bleu"] == perfect["test_chrf"] == 100
+    empty = decoding.translation_scores([""] * len(GERMAN), references)
+    assert empty["test_bleu"] == empty["test_chrf"] == 0
+    half = decoding.translation_scores(references[:2] + [""] * 3, references)
+    assert 0 < half["test_bleu"] < 100 and 0 < half["test_chrf"] < 100
+    assert "tok:13a" in perfect["bleu_signature"]  # sacrebleu's default
+    assert "version:" in perfect["chrf_signature"]
 
 
 def test_seq2seq_reads_pairs(data_files, tmp_path):
     module = example("train_seq2seq")
     lines = [f"{i} apples\tmanzanas {i}" for i in range(40)]
-    lines += ["a b c d e f g h\tx", "x\ttoo long for four words here"]
-    (data_files / "pairs.tsv").write_text("\n".join(lines) + "\n")
+    long = ["a b c d e f g h\tx", "x\ttoo long for four words here"]
+    (data_files / "pairs.tsv").write_text("\n".join(lines + long) + "\n")
     parser, args = module.parse_args(
         ["--data", str(data_files / "pairs.tsv"), "--tokenizer", "word",
          "--max-length", "4", "--test-fraction", "0.25",
          "--output-dir", str(tmp_path / "out")]
     )  # fmt: skip
     rng = np.random.default_rng(0)
-    train, test, vocabulary = module.load_pairs(parser, args, rng)
-    assert len(train) == 30 and len(test) == 10  # 2 pairs too long
-    assert vocabulary.level == "word"
+    train, test, tokenizer = module.load_pairs(parser, args, rng)
+    # The 2 pairs too long are dropped, from whichever split they fell in.
+    assert sorted(train + test) == sorted(
+        tuple(line.split("\t")) for line in lines
+    )
+    assert len(train) == 30 and len(test) == 10  # both fell in training
     _, target = train[0]
-    assert vocabulary.decode(vocabulary.encode(target)) == target
+    [ids] = data.encode(tokenizer, [target])
+    assert data.decode(tokenizer, ids) == target
     _, unseen = test[0]  # its number is not a training word: <unk>
-    assert common.UNK in vocabulary.encode(unseen)
+    assert data.UNK in data.encode(tokenizer, [unseen])[0]
     assert not os.path.exists(tmp_path / "out")  # loading writes nothing
+
+
+def test_seq2seq_on_data_resumes_with_its_tokenizer(
+    data_files, tmp_path, capsys, monkeypatch
+):
+    """`--data` with the default subword tokenizer: trained and saved by
+    the first run, loaded (not retrained) by the resumed one; BLEU and
+    chrF on the test split."""
+    rows = [f"{de}\t{en}" for de, en in GERMAN * 4]
+    (data_files / "de_en.tsv").write_text("\n".join(rows), encoding="utf-8")
+    extra = ["--data", str(data_files / "de_en.tsv"), "--test-fraction",
+             "0.2", "--epochs", "2", "--max-vocabulary", "300"]  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        run("train_seq2seq", tmp_path, *extra, "--stop-after-epochs", "1")
+    assert stopped.value.code == training.EXIT_INTERRUPTED
+    saved = (tmp_path / data.TOKENIZER_FILE).read_bytes()
+    capsys.readouterr()
+
+    def no_training(*args):
+        raise AssertionError("the resumed run trained a new tokenizer")
+
+    monkeypatch.setattr(data, "train_tokenizer", no_training)
+    metrics = run("train_seq2seq", tmp_path, *extra)
+    assert "Resuming" in capsys.readouterr().out
+    assert (tmp_path / data.TOKENIZER_FILE).read_bytes() == saved
+    assert metrics["tokenizer"] == "subword" and metrics["epochs"] == 2
+    assert 0 <= metrics["test_bleu"] <= 100
+    assert 0 <= metrics["test_chrf"] <= 100
+    assert metrics["bleu_signature"].startswith("nrefs:1|")
+    with open(tmp_path / training.METRICS) as file:
+        assert json.load(file)["test_chrf"] == metrics["test_chrf"]
 
 
 def test_classifier_reads_labelled_text(data_files, tmp_path):
@@ -486,7 +606,7 @@ def test_classifier_reads_labelled_text(data_files, tmp_path):
          "--output-dir", str(tmp_path / "out")]
     )  # fmt: skip
     rng = np.random.default_rng(0)
-    train, test, tokens, classes = module.load_data(parser, args, rng)
+    train, test, tokens, classes, _ = module.load_data(parser, args, rng)
     assert classes == ["neg", "pos"]
     assert train[0].shape == (18, 4) and test[0].shape == (2, 4)
     assert set(train[1]) <= {0, 1}
@@ -528,10 +648,31 @@ def test_imdb(monkeypatch, tmp_path, capsys):
     parser, args = module.parse_args(
         ["--dataset", "imdb", "--max-length", "3", "--max-vocabulary", "20"]
     )
-    train, test, tokens, classes = module.load_data(parser, args, None)
+    train, test, tokens, classes, tokenizer = module.load_data(
+        parser, args, None
+    )
+    assert tokenizer is None
     assert train[0].tolist() == [[1, 14, 22], [1, 5, 9]]
     assert tokens[14] == "film" and len(tokens) == 20
     assert classes == ["negative", "positive"]
+
+
+def test_lm_reads_a_text_file_as_subwords(data_files, tmp_path):
+    module = example("train_lm")
+    text = " ".join(f"{de} {en}" for de, en in GERMAN * 12)
+    (data_files / "german.txt").write_text(text, encoding="utf-8")
+    parser, args = module.parse_args(
+        ["--text-file", str(data_files / "german.txt"), "--sequence-length",
+         "16", "--max-vocabulary", "300", "--output-dir", str(tmp_path)]
+    )  # fmt: skip
+    assert args.tokenizer == "subword"  # the default for a user's text
+    train, validation, tokenizer, _ = module.load_corpus(parser, args)
+    for x, y in (train, validation):
+        assert x.shape[1:] == y.shape[1:] == (16,)
+        assert (x[:, 1:] == y[:, :-1]).all()  # labels: the next token
+    assert tokenizer.get_vocab_size() <= 300
+    assert data.decode(tokenizer, train[0][0]) in text
+    assert data.decode(tokenizer, validation[0][-1]) in text
 
 
 def test_stdlib_corpus():
@@ -616,8 +757,8 @@ def test_multi_worker_same_command_on_two_workers(tmp_path):
     # One shared filesystem: the second worker writes into worker-1/.
     assert chief["output_dir"] == str(tmp_path)
     assert worker["output_dir"] == str(tmp_path / "worker-1")
-    assert (tmp_path / common.MODEL).exists()
-    assert (tmp_path / "worker-1" / common.MODEL).exists()
+    assert (tmp_path / training.MODEL).exists()
+    assert (tmp_path / "worker-1" / training.MODEL).exists()
     for name in ("first_loss", "loss", "test_loss", "test_accuracy"):
         assert chief[name] == worker[name], name
 
@@ -642,3 +783,58 @@ def test_data_parallel_on_two_devices(tmp_path):
     assert (metrics["distribute"], metrics["replicas"]) == ("data-parallel", 2)
     assert metrics["loss"] < metrics["first_loss"]
     assert metrics["sample"].startswith("Return the ")
+
+
+def test_ding_to_tsv(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "ding_to_tsv",
+        os.path.join(os.path.dirname(EXAMPLES), "scripts", "ding_to_tsv.py"),
+    )
+    ding = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ding)
+    dictionary = "\n".join(
+        [
+            "# Version :: devel",
+            "kaum {adv} | Die Preise werden sich kaum ändern. | Er kam "
+            "kaum. :: hardly | Prices are unlikely to change. | He hardly "
+            "came.",
+            "Gruß {m} | Viele Grüße an Ihre Frau! | Grüße aus Köln! :: "
+            "greeting | My regards to your wife! | Greetings from "
+            "Cologne (Germany)!",  # optional words: dropped
+            "zu {prp} | Ich gebe es jdm. zurück. :: to | I give it back to "
+            "sb.",  # placeholders
+            "x | Das ist so. | y :: x | That is so.",  # not aligned
+            "fast {adv} | Er ist fast fertig. | Er ist fast fertig. :: "
+            "almost | He is almost done. | He is almost done.",  # repeated
+            "Satz | Zu kurz. | das ist klein. :: x | Too short. | That is "
+            "small.",  # 2 words; lower case
+        ]
+    )
+    path = tmp_path / "de-en"
+    path.write_text(dictionary, encoding="utf-8")
+    output = tmp_path / "pairs.tsv"
+    ding.main([str(path), "-o", str(output)])
+    assert output.read_text(encoding="utf-8").splitlines() == [
+        "Die Preise werden sich kaum ändern.\tPrices are unlikely to change.",
+        "Er kam kaum.\tHe hardly came.",
+        "Viele Grüße an Ihre Frau!\tMy regards to your wife!",
+        "Er ist fast fertig.\tHe is almost done.",
+    ]
+    # The same from the package: an ar archive holding data.tar.xz.
+    data_tar = tmp_path / "data.tar.xz"
+    with tarfile.open(data_tar, "w:xz") as tar:
+        tar.add(path, arcname="./usr/share/trans/de-en")
+    members = [
+        ("debian-binary", b"2.0\n"),
+        ("data.tar.xz", data_tar.read_bytes()),
+    ]
+    deb = b"!<arch>\n"
+    for name, content in members:
+        header = (
+            f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(content):<10}`\n"
+        )
+        deb += header.encode() + content + b"\n" * (len(content) % 2)
+    (tmp_path / "trans-de-en.deb").write_bytes(deb)
+    from_deb = tmp_path / "from_deb.tsv"
+    ding.main([str(tmp_path / "trans-de-en.deb"), "-o", str(from_deb)])
+    assert from_deb.read_text(encoding="utf-8") == output.read_text("utf-8")

@@ -1,0 +1,161 @@
+"""Decoding after training: the flags of `keras_tfm.generation.Generator`,
+batched generation, and the scores of decoded text (exact match, BLEU,
+chrF)."""
+
+import numpy as np
+from _data import END
+from _flags import finite_float, positive_float, positive_int, probability
+
+# The names of keras_tfm.generation.SAMPLERS, spelled out so that the
+# flags parse without importing Keras (tests/test_examples.py checks).
+SAMPLERS = ("greedy", "beam", "top_k", "top_p")
+SAMPLING = ("top_k", "top_p")  # the samplers that draw at random
+
+
+def add_generation_flags(parser, *, sampler, temperature, top_p=None):
+    """Flags for `keras_tfm.generation.Generator` after training."""
+    group = parser.add_argument_group("decoding")
+    group.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=sampler,
+        help="how tokens are chosen: 'greedy' (the most likely), 'beam' "
+        "(beam search), 'top_k' or 'top_p' (sampling among the --top-k "
+        "most likely tokens, or the most likely ones holding --top-p of "
+        "the probability) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--num-beams",
+        type=positive_int,
+        default=4,
+        help="beams of --sampler beam (default: %(default)s)",
+    )
+    group.add_argument(
+        "--length-penalty",
+        type=finite_float,
+        default=1.0,
+        help="--sampler beam ranks finished hypotheses by log-probability "
+        "/ length ** this; 0 prefers short ones (default: %(default)s)",
+    )
+    group.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=None,
+        help="sample among the K most likely tokens; needed by --sampler "
+        "top_k, also applied by top_p",
+    )
+    group.add_argument(
+        "--top-p",
+        type=probability,
+        default=top_p,
+        help="sample among the most likely tokens holding this much of "
+        "the probability, in (0, 1]; needed by --sampler top_p, also "
+        "applied by top_k"
+        + ("" if top_p is None else "; 1 keeps them all")
+        + (" (default: %(default)s)" if top_p is not None else ""),
+    )
+    group.add_argument(
+        "--temperature",
+        type=positive_float,
+        default=temperature,
+        help="sampling temperature: the logits are divided by it "
+        "(default: %(default)s)",
+    )
+
+
+def check_generation_args(parser, args):
+    """Refuse decoding flags that the chosen --sampler would ignore."""
+    if args.sampler in SAMPLING and getattr(args, args.sampler) is None:
+        flag = "--" + args.sampler.replace("_", "-")
+        parser.error(f"--sampler {args.sampler} needs {flag}")
+    for name in (
+        "num_beams",
+        "length_penalty",
+        "top_k",
+        "top_p",
+        "temperature",
+    ):
+        if getattr(args, name) == parser.get_default(name):
+            continue
+        users = (
+            ("beam",) if name in ("num_beams", "length_penalty") else SAMPLING
+        )
+        if args.sampler not in users:
+            parser.error(
+                f"--{name.replace('_', '-')} applies to --sampler "
+                f"{' or '.join(users)} only, not {args.sampler}"
+            )
+
+
+def generation_options(args):
+    """`Generator.generate` keyword arguments from the decoding flags."""
+    return dict(
+        sampler=args.sampler,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=args.temperature,
+    )
+
+
+def generate(
+    generator, inputs, max_length, *, seed=0, batch_size=512, **options
+):
+    """`generator.generate` over `inputs`, `batch_size` rows at a time.
+
+    Every call has the same shape, the last batch being filled up with
+    copies of its first row, so the search is compiled once.
+
+    Args:
+        generator: a `keras_tfm.generation.Generator`.
+        inputs: int array `(count, length)`: sources or prompts.
+        max_length: `max_length` of `Generator.generate`.
+        seed: seed of the first batch; batch `i` uses `seed + i`.
+        batch_size: rows decoded at once.
+        **options: the other `Generator.generate` arguments (`sampler`,
+            `num_beams`, `start_id`, `end_id`, ...).
+
+    Returns:
+        int32 array `(count, max_length)`; for a seq2seq model the
+        generated tokens (the end token included, `0` after it).
+    """
+    inputs = np.asarray(inputs, "int32")
+    size = min(batch_size, len(inputs))
+    results = []
+    for number, first in enumerate(range(0, len(inputs), size)):
+        chunk = inputs[first : first + size]
+        count = len(chunk)
+        chunk = np.concatenate([chunk, np.repeat(chunk[:1], size - count, 0)])
+        ids = generator.generate(
+            chunk, max_length, seed=seed + number, **options
+        )
+        results.append(ids[:count])
+    return np.concatenate(results)
+
+
+def exact_match(predicted, targets):
+    """Fraction of rows whose tokens up to `END` equal the target's."""
+    hits = 0
+    for guess, truth in zip(predicted, targets, strict=True):
+        hits += _until_end(guess) == _until_end(truth)
+    return hits / len(targets)
+
+
+def _until_end(ids):
+    ids = [int(i) for i in ids]
+    return ids[: ids.index(END)] if END in ids else ids
+
+
+def translation_scores(hypotheses, references):
+    """Corpus BLEU and chrF of decoded texts against one reference each,
+    in percent, with sacrebleu's default settings and their signatures
+    (which name the settings and the sacrebleu version)."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    scores = {}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+        score = metric.corpus_score(list(hypotheses), [list(references)])
+        scores[f"test_{name}"] = round(score.score, 2)
+        scores[f"{name}_signature"] = str(metric.get_signature())
+    return scores
