@@ -87,16 +87,23 @@ def check_generation_args(parser, args):
             )
 
 
+# The options each sampler takes (`Generator.generate` refuses the others).
+SAMPLER_OPTIONS = {
+    "greedy": (),
+    "beam": ("num_beams", "length_penalty"),
+    "top_k": ("top_k", "top_p", "temperature"),
+    "top_p": ("top_p", "top_k", "temperature"),
+}
+
+
 def generation_options(args):
     """`Generator.generate` keyword arguments from the decoding flags."""
-    return dict(
-        sampler=args.sampler,
-        num_beams=args.num_beams,
-        length_penalty=args.length_penalty,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        temperature=args.temperature,
-    )
+    options = {
+        name: getattr(args, name)
+        for name in SAMPLER_OPTIONS[args.sampler]
+        if getattr(args, name) is not None
+    }
+    return dict(sampler=args.sampler, **options)
 
 
 def generate(

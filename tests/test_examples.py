@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tfm import distribution, generation, models
+from keras_tfm import distribution, generation, models, sampling
 from tests.helpers import (
     free_port,
     jax_only,
@@ -42,7 +42,7 @@ NAMES = ("train_seq2seq", "train_classifier", "train_lm")
 TINY_MODEL = [
     "--num-layers", "1", "--embedding-dim", "16", "--num-heads", "2",
     "--intermediate-dim", "32", "--dropout", "0", "--batch-size", "16",
-    "--warmup-steps", "4", "--lr-scale", "2", "--verbose", "2",
+    "--warmup-steps", "4", "--lr-scale", "1", "--verbose", "2",
 ]  # fmt: skip
 TINY = {
     "train_seq2seq": [
@@ -365,7 +365,8 @@ def test_the_docstring_commands_parse():
 
 
 def test_flag_choices_are_the_library_names():
-    assert decoding.SAMPLERS == generation.SAMPLERS
+    assert decoding.SAMPLERS == sampling.SHORTHANDS
+    assert set(decoding.SAMPLER_OPTIONS) == set(sampling.SHORTHANDS)
     assert training.DISTRIBUTE == distribution.DISTRIBUTE_CHOICES
 
 
@@ -385,12 +386,15 @@ def test_generate_in_batches_compiles_once():
     generator = generation.Generator(tiny_seq2seq())
     sources = np.random.default_rng(0).integers(1, 12, size=(5, 4))
     sources[1, 2:] = 0  # padding
-    decoded = decoding.generate(generator, sources, 6, batch_size=2)
+    decoded = decoding.generate(
+        generator, sources, 6, batch_size=2, start_id=data.START
+    )
     assert decoded.shape == (5, 6) and decoded.dtype == np.int32
     if keras.backend.backend() != "torch":  # torch runs eagerly
         assert generator.trace_count == 1  # batches 2, 2 and 1 (+ 1 copy)
     # Greedy: the same tokens as all rows in one call.
-    assert decoded.tolist() == generator.generate(sources, 6).tolist()
+    expected = generator.generate(sources, 6, start_id=data.START)
+    assert decoded.tolist() == expected.tolist()
 
 
 def test_exact_match_stops_at_end():
@@ -464,9 +468,17 @@ def test_decoding_flags_reach_the_generator(name, args, tmp_path, monkeypatch):
     for _, _, options in calls:
         assert options["sampler"] == parsed.sampler
         assert options["end_id"] == data.END
+        # The options of the chosen sampler, with the flags' values; no
+        # others (the Generator refuses options a sampler would ignore).
+        used = decoding.SAMPLER_OPTIONS[parsed.sampler]
         for option in ("num_beams", "length_penalty", "top_k", "top_p"):
-            assert options[option] == getattr(parsed, option)
-        assert options["temperature"] == parsed.temperature
+            value = getattr(parsed, option)
+            if option in used and value is not None:
+                assert options[option] == value
+            else:
+                assert option not in options
+        if "temperature" in used:
+            assert options["temperature"] == parsed.temperature
     if name == "train_seq2seq":
         assert 0 <= metrics["test_exact_match"] <= 1
         assert calls[0][2]["seed"] == parsed.seed
