@@ -5,9 +5,12 @@ from keras import ops
 
 from keras_tfm._validation import (
     check_activation,
+    check_bool,
+    check_initializer,
     check_positive_int,
     check_rank,
     check_rate,
+    clone_initializer,
 )
 
 
@@ -68,16 +71,24 @@ class FeedForward(keras.layers.Layer):
         check_positive_int("intermediate_dim", intermediate_dim)
         check_activation("activation", activation)
         check_rate("dropout", dropout)
+        check_bool("gated", gated)
         check_positive_int("output_dim", output_dim, allow_none=True)
+        check_bool("use_bias", use_bias)
+        kernel_initializer = check_initializer(
+            "kernel_initializer", kernel_initializer
+        )
+        bias_initializer = check_initializer(
+            "bias_initializer", bias_initializer
+        )
         super().__init__(**kwargs)
         self.intermediate_dim = intermediate_dim
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
-        self.gated = bool(gated)
+        self.gated = gated
         self.output_dim = output_dim
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.use_bias = use_bias
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
         self.supports_masking = True
 
     def _dense(self, units, name, activation=None):
@@ -85,10 +96,10 @@ class FeedForward(keras.layers.Layer):
             units,
             activation=activation,
             use_bias=self.use_bias,
-            kernel_initializer=keras.initializers.get(
-                keras.initializers.serialize(self.kernel_initializer)
-            ),
-            bias_initializer=self.bias_initializer,
+            # A clone per dense layer: one unseeded instance would give
+            # every layer the same values.
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
             dtype=self.dtype_policy,
             name=name,
         )

@@ -66,8 +66,29 @@ def test_dropout_only_in_training():
         ({"intermediate_dim": 4, "dropout": 1.5}, "dropout"),
         ({"intermediate_dim": 4, "dropout": -0.5}, "dropout"),
         ({"intermediate_dim": 4, "output_dim": 0}, "output_dim"),
+        (
+            {"intermediate_dim": 4, "gated": "no"},
+            "gated.*Received: gated='no'",
+        ),
+        ({"intermediate_dim": 4, "use_bias": 0}, "use_bias"),
+        ({"intermediate_dim": 4, "kernel_initializer": "x"}, "kernel_init"),
+        ({"intermediate_dim": 4, "bias_initializer": 3}, "bias_initializer"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FeedForward(**kwargs)
+
+
+@pytest.mark.parametrize("which", ["kernel_initializer", "bias_initializer"])
+def test_each_dense_layer_gets_its_own_initializer(which):
+    # One unseeded instance shared by the gate and linear layers would give
+    # both the same values.
+    ffn = FeedForward(
+        16, gated=True, **{which: keras.initializers.RandomNormal()}
+    )
+    ffn.build((2, 4, 8))
+    weight = "kernel" if which == "kernel_initializer" else "bias"
+    gate = ops.convert_to_numpy(getattr(ffn.gate_dense, weight))
+    linear = ops.convert_to_numpy(getattr(ffn.intermediate_dense, weight))
+    assert not np.allclose(gate, linear)
