@@ -173,3 +173,30 @@ def concrete_value(tensor):
         # TypeError: a JAX tracer; NotImplementedError: a symbolic
         # TensorFlow tensor or a PyTorch "meta" tensor.
         return None
+
+
+def dtype_policy_config(layer, sublayers):
+    """`layer`'s dtype policy for `get_config`, naming quantized sublayers.
+
+    Sublayers created in `build` with `dtype=layer.dtype_policy` are not in
+    the config, so after `model.quantize(...)` a reloaded layer would build
+    them unquantized and fail to load their int8/int4 weights. As Keras's
+    `DTypePolicyMap` docs show, the config then holds a map from each
+    quantized sublayer's path to its policy, with the layer's own policy
+    as the default; the rebuilt sublayers receive the map as their dtype
+    and look themselves up in it. A map (from a quantized parent) is
+    already updated in place by `quantize` and is returned as it is.
+    """
+    policy = layer.dtype_policy
+    quantized = {
+        sublayer.path: sublayer.dtype_policy
+        for sublayer in sublayers
+        if sublayer is not None and sublayer.quantization_mode is not None
+    }
+    if quantized and not isinstance(
+        policy, keras.dtype_policies.DTypePolicyMap
+    ):
+        policy = keras.dtype_policies.DTypePolicyMap(
+            default_policy=policy, policy_map=quantized
+        )
+    return keras.dtype_policies.serialize(policy)

@@ -11,6 +11,7 @@ from keras_tfm._validation import (
     check_rank,
     check_rate,
     clone_initializer,
+    dtype_policy_config,
 )
 
 
@@ -156,6 +157,16 @@ class FeedForward(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        if self.built:
+            # After model.quantize(...), the Dense layers' policies.
+            config["dtype"] = dtype_policy_config(
+                self,
+                [
+                    self.intermediate_dense,
+                    getattr(self, "gate_dense", None),
+                    self.output_dense,
+                ],
+            )
         config.update(
             {
                 "intermediate_dim": self.intermediate_dim,

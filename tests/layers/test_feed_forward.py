@@ -1,5 +1,7 @@
 """FeedForward: values against its Dense layers, GLU variants, errors."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -92,3 +94,24 @@ def test_each_dense_layer_gets_its_own_initializer(which):
     gate = ops.convert_to_numpy(getattr(ffn.gate_dense, weight))
     linear = ops.convert_to_numpy(getattr(ffn.intermediate_dense, weight))
     assert not np.allclose(gate, linear)
+
+
+def test_quantized_feed_forward_saves_and_loads(tmp_path):
+    # Its Dense layers are built in `build`, so the config must say which
+    # are quantized for the reloaded ones to take the int8 weights.
+    inputs = keras.Input((4, 8))
+    model = keras.Model(inputs, FeedForward(16, gated=True)(inputs))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Layer .* does not have")
+        model.quantize("int8")
+    path = str(tmp_path / "ffn.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    ffn = loaded.layers[1]
+    for dense in (ffn.intermediate_dense, ffn.gate_dense, ffn.output_dense):
+        assert dense.quantization_mode == "int8"
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(loaded(X)),
+        ops.convert_to_numpy(model(X)),
+        atol=1e-6,
+    )
