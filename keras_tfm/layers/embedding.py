@@ -49,16 +49,17 @@ def _is_float_vectors(inputs, embedding_dim):
     )
 
 
-def _token_ids(layer, inputs):
+def _token_ids(layer, inputs, reversible=True):
     """`inputs` as integer token ids, casting floats as Keras's Embedding.
 
-    Raises the TypeError of a forgotten `reverse=True` for floats whose last
-    axis is `embedding_dim`, and for non-numeric dtypes (booleans, strings).
+    Raises a TypeError for non-numeric dtypes (booleans, strings) and, for
+    a `reversible` layer, for floats whose last axis is `embedding_dim`:
+    the forgotten `reverse=True`.
     """
     if is_integer_dtype(inputs.dtype):
         return inputs
     dim = layer.embedding_dim
-    if _is_float_vectors(inputs, dim):
+    if reversible and _is_float_vectors(inputs, dim):
         raise TypeError(
             f"{type(layer).__name__} received floating-point inputs whose "
             f"last axis is embedding_dim={dim}: vectors, not token ids. "
@@ -336,8 +337,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     check the blocks; `position="none"` is the same computation, silently.
 
     Token ids follow `TokenEmbedding`'s rules: floating-point ids are cast
-    to int32, and ids outside `[0, vocabulary_size)` raise a `ValueError`
-    in eager calls (NaN vectors inside compiled functions).
+    to int32 (whatever their length: this layer has no reverse call), and
+    ids outside `[0, vocabulary_size)` raise a `ValueError` in eager calls
+    (NaN vectors inside compiled functions).
 
     Args:
         vocabulary_size: number of tokens.
@@ -460,7 +462,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, start_index=0, training=None):
-        vectors = self.token_embedding(_token_ids(self, inputs))
+        ids = _token_ids(self, inputs, reversible=False)
+        vectors = self.token_embedding(ids)
         if self.scale:
             vectors = vectors * ops.cast(
                 math.sqrt(self.embedding_dim), vectors.dtype
@@ -474,7 +477,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero:
             return None
-        return masks.padding_mask(_token_ids(self, inputs))
+        return masks.padding_mask(_token_ids(self, inputs, reversible=False))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.embedding_dim,)

@@ -39,7 +39,7 @@ class FeedForward(keras.layers.Layer):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: tensor `(..., model_dim)`.
+        inputs: tensor `(..., model_dim)` of rank 2, 3 or 4.
         training: whether dropout is active.
 
     Returns:

@@ -218,6 +218,13 @@ def test_float_token_ids_are_cast_like_keras_embedding():
     assert tuple(TokenEmbedding(100, 32)(inputs).shape) == (None, 10, 32)
     outputs = TokenAndPositionEmbedding(100, 16, 32)(inputs)
     assert tuple(outputs.shape) == (None, 10, 32)
+    # The wrapper never projects back: float ids of any length are ids.
+    wrapper = TokenAndPositionEmbedding(10, 8, 4)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(wrapper(IDS.astype("float32"))),
+        ops.convert_to_numpy(wrapper(IDS)),
+    )
+    assert tuple(wrapper(keras.Input((4,))).shape) == (None, 4, 4)
 
 
 def test_vectors_without_reverse_are_rejected():
