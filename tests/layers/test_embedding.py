@@ -405,3 +405,28 @@ def test_out_of_range_ids_in_fit():
     model.compile(optimizer="sgd", loss=LOSS, jit_compile=True)
     history = model.fit(BAD_IDS, BAD_IDS % 12, verbose=0)
     assert np.isnan(history.history["loss"][-1])
+
+
+def test_the_previous_layers_config_and_weights_load():
+    # What TokenEmbedding wrote before it was a ReversibleEmbedding: these
+    # keys, and its one variable under "0" in the .keras weights store.
+    config = {
+        "name": "token_embedding",
+        "trainable": True,
+        "dtype": "float32",
+        "vocabulary_size": 10,
+        "embedding_dim": 4,
+        "mask_zero": True,
+        "scale": True,
+        "embeddings_initializer": keras.initializers.serialize(
+            keras.initializers.get("uniform")
+        ),
+    }
+    layer = TokenEmbedding.from_config(config)
+    layer.build()
+    table = np.arange(40, dtype="float32").reshape(10, 4) / 40
+    layer.load_own_variables({"0": table})
+    assert layer.weights[0].path == "token_embedding/embeddings"
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(IDS)), table[IDS] * 2.0, rtol=1e-6
+    )
