@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_tfm.layers import TokenEmbedding
+from keras_tfm.layers import TokenAndPositionEmbedding, TokenEmbedding
 from keras_tfm.models import decoder_lm, encoder_classifier, seq2seq_transformer
 
 IDS = np.array([[3, 4, 5, 6, 0, 0, 0, 0], [6, 7, 8, 9, 1, 2, 0, 0]], "int32")
@@ -191,3 +191,22 @@ def test_token_embedding_lora_moves_both_directions():
     config = table.get_config()
     assert config["lora_rank"] == 4
     assert TokenEmbedding.from_config(config).lora_rank == 4
+
+
+def test_quantized_wrapper_owned_table_saves_and_loads(tmp_path):
+    # The table TokenAndPositionEmbedding creates itself is not in its
+    # config, unless quantized: then it is saved, policy included.
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((None,), dtype="int32")
+    layer = TokenAndPositionEmbedding(30, 8, 16, name="embedding")
+    model = keras.Model(ids, layer(ids))
+    assert layer.get_config()["token_embedding"] is None
+    quantize(model, "int8")
+    path = str(tmp_path / "embedding.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    table = loaded.get_layer("embedding").token_embedding
+    assert table.quantization_mode == "int8"
+    np.testing.assert_allclose(
+        to_numpy(loaded(IDS)), to_numpy(model(IDS)), atol=1e-6
+    )
