@@ -3,55 +3,15 @@
 import keras
 from keras import ops
 
-from keras_tfm._validation import check_rate
+from keras_tfm._masking import (
+    AttachMask,
+    ReadMask,
+    check_ignore_class,
+    label_mask,
+    sparse_labels,
+)
+from keras_tfm._validation import check_bool, check_rate
 from keras_tfm.distribution import masked_global_mean
-
-
-class _AttachMask(keras.layers.Layer):
-    """Return `inputs[0]` carrying the boolean mask `inputs[1]`.
-
-    `keras.losses.Loss.__call__` reduces over the Keras mask of the values
-    that `call` returns, AND the mask of `y_pred`, exactly as Keras's own
-    `SparseCategoricalCrossentropy(ignore_class=...)` does. A layer's
-    `compute_mask` is the public way to attach such a mask.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(dtype="float32", autocast=False, **kwargs)
-        self.supports_masking = True
-
-    def call(self, inputs):
-        return inputs[0]
-
-    def compute_mask(self, inputs, mask=None):
-        return inputs[1]
-
-
-class _ReadMask(keras.layers.Layer):
-    """Return the Keras mask of `inputs` (all `True` when it has none).
-
-    Keras hands a layer the mask of its input as the `mask` argument, the
-    public way to read a mask on every backend.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(dtype="float32", autocast=False, **kwargs)
-        self.supports_masking = True
-
-    def call(self, inputs, mask=None):
-        if mask is None:
-            return ops.ones(ops.shape(inputs)[:-1], dtype="bool")
-        return ops.cast(mask, "bool")
-
-    def compute_mask(self, inputs, mask=None):
-        return None
-
-
-def _sparse_labels(y_true, y_pred):
-    """Integer labels `(batch, ...)` for logits `(batch, ..., classes)`."""
-    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
-        y_true = ops.squeeze(y_true, axis=-1)
-    return ops.cast(y_true, "int32")
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
@@ -112,31 +72,25 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         dtype=None,
     ):
         label_smoothing = check_rate("label_smoothing", label_smoothing)
-        if ignore_class is not None and (
-            isinstance(ignore_class, bool) or not isinstance(ignore_class, int)
-        ):
-            raise ValueError(
-                "`ignore_class` must be an integer label or None. "
-                f"Received: ignore_class={ignore_class!r}"
-            )
+        check_bool("from_logits", from_logits)
+        check_ignore_class(ignore_class)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.from_logits = bool(from_logits)
+        self.from_logits = from_logits
         self.label_smoothing = label_smoothing
         self.ignore_class = ignore_class
-        self._attach_mask = _AttachMask(name=f"{name}_mask")
-        self._read_mask = _ReadMask(name=f"{name}_read_mask")
+        self._attach_mask = AttachMask(name=f"{name}_mask")
+        self._read_mask = ReadMask(name=f"{name}_read_mask")
 
     def call(self, y_true, y_pred):
-        labels = _sparse_labels(y_true, y_pred)
+        labels = sparse_labels(y_true, y_pred)
         y_pred = ops.cast(y_pred, "float32")
         if self.from_logits:
             log_probs = ops.log_softmax(y_pred, axis=-1)
         else:
             probs = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
             log_probs = ops.log(ops.clip(probs, 1e-7, 1.0))
-        valid = None
-        if self.ignore_class is not None:
-            valid = ops.not_equal(labels, self.ignore_class)
+        valid = label_mask(labels, self.ignore_class)
+        if valid is not None:
             labels = ops.where(valid, labels, ops.zeros_like(labels))
         # (batch, ..., 1) -> (batch, ...)
         picked = ops.take_along_axis(
@@ -160,9 +114,8 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
         y_true = ops.convert_to_tensor(y_true)
         losses = self.call(y_true, y_pred)
-        if self.ignore_class is not None:
-            labels = _sparse_labels(y_true, y_pred)
-            valid = ops.not_equal(labels, self.ignore_class)
+        valid = label_mask(sparse_labels(y_true, y_pred), self.ignore_class)
+        if valid is not None:
             in_mask = ops.logical_and(in_mask, valid)
         return masked_global_mean(losses, in_mask, sample_weight)
 

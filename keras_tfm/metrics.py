@@ -3,7 +3,12 @@
 import keras
 from keras import ops
 
-from keras_tfm.losses import _ReadMask, _sparse_labels
+from keras_tfm._masking import (
+    ReadMask,
+    check_ignore_class,
+    label_mask,
+    sparse_labels,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
@@ -36,17 +41,11 @@ class MaskedAccuracy(keras.metrics.Metric):
     """
 
     def __init__(self, ignore_class=0, name="masked_accuracy", dtype=None):
-        if ignore_class is not None and (
-            isinstance(ignore_class, bool) or not isinstance(ignore_class, int)
-        ):
-            raise ValueError(
-                "`ignore_class` must be an integer label or None. "
-                f"Received: ignore_class={ignore_class!r}"
-            )
+        check_ignore_class(ignore_class)
         super().__init__(name=name, dtype=dtype)
         self.ignore_class = ignore_class
         self._direction = "up"
-        self._read_mask = _ReadMask(name=f"{name}_mask")
+        self._read_mask = ReadMask(name=f"{name}_mask")
         self.correct = self.add_variable(
             shape=(), initializer="zeros", dtype=self.dtype, name="correct"
         )
@@ -58,11 +57,10 @@ class MaskedAccuracy(keras.metrics.Metric):
         # The mask is read before anything makes a new tensor of y_pred.
         weights = ops.cast(self._read_mask(y_pred), self.dtype)
         y_pred = ops.convert_to_tensor(y_pred)
-        labels = _sparse_labels(ops.convert_to_tensor(y_true), y_pred)
-        if self.ignore_class is not None:
-            weights = weights * ops.cast(
-                ops.not_equal(labels, self.ignore_class), self.dtype
-            )
+        labels = sparse_labels(ops.convert_to_tensor(y_true), y_pred)
+        valid = label_mask(labels, self.ignore_class)
+        if valid is not None:
+            weights = weights * ops.cast(valid, self.dtype)
         if sample_weight is not None:
             sample_weight = ops.cast(sample_weight, self.dtype)
             rank = len(weights.shape)

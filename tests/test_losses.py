@@ -269,6 +269,9 @@ def test_config_round_trip():
         ({"label_smoothing": "0.1"}, "label_smoothing"),
         ({"ignore_class": "0"}, "ignore_class"),
         ({"ignore_class": 1.5}, "ignore_class"),
+        ({"ignore_class": True}, "ignore_class"),
+        ({"from_logits": "yes"}, "from_logits"),
+        ({"from_logits": 1}, "from_logits"),
     ],
 )
 def test_bad_arguments(kwargs, name):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_tfm.losses import MaskedSparseCategoricalCrossentropy
 from keras_tfm.metrics import MaskedAccuracy
 from tests.helpers import AttachMask
 from tests.test_losses import batch
@@ -106,3 +107,13 @@ def test_config_round_trip():
 def test_bad_ignore_class(ignore_class):
     with pytest.raises(ValueError, match="`ignore_class`.*Received"):
         MaskedAccuracy(ignore_class=ignore_class)
+
+
+@pytest.mark.parametrize("ignore_class", ["0", 1.0, True])
+def test_loss_and_metric_share_one_ignore_class_rule(ignore_class):
+    messages = []
+    for cls in (MaskedAccuracy, MaskedSparseCategoricalCrossentropy):
+        with pytest.raises(ValueError) as error:
+            cls(ignore_class=ignore_class)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]

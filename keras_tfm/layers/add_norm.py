@@ -3,9 +3,12 @@
 import keras
 
 from keras_tfm._validation import (
+    as_shape,
+    check_bool,
     check_choice,
     check_positive_number,
     check_rate,
+    shapes_compatible,
 )
 
 NORMALIZATIONS = ("layer", "rms")
@@ -86,28 +89,26 @@ class AddNorm(keras.layers.Layer):
         check_choice("normalization", normalization, NORMALIZATIONS)
         check_positive_number("epsilon", epsilon)
         check_rate("dropout", dropout)
+        check_bool("norm_first", norm_first)
         super().__init__(**kwargs)
         self.normalization = normalization
         self.epsilon = epsilon
         self.dropout = dropout
-        self.norm_first = bool(norm_first)
+        self.norm_first = norm_first
         self.supports_masking = True
 
     def build(self, input_shape):
-        if (
-            not isinstance(input_shape, (list, tuple))
-            or len(input_shape) != 2
-            or not isinstance(input_shape[0], (list, tuple))
-        ):
+        # Any two shape sequences: tuples, lists, `tf.TensorShape`s, ...
+        shapes = None
+        if isinstance(input_shape, (list, tuple)) and len(input_shape) == 2:
+            shapes = [as_shape(s) for s in input_shape]
+        if shapes is None or None in shapes:
             raise ValueError(
                 "AddNorm expects `inputs` to be a list [residual, "
                 f"sublayer_output]. Received: inputs with shape {input_shape}"
             )
-        residual_shape, sublayer_shape = (tuple(s) for s in input_shape)
-        if len(residual_shape) != len(sublayer_shape) or any(
-            a is not None and b is not None and a != b
-            for a, b in zip(residual_shape, sublayer_shape, strict=True)
-        ):
+        residual_shape, sublayer_shape = shapes
+        if not shapes_compatible(sublayer_shape, residual_shape):
             raise ValueError(
                 "AddNorm `inputs` must have equal shapes. Received: "
                 f"residual {residual_shape} and sublayer_output "

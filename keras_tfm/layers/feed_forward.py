@@ -5,9 +5,13 @@ from keras import ops
 
 from keras_tfm._validation import (
     check_activation,
+    check_bool,
+    check_initializer,
     check_positive_int,
     check_rank,
     check_rate,
+    clone_initializer,
+    dtype_policy_config,
 )
 
 
@@ -35,7 +39,7 @@ class FeedForward(keras.layers.Layer):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: tensor `(..., model_dim)`.
+        inputs: tensor `(..., model_dim)` of rank 2, 3 or 4.
         training: whether dropout is active.
 
     Returns:
@@ -68,16 +72,24 @@ class FeedForward(keras.layers.Layer):
         check_positive_int("intermediate_dim", intermediate_dim)
         check_activation("activation", activation)
         check_rate("dropout", dropout)
+        check_bool("gated", gated)
         check_positive_int("output_dim", output_dim, allow_none=True)
+        check_bool("use_bias", use_bias)
+        kernel_initializer = check_initializer(
+            "kernel_initializer", kernel_initializer
+        )
+        bias_initializer = check_initializer(
+            "bias_initializer", bias_initializer
+        )
         super().__init__(**kwargs)
         self.intermediate_dim = intermediate_dim
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
-        self.gated = bool(gated)
+        self.gated = gated
         self.output_dim = output_dim
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.use_bias = use_bias
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
         self.supports_masking = True
 
     def _dense(self, units, name, activation=None):
@@ -85,10 +97,10 @@ class FeedForward(keras.layers.Layer):
             units,
             activation=activation,
             use_bias=self.use_bias,
-            kernel_initializer=keras.initializers.get(
-                keras.initializers.serialize(self.kernel_initializer)
-            ),
-            bias_initializer=self.bias_initializer,
+            # A clone per dense layer: one unseeded instance would give
+            # every layer the same values.
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
             dtype=self.dtype_policy,
             name=name,
         )
@@ -145,6 +157,16 @@ class FeedForward(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        if self.built:
+            # After model.quantize(...), the Dense layers' policies.
+            config["dtype"] = dtype_policy_config(
+                self,
+                [
+                    self.intermediate_dense,
+                    getattr(self, "gate_dense", None),
+                    self.output_dense,
+                ],
+            )
         config.update(
             {
                 "intermediate_dim": self.intermediate_dim,

@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 from keras_tfm.layers import AddNorm
-from tests.helpers import run_layer_test
+from tests.helpers import run_layer_test, tensorflow_only
 
 RNG = np.random.default_rng(0)
 RESIDUAL = RNG.normal(size=(2, 4, 8)).astype("float32")
@@ -99,3 +99,62 @@ def test_inputs_of_different_shapes_are_rejected():
         AddNorm()([RESIDUAL, SUBLAYER[:, :3]])
     with pytest.raises(ValueError, match="list"):
         AddNorm()(RESIDUAL)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"epsilon": float("inf")}, "epsilon"),
+        ({"epsilon": float("nan")}, "epsilon"),
+        ({"norm_first": "yes"}, "norm_first.*Received: norm_first='yes'"),
+        ({"norm_first": 1}, "norm_first"),
+    ],
+)
+def test_bad_numbers_and_flags(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AddNorm(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        [(2, 4, 8), (2, 4, 8)],
+        ([2, 4, 8], [None, 4, 8]),
+        [np.array([2, 4, 8]), (2, 4, 8)],  # NumPy integer sizes
+    ],
+)
+def test_build_accepts_any_shape_sequences(shape):
+    layer = AddNorm()
+    layer.build(shape)
+    assert tuple(layer.norm.gamma.shape) == (8,)
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 4, 8), [(2, 4, 8)], [(2, 4, 8), "abc"], [(2, 4, 8), None]]
+)
+def test_build_rejects_what_is_not_two_shapes(shape):
+    with pytest.raises(ValueError, match="list"):
+        AddNorm().build(shape)
+
+
+@tensorflow_only
+def test_builds_from_tensorflow_tensor_shapes():
+    import tensorflow as tf
+
+    from keras_tfm.layers import (
+        TransformerDecoderBlock,
+        TransformerEncoderBlock,
+    )
+
+    x = tf.constant(RESIDUAL)
+    layer = AddNorm()
+    layer.build([x.shape, x.shape])
+    assert tuple(layer.norm.gamma.shape) == (8,)
+    encoder = TransformerEncoderBlock(num_heads=2, intermediate_dim=16)
+    encoder.build(x.shape)
+    assert encoder.built
+    decoder = TransformerDecoderBlock(
+        num_heads=2, intermediate_dim=16, cross_attention=False
+    )
+    decoder.build(x.shape)
+    assert tuple(encoder(x).shape) == tuple(decoder(x).shape) == (2, 4, 8)

@@ -1,12 +1,14 @@
 """TokenEmbedding and TokenAndPositionEmbedding: tying, masks, errors."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
 from keras_tfm.layers import TokenAndPositionEmbedding, TokenEmbedding
-from tests.helpers import run_layer_test
+from tests.helpers import jax_only, run_layer_test, tensorflow_only
 
 IDS = np.array([[3, 4, 5, 0], [6, 7, 0, 0]], "int32")
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -147,11 +149,25 @@ def test_tied_model_saves_and_loads_as_one_table(position, tmp_path):
             },
             "embeddings_initializer",
         ),
+        (
+            {"vocabulary_size": 5, "embedding_dim": 4, "mask_zero": "no"},
+            "mask_zero.*Received: mask_zero='no'",
+        ),
+        ({"vocabulary_size": 5, "embedding_dim": 4, "scale": 1}, "scale"),
     ],
 )
 def test_token_embedding_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TokenEmbedding(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("tie_weights", False), ("input_dim", 5), ("logit_soft_cap", 30.0)],
+)
+def test_fixed_reversible_embedding_arguments_are_rejected(name, value):
+    with pytest.raises(TypeError, match=f"`{name}`.*Received: {name}="):
+        TokenEmbedding(5, 4, **{name: value})
 
 
 @pytest.mark.parametrize(
@@ -164,6 +180,10 @@ def test_token_embedding_bad_arguments(kwargs, match):
         ({"dropout": 1.0}, "dropout"),
         ({"dropout": -0.1}, "dropout"),
         ({"max_wavelength": 0}, "max_wavelength"),
+        ({"max_wavelength": float("inf")}, "max_wavelength"),
+        ({"mask_zero": 1}, "mask_zero"),
+        ({"scale": "yes"}, "scale.*Received: scale='yes'"),
+        ({"embeddings_initializer": "x"}, "embeddings_initializer"),
     ],
 )
 def test_token_and_position_bad_arguments(kwargs, match):
@@ -180,13 +200,68 @@ def test_shared_table_must_match():
         TokenAndPositionEmbedding(5, 4, 4, token_embedding="table")
 
 
-def test_float_token_ids_are_rejected():
+def test_float_token_ids_are_cast_like_keras_embedding():
+    ids = IDS.astype("float32")
+    table = TokenEmbedding(10, 8, mask_zero=True)
+    model = keras.Sequential([table])
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(model(ids)), ops.convert_to_numpy(table(IDS))
+    )
+    mask = table.compute_mask(ops.convert_to_tensor(ids))
+    np.testing.assert_array_equal(ops.convert_to_numpy(mask), IDS != 0)
+    wrapper = TokenAndPositionEmbedding(10, 8, 8, token_embedding=table)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(wrapper(ids)), ops.convert_to_numpy(wrapper(IDS))
+    )
+    # keras.Input's default dtype is float32.
+    inputs = keras.Input((10,))
+    assert tuple(TokenEmbedding(100, 32)(inputs).shape) == (None, 10, 32)
+    outputs = TokenAndPositionEmbedding(100, 16, 32)(inputs)
+    assert tuple(outputs.shape) == (None, 10, 32)
+    # The wrapper never projects back: float ids of any length are ids.
+    wrapper = TokenAndPositionEmbedding(10, 8, 4)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(wrapper(IDS.astype("float32"))),
+        ops.convert_to_numpy(wrapper(IDS)),
+    )
+    assert tuple(wrapper(keras.Input((4,))).shape) == (None, 4, 4)
+
+
+def test_vectors_without_reverse_are_rejected():
+    # Floats whose last axis is embedding_dim are model vectors: the
+    # forgotten `reverse=True`.
+    with pytest.raises(TypeError, match="reverse=True"):
+        TokenEmbedding(5, 4)(np.ones((1, 3, 4), "float32"))
+    with pytest.raises(TypeError, match="reverse=True"):
+        TokenEmbedding(5, 4)(keras.Input((3, 4)))
+    with pytest.raises(TypeError, match="reverse=True"):
+        TokenEmbedding(5, 4)(np.ones((2, 4), "float16"))
+    # Integer ids of that shape are ids, and so are floats of another width.
+    assert tuple(TokenEmbedding(5, 4)(np.ones((1, 3, 4), "int32")).shape) == (
+        1,
+        3,
+        4,
+        4,
+    )
+    assert tuple(TokenEmbedding(5, 4)(np.ones((1, 3), "float32")).shape) == (
+        1,
+        3,
+        4,
+    )
+
+
+def test_boolean_ids_are_rejected():
     with pytest.raises(TypeError, match="integer token ids"):
-        TokenEmbedding(5, 4)(np.ones((1, 3), "float32"))
+        TokenEmbedding(5, 4)(np.ones((1, 3), bool))
     with pytest.raises(TypeError, match="integer token ids"):
-        TokenAndPositionEmbedding(5, 4, 4)(np.ones((1, 3), "float32"))
-    with pytest.raises(TypeError, match="integer token ids"):
-        TokenEmbedding(5, 4)(keras.Input((3,), dtype="float32"))
+        TokenAndPositionEmbedding(5, 4, 4)(np.ones((1, 3), bool))
+
+
+def test_reverse_keeps_the_mask_of_rank_two_vectors():
+    table = TokenEmbedding(10, 8, mask_zero=True)
+    vectors = ops.ones((2, 8))
+    assert table.compute_mask(vectors, None) is None
+    assert tuple(table(vectors, reverse=True).shape) == (2, 10)
 
 
 def test_reverse_width_mismatch_is_rejected():
@@ -198,3 +273,160 @@ def test_learned_overflow_names_sequence_length():
     layer = TokenAndPositionEmbedding(5, 4, 4, position="learned")
     with pytest.raises(ValueError, match="sequence_length"):
         layer(np.ones((1, 6), "int32"))
+
+
+# --- a shared table: the wrapper owns scale and mask_zero ---------------------
+
+
+def test_shared_table_with_scale_is_rejected():
+    for wrapper_scale in (True, False):
+        with pytest.raises(ValueError, match="token_embedding.*scale=True"):
+            TokenAndPositionEmbedding(
+                5,
+                4,
+                4,
+                scale=wrapper_scale,
+                token_embedding=TokenEmbedding(5, 4, scale=True),
+            )
+
+
+def test_shared_masking_table_needs_a_masking_wrapper():
+    masking = TokenEmbedding(5, 4, mask_zero=True)
+    with pytest.raises(ValueError, match="mask_zero=False.*mask_zero=True"):
+        TokenAndPositionEmbedding(
+            5, 4, 4, mask_zero=False, token_embedding=masking
+        )
+    # Agreeing, or the table's default mask_zero=False: the wrapper's mask.
+    for mask_zero, table in ((True, masking), (False, TokenEmbedding(5, 4))):
+        layer = TokenAndPositionEmbedding(
+            5, 4, 4, mask_zero=mask_zero, token_embedding=table
+        )
+        mask = layer.compute_mask(ops.convert_to_tensor(IDS % 5))
+        if mask_zero:
+            np.testing.assert_array_equal(
+                ops.convert_to_numpy(mask), IDS % 5 != 0
+            )
+        else:
+            assert mask is None
+
+
+def test_default_scale_is_the_papers():
+    layer = TokenAndPositionEmbedding(10, 8, 6, position="none")
+    assert layer.scale is True
+    out = ops.convert_to_numpy(layer(IDS))
+    table = ops.convert_to_numpy(layer.token_embedding.embeddings)
+    np.testing.assert_allclose(out, table[IDS] * np.sqrt(6), rtol=1e-6)
+
+
+def test_rotary_warns_that_the_blocks_must_rotate():
+    with pytest.warns(UserWarning, match="position='rotary'.*attention"):
+        layer = TokenAndPositionEmbedding(10, 8, 4, position="rotary")
+    assert layer.position_embedding is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for position in ("sinusoidal", "learned", "none"):
+            TokenAndPositionEmbedding(10, 8, 4, position=position)
+        # Loading a saved model is not composing one: no warning.
+        TokenAndPositionEmbedding.from_config(layer.get_config())
+
+
+# --- out-of-range token ids -------------------------------------------------
+
+BAD_IDS = np.array([[3, 4, 12, 0], [-1, 7, 0, 0]], "int32")
+
+
+@pytest.mark.parametrize("layer_cls", ["table", "wrapper"])
+def test_out_of_range_ids_raise_when_eager(layer_cls):
+    layer = (
+        TokenEmbedding(12, 8)
+        if layer_cls == "table"
+        else TokenAndPositionEmbedding(12, 8, 8)
+    )
+    with pytest.raises(ValueError, match=r"vocabulary_size.*ids in \[-1, 12\]"):
+        layer(BAD_IDS)
+    with pytest.raises(ValueError, match=r"\[0, 12\).*ids in \[0, 12\]"):
+        layer(np.abs(BAD_IDS))
+    with pytest.raises(ValueError, match=r"ids in \[-1, 11\]"):
+        layer(np.minimum(BAD_IDS, 11).astype("float32"))
+    layer(BAD_IDS % 12)  # in range: fine
+
+
+def _bad_rows(vectors):
+    # (batch, seq) True where a vector has a NaN.
+    return np.isnan(ops.convert_to_numpy(vectors)).any(-1)
+
+
+@jax_only
+def test_out_of_range_ids_are_nan_under_jax_jit():
+    import jax
+
+    layer = TokenEmbedding(12, 8)
+    layer.build()
+    vectors = jax.jit(lambda ids: layer(ids))(BAD_IDS)
+    np.testing.assert_array_equal(
+        _bad_rows(vectors), (BAD_IDS < 0) | (BAD_IDS >= 12)
+    )
+
+
+@tensorflow_only
+def test_out_of_range_ids_in_tensorflow_graphs():
+    import tensorflow as tf
+
+    layer = TokenEmbedding(12, 8)
+    layer.build()
+    bad = (BAD_IDS < 0) | (BAD_IDS >= 12)
+    # XLA clamps gather indices: the layer turns those vectors to NaN.
+    vectors = tf.function(layer, jit_compile=True)(tf.constant(BAD_IDS))
+    np.testing.assert_array_equal(_bad_rows(vectors), bad)
+    # Without XLA the CPU gather raises for ids >= vocabulary_size (a GPU
+    # one reads zeros, turned to NaN) ...
+    if tf.config.list_physical_devices("GPU"):
+        vectors = tf.function(layer, jit_compile=False)(tf.constant(BAD_IDS))
+        np.testing.assert_array_equal(_bad_rows(vectors), bad)
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="GatherV2"):
+            tf.function(layer, jit_compile=False)(tf.constant(BAD_IDS))
+    # ... and negative ids (which TensorFlow would wrap around) are NaN.
+    negative = np.minimum(BAD_IDS, 11)
+    vectors = tf.function(layer, jit_compile=False)(tf.constant(negative))
+    np.testing.assert_array_equal(_bad_rows(vectors), negative < 0)
+
+
+def test_out_of_range_ids_in_fit():
+    model = _tied_model("sinusoidal")  # vocabulary_size=12
+    if keras.backend.backend() == "torch":
+        # PyTorch runs the step eagerly: the check raises.
+        model.compile(optimizer="sgd", loss=LOSS)
+        with pytest.raises(ValueError, match="vocabulary_size"):
+            model.fit(BAD_IDS, BAD_IDS % 12, verbose=0)
+        return
+    # A compiled step cannot raise: the out-of-range vectors, and so the
+    # loss, are NaN.
+    model.compile(optimizer="sgd", loss=LOSS, jit_compile=True)
+    history = model.fit(BAD_IDS, BAD_IDS % 12, verbose=0)
+    assert np.isnan(history.history["loss"][-1])
+
+
+def test_the_previous_layers_config_and_weights_load():
+    # What TokenEmbedding wrote before it was a ReversibleEmbedding: these
+    # keys, and its one variable under "0" in the .keras weights store.
+    config = {
+        "name": "token_embedding",
+        "trainable": True,
+        "dtype": "float32",
+        "vocabulary_size": 10,
+        "embedding_dim": 4,
+        "mask_zero": True,
+        "scale": True,
+        "embeddings_initializer": keras.initializers.serialize(
+            keras.initializers.get("uniform")
+        ),
+    }
+    layer = TokenEmbedding.from_config(config)
+    layer.build()
+    table = np.arange(40, dtype="float32").reshape(10, 4) / 40
+    layer.load_own_variables({"0": table})
+    assert layer.weights[0].path == "token_embedding/embeddings"
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(IDS)), table[IDS] * 2.0, rtol=1e-6
+    )

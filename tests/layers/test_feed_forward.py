@@ -1,5 +1,7 @@
 """FeedForward: values against its Dense layers, GLU variants, errors."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -66,8 +68,50 @@ def test_dropout_only_in_training():
         ({"intermediate_dim": 4, "dropout": 1.5}, "dropout"),
         ({"intermediate_dim": 4, "dropout": -0.5}, "dropout"),
         ({"intermediate_dim": 4, "output_dim": 0}, "output_dim"),
+        (
+            {"intermediate_dim": 4, "gated": "no"},
+            "gated.*Received: gated='no'",
+        ),
+        ({"intermediate_dim": 4, "use_bias": 0}, "use_bias"),
+        ({"intermediate_dim": 4, "kernel_initializer": "x"}, "kernel_init"),
+        ({"intermediate_dim": 4, "bias_initializer": 3}, "bias_initializer"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FeedForward(**kwargs)
+
+
+@pytest.mark.parametrize("which", ["kernel_initializer", "bias_initializer"])
+def test_each_dense_layer_gets_its_own_initializer(which):
+    # One unseeded instance shared by the gate and linear layers would give
+    # both the same values.
+    ffn = FeedForward(
+        16, gated=True, **{which: keras.initializers.RandomNormal()}
+    )
+    ffn.build((2, 4, 8))
+    weight = "kernel" if which == "kernel_initializer" else "bias"
+    gate = ops.convert_to_numpy(getattr(ffn.gate_dense, weight))
+    linear = ops.convert_to_numpy(getattr(ffn.intermediate_dense, weight))
+    assert not np.allclose(gate, linear)
+
+
+def test_quantized_feed_forward_saves_and_loads(tmp_path):
+    # Its Dense layers are built in `build`, so the config must say which
+    # are quantized for the reloaded ones to take the int8 weights.
+    inputs = keras.Input((4, 8))
+    model = keras.Model(inputs, FeedForward(16, gated=True)(inputs))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Layer .* does not have")
+        model.quantize("int8")
+    path = str(tmp_path / "ffn.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    ffn = loaded.layers[1]
+    for dense in (ffn.intermediate_dense, ffn.gate_dense, ffn.output_dense):
+        assert dense.quantization_mode == "int8"
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(loaded(X)),
+        ops.convert_to_numpy(model(X)),
+        atol=1e-6,
+    )
