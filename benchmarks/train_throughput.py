@@ -202,6 +202,7 @@ def build_keras_tfm(keras, args):
         args.width,
         position="learned",
         mask_zero=True,
+        scale=False,  # as keras-hub's
         token_embedding=table,
         name="embedding",
     )(token_ids)

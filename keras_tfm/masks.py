@@ -20,10 +20,7 @@ under `jit_compile`.
 import keras
 from keras import ops
 
-
-def _is_integer_dtype(dtype, allow_bool=True):
-    dtype = keras.backend.standardize_dtype(dtype)
-    return "int" in dtype or (allow_bool and dtype == "bool")
+from keras_tfm._validation import is_integer_dtype
 
 
 def padding_mask(token_ids, padding_id=0):
@@ -50,7 +47,7 @@ def padding_mask(token_ids, padding_id=0):
             f"Received: padding_id={padding_id!r}"
         )
     token_ids = ops.convert_to_tensor(token_ids)
-    if not _is_integer_dtype(token_ids.dtype):
+    if not is_integer_dtype(token_ids.dtype, allow_bool=True):
         raise TypeError(
             "`token_ids` must be an integer tensor of token ids. "
             f"Received: token_ids with dtype={token_ids.dtype}"
@@ -234,7 +231,7 @@ def combine_masks(*masks):
 
 def _as_segment_ids(segment_ids, name):
     segment_ids = ops.convert_to_tensor(segment_ids)
-    if not _is_integer_dtype(segment_ids.dtype, allow_bool=False):
+    if not is_integer_dtype(segment_ids.dtype):
         raise TypeError(
             f"`{name}` must be an integer tensor of segment ids. "
             f"Received: {name} with "

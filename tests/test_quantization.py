@@ -88,14 +88,7 @@ def test_quantized_builders_stay_close(builder, mode):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="The blocks' and MultiHeadAttention's get_config do not record "
-    "their quantized Dense sublayers (as FeedForward.get_config does with "
-    "_validation.dtype_policy_config): the reloaded blocks build float "
-    "Dense layers and cannot load int8 weights.",
-)
-@pytest.mark.parametrize("builder", ["decoder_lm"])
+@pytest.mark.parametrize("builder", ["decoder_lm", "seq2seq_transformer"])
 def test_quantized_builder_saves_and_loads(builder, tmp_path):
     model, inputs = build(builder)
     quantize(model, "int8")

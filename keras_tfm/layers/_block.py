@@ -6,11 +6,16 @@ from keras import ops
 from keras_tfm import masks
 from keras_tfm._validation import (
     check_activation,
+    check_bool,
     check_choice,
+    check_initializer,
     check_positive_int,
     check_positive_number,
     check_rank,
     check_rate,
+    clone_initializer,
+    dtype_policy_config,
+    shapes_compatible,
 )
 from keras_tfm.layers.add_norm import NORMALIZATIONS, AddNorm
 from keras_tfm.layers.attention import MultiHeadAttention
@@ -55,19 +60,27 @@ class TransformerBlock(keras.layers.Layer):
             )
         check_choice("position", position, ATTENTION_POSITIONS)
         check_positive_number("max_wavelength", max_wavelength)
+        check_bool("norm_first", norm_first)
+        check_bool("gated", gated)
+        kernel_initializer = check_initializer(
+            "kernel_initializer", kernel_initializer
+        )
+        bias_initializer = check_initializer(
+            "bias_initializer", bias_initializer
+        )
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.dropout = dropout
         self.activation = keras.activations.get(activation)
-        self.norm_first = bool(norm_first)
+        self.norm_first = norm_first
         self.layer_norm_epsilon = layer_norm_epsilon
-        self.gated = bool(gated)
+        self.gated = gated
         self.normalization = normalization
         self.position = position
         self.max_wavelength = max_wavelength
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
         self.activation_dropout = activation_dropout
         self.supports_masking = True
 
@@ -92,15 +105,7 @@ class TransformerBlock(keras.layers.Layer):
         shape = tuple(attention_mask.shape)
         batch, length = tuple(inputs.shape)[:2]
         expected = (batch, length, length)
-        if len(shape) != 3 or any(
-            got is not None
-            and want is not None
-            and got != want
-            and not (axis == 0 and got == 1)
-            for axis, (got, want) in enumerate(
-                zip(shape, expected, strict=True)
-            )
-        ):
+        if not shapes_compatible(shape, expected, broadcast_axes=(0,)):
             raise ValueError(
                 "`attention_mask` must have shape (batch, seq, seq) = "
                 f"{expected}. Received: attention_mask with shape {shape}"
@@ -133,11 +138,6 @@ class TransformerBlock(keras.layers.Layer):
             return {}
         return {"positions": positions}
 
-    def _initializer(self, initializer):
-        # A fresh instance per sublayer: an unseeded initializer instance
-        # returns the same values at every call.
-        return keras.initializers.get(keras.initializers.serialize(initializer))
-
     def _attention(self, name, model_dim, position, query_shape, value_shape):
         layer = MultiHeadAttention(
             num_heads=self.num_heads,
@@ -145,8 +145,8 @@ class TransformerBlock(keras.layers.Layer):
             dropout=self.dropout,
             position=position,
             max_wavelength=self.max_wavelength,
-            kernel_initializer=self._initializer(self.kernel_initializer),
-            bias_initializer=self._initializer(self.bias_initializer),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
             dtype=self.dtype_policy,
             name=name,
         )
@@ -175,8 +175,8 @@ class TransformerBlock(keras.layers.Layer):
                 else self.activation_dropout
             ),
             gated=self.gated,
-            kernel_initializer=self._initializer(self.kernel_initializer),
-            bias_initializer=self._initializer(self.bias_initializer),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
             dtype=self.dtype_policy,
             name="feed_forward",
         )
@@ -198,8 +198,26 @@ class TransformerBlock(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None, *args, **kwargs):
         return mask
 
+    def _dense_layers(self):
+        """Every Dense layer inside the block (for quantized configs)."""
+        found = []
+        for name in ("self_attention", "cross_attention_layer"):
+            attention = getattr(self, name, None)
+            if attention is not None:
+                found += attention._dense_layers()
+        feed_forward = self.feed_forward
+        found += [
+            feed_forward.intermediate_dense,
+            getattr(feed_forward, "gate_dense", None),
+            feed_forward.output_dense,
+        ]
+        return found
+
     def get_config(self):
         config = super().get_config()
+        if self.built:
+            # After model.quantize(...), the nested Dense layers' policies.
+            config["dtype"] = dtype_policy_config(self, self._dense_layers())
         config.update(
             {
                 "num_heads": self.num_heads,

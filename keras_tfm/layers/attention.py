@@ -6,32 +6,21 @@ from keras import ops
 
 from keras_tfm import masks
 from keras_tfm._validation import (
+    check_bool,
+    check_initializer,
     check_positive_int,
     check_positive_number,
     check_rank,
     check_rate,
+    clone_initializer,
+    dtype_policy_config,
+    shapes_compatible,
 )
 from keras_tfm.layers.position import RotaryEmbedding
 
 _POSITIONS = ("none", "rotary")
 # Logits of masked keys; finite, so that no `inf - inf` can appear.
 _LARGE_NEGATIVE = -0.7 * float(np.finfo("float32").max)
-
-
-def _check_initializer(name, value):
-    try:
-        return keras.initializers.get(value)
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            f"`{name}` must be a Keras initializer or its name. "
-            f"Received: {name}={value!r}"
-        ) from error
-
-
-def _clone_initializer(initializer):
-    # An unseeded initializer instance returns the same values at each call:
-    # every projection gets its own copy.
-    return initializer.__class__.from_config(initializer.get_config())
 
 
 def _static_dim(tensor, axis):
@@ -189,10 +178,7 @@ class MultiHeadAttention(keras.layers.Layer):
         check_positive_int("key_dim", key_dim)
         check_positive_int("value_dim", value_dim, allow_none=True)
         dropout = check_rate("dropout", dropout)
-        if not isinstance(use_bias, bool):
-            raise ValueError(
-                f"`use_bias` must be a boolean. Received: use_bias={use_bias!r}"
-            )
+        check_bool("use_bias", use_bias)
         check_positive_int("output_dim", output_dim, allow_none=True)
         if position not in _POSITIONS:
             raise ValueError(
@@ -206,10 +192,10 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"Received: key_dim={key_dim}"
             )
         check_positive_number("max_wavelength", max_wavelength)
-        kernel_initializer = _check_initializer(
+        kernel_initializer = check_initializer(
             "kernel_initializer", kernel_initializer
         )
-        bias_initializer = _check_initializer(
+        bias_initializer = check_initializer(
             "bias_initializer", bias_initializer
         )
         super().__init__(**kwargs)
@@ -230,8 +216,8 @@ class MultiHeadAttention(keras.layers.Layer):
         return keras.layers.Dense(
             units,
             use_bias=self.use_bias,
-            kernel_initializer=_clone_initializer(self.kernel_initializer),
-            bias_initializer=_clone_initializer(self.bias_initializer),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
             dtype=self.dtype_policy,
             name=name,
         )
@@ -289,14 +275,8 @@ class MultiHeadAttention(keras.layers.Layer):
             )
         expected = (_static_dim(query, 0), _static_dim(query, 1), key_length)
         mask_shape = tuple(attention_mask.shape)
-        mismatch = len(mask_shape) != 3 or any(
-            got is not None
-            and want is not None
-            and got != want
-            and not (axis < 2 and got == 1)
-            for axis, (got, want) in enumerate(
-                zip(mask_shape, expected, strict=True)
-            )
+        mismatch = not shapes_compatible(
+            mask_shape, expected, broadcast_axes=(0, 1)
         )
         if mismatch:
             raise ValueError(
@@ -703,6 +683,10 @@ class MultiHeadAttention(keras.layers.Layer):
         return cache
 
     def get_config(self):
+        base = super().get_config()
+        if self.built:
+            # After model.quantize(...), the Dense layers' policies.
+            base["dtype"] = dtype_policy_config(self, self._dense_layers())
         config = {
             "num_heads": self.num_heads,
             "key_dim": self.key_dim,
@@ -719,7 +703,15 @@ class MultiHeadAttention(keras.layers.Layer):
                 self.bias_initializer
             ),
         }
-        return {**super().get_config(), **config}
+        return {**base, **config}
+
+    def _dense_layers(self):
+        return [
+            self.query_dense,
+            self.key_dense,
+            self.value_dense,
+            self.output_dense,
+        ]
 
 
 def _where_rows(keep, x, axis=1):

@@ -4,9 +4,9 @@ import keras
 from keras import ops
 
 from keras_tfm import masks
-from keras_tfm._validation import check_rank
+from keras_tfm._masking import ReadMask
+from keras_tfm._validation import check_bool, check_rank
 from keras_tfm.layers._block import TransformerBlock
-from keras_tfm.losses import _ReadMask as ReadMask
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
@@ -126,11 +126,7 @@ class TransformerDecoderBlock(TransformerBlock):
         activation_dropout=None,
         **kwargs,
     ):
-        if not isinstance(cross_attention, bool):
-            raise ValueError(
-                "`cross_attention` must be a boolean. Received: "
-                f"cross_attention={cross_attention!r}"
-            )
+        check_bool("cross_attention", cross_attention)
         super().__init__(
             num_heads,
             intermediate_dim,
@@ -180,6 +176,7 @@ class TransformerDecoderBlock(TransformerBlock):
                 "cross_attention_add_norm", input_shape
             )
             self._read_mask = ReadMask(name="read_mask")
+            self._read_mask.build(encoder_outputs_shape)
         self.feed_forward = self._feed_forward(input_shape)
         self.feed_forward_add_norm = self._add_norm(
             "feed_forward_add_norm", input_shape

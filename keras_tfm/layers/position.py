@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_tfm import _backend
 from keras_tfm._validation import (
+    check_initializer,
     check_positive_int,
     check_positive_number,
     check_rank,
@@ -289,16 +290,10 @@ class LearnedPositionEmbedding(keras.layers.Layer):
 
     def __init__(self, sequence_length, initializer="glorot_uniform", **kwargs):
         check_positive_int("sequence_length", sequence_length)
-        try:
-            keras.initializers.get(initializer)
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                "`initializer` must be a Keras initializer or its name. "
-                f"Received: initializer={initializer!r}"
-            ) from error
+        initializer = check_initializer("initializer", initializer)
         super().__init__(**kwargs)
         self.sequence_length = sequence_length
-        self.initializer = keras.initializers.get(initializer)
+        self.initializer = initializer
         self.supports_masking = True
 
     def build(self, input_shape):

@@ -68,7 +68,10 @@ def _embedding(config, vocabulary_size, token_embedding, name):
         vocabulary_size,
         config["sequence_length"],
         config["embedding_dim"],
-        position=config["position"],
+        # Rotary positions are the blocks' (the embedding adds none).
+        position="none"
+        if config["position"] == "rotary"
+        else config["position"],
         mask_zero=True,
         scale=config["scale_embeddings"],
         dropout=config["dropout"],
@@ -174,7 +177,12 @@ def seq2seq_transformer(
             (default): shared when `target_vocabulary_size` is None.
         tie_embeddings: the output projection is the decoder's token table
             (else a separate `Dense` named `output_projection`).
-        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`.
+        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`,
+            as the paper does. On by default: with the default token
+            initializer the position vectors are about 25x longer than
+            unscaled token vectors (1.1-4.4x scaled, d 512 to 32), and a
+            character LM trained without it sat near the unigram loss for
+            three epochs (3.34 nats after 2 epochs, 2.78 with it).
         norm_first: pre-norm blocks (with final norms).
         gated: gated (GLU) feed-forward networks.
         normalization: `"layer"` or `"rms"`.
@@ -275,7 +283,7 @@ def encoder_classifier(
     activation="relu",
     position="sinusoidal",
     pooling="mean",
-    scale_embeddings=False,
+    scale_embeddings=True,
     norm_first=False,
     gated=False,
     normalization="layer",
@@ -300,7 +308,12 @@ def encoder_classifier(
         activation: feed-forward non-linearity.
         position: `"sinusoidal"`, `"learned"`, `"rotary"` or `"none"`.
         pooling: `"mean"`, `"first"` or `"max"` (masked).
-        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`.
+        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`,
+            as the paper does. On by default: with the default token
+            initializer the position vectors are about 25x longer than
+            unscaled token vectors (1.1-4.4x scaled, d 512 to 32), and a
+            character LM trained without it sat near the unigram loss for
+            three epochs (3.34 nats after 2 epochs, 2.78 with it).
         norm_first: pre-norm blocks (with a final norm).
         gated: gated (GLU) feed-forward networks.
         normalization: `"layer"` or `"rms"`.
@@ -362,7 +375,7 @@ def decoder_lm(
     activation="relu",
     position="sinusoidal",
     tie_embeddings=True,
-    scale_embeddings=False,
+    scale_embeddings=True,
     norm_first=False,
     gated=False,
     normalization="layer",
@@ -388,7 +401,12 @@ def decoder_lm(
         activation: feed-forward non-linearity.
         position: `"sinusoidal"`, `"learned"`, `"rotary"` or `"none"`.
         tie_embeddings: share the token table with the output projection.
-        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`.
+        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`,
+            as the paper does. On by default: with the default token
+            initializer the position vectors are about 25x longer than
+            unscaled token vectors (1.1-4.4x scaled, d 512 to 32), and a
+            character LM trained without it sat near the unigram loss for
+            three epochs (3.34 nats after 2 epochs, 2.78 with it).
         norm_first: pre-norm blocks (with a final norm).
         gated: gated (GLU) feed-forward networks.
         normalization: `"layer"` or `"rms"`.
