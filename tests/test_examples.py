@@ -39,10 +39,12 @@ training = importlib.import_module("_training")
 PLOTS = importlib.util.find_spec("matplotlib") is not None
 NAMES = ("train_seq2seq", "train_classifier", "train_lm")
 
+# --lr-scale 0.5: two epochs of four steps must lower the loss whatever the
+# initial weights (at 2, some initializations diverged; seeds 0-4 checked).
 TINY_MODEL = [
     "--num-layers", "1", "--embedding-dim", "16", "--num-heads", "2",
     "--intermediate-dim", "32", "--dropout", "0", "--batch-size", "16",
-    "--warmup-steps", "4", "--lr-scale", "1", "--verbose", "2",
+    "--warmup-steps", "4", "--lr-scale", "0.5", "--verbose", "2",
 ]  # fmt: skip
 TINY = {
     "train_seq2seq": [

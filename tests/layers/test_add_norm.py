@@ -21,6 +21,7 @@ def test_layer_checks(normalization, norm_first):
         AddNorm,
         {"normalization": normalization, "norm_first": norm_first},
         [RESIDUAL, SUBLAYER],
+        num_trainable_weights=2 if normalization == "layer" else 1,
         expected_output_shape=(2, 4, 8),
         input_mask=MASK,
         # Pre-norm's call only adds; its weights train through normalize().

@@ -11,23 +11,10 @@ from keras import ops
 
 from keras_tfm import masks
 from keras_tfm.layers.attention import MultiHeadAttention
+from tests.helpers import padding, random_inputs, to_numpy
 
 DIM, HEADS, KEY_DIM, LENGTH, BATCH = 16, 2, 8, 6, 2
 BACKEND = keras.backend.backend()
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(ops.cast(x, "float32"))
-
-
-def random_inputs(seed=0, batch=BATCH, length=LENGTH, dim=DIM):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(batch, length, dim)).astype("float32")
-
-
-def padding(lengths, total=LENGTH):
-    # (batch, total), True at the first `lengths[b]` positions.
-    return np.arange(total)[None, :] < np.asarray(lengths)[:, None]
 
 
 @functools.cache

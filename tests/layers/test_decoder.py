@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from keras_tfm.layers.decoder import TransformerDecoderBlock
 from keras_tfm.layers.embedding import TokenAndPositionEmbedding
 from keras_tfm.layers.encoder import TransformerEncoderBlock
-from tests.helpers import MaskProbe, run_layer_test
-from tests.layers.test_encoder import (
+from tests.helpers import (
     BATCH,
     DIM,
     FFN,
@@ -25,6 +24,7 @@ from tests.layers.test_encoder import (
     POLICIES,
     REAL_LENGTHS,
     VOCAB,
+    MaskProbe,
     assert_real_positions_close,
     block_kwargs,
     copy_attention,
@@ -35,6 +35,7 @@ from tests.layers.test_encoder import (
     padding,
     random_inputs,
     randomize_weights,
+    run_layer_test,
     to_numpy,
     torch_encoder_layer,
     torch_tensor,
@@ -85,6 +86,8 @@ def test_run_layer_test_without_cross_attention():
             "position": "rotary",
         },
         random_inputs(),
+        num_trainable_weights=16,
+        num_seed_generators=4,
         expected_output_shape=(BATCH, LENGTH, DIM),
         input_mask=padding([LENGTH, 3]),
         run_fit=False,  # test_fit_step_under_jit_compile trains the block

@@ -19,6 +19,7 @@ def test_token_embedding_layer_checks():
         TokenEmbedding,
         {"vocabulary_size": 10, "embedding_dim": 8, "mask_zero": True},
         IDS,
+        num_trainable_weights=1,
         expected_output_shape=(2, 4, 8),
         run_mixed_precision=True,
     )
@@ -31,6 +32,7 @@ def test_token_embedding_reverse_layer_checks():
         {"vocabulary_size": 10, "embedding_dim": 8},
         vectors.astype("float32"),
         call_kwargs={"reverse": True},
+        num_trainable_weights=1,
         expected_output_shape=(2, 4, 10),
         input_mask=IDS != 0,
     )
@@ -47,6 +49,7 @@ def test_token_and_position_layer_checks(position):
             "position": position,
         },
         IDS,
+        num_trainable_weights=2 if position == "learned" else 1,
         expected_output_shape=(2, 4, 8),
     )
 

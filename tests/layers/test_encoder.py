@@ -8,136 +8,34 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from keras import ops
 
 from keras_tfm.layers.embedding import TokenAndPositionEmbedding
 from keras_tfm.layers.encoder import TransformerEncoderBlock
-from tests.helpers import MaskProbe, run_layer_test
-
-DIM, HEADS, FFN, LENGTH, BATCH, VOCAB = 16, 2, 32, 6, 2, 20
-HEAD_DIM = DIM // HEADS
-BACKEND = keras.backend.backend()
-POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
-
-
-# ------------------------------------------------------------- helpers
-# (imported by test_decoder.py)
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(ops.cast(x, "float32"))
-
-
-def random_inputs(seed=0, batch=BATCH, length=LENGTH, dim=DIM):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(batch, length, dim)).astype("float32")
-
-
-def padding(lengths, total=LENGTH):
-    # (batch, total), True at the first `lengths[b]` positions.
-    return np.arange(total)[None, :] < np.asarray(lengths)[:, None]
-
-
-def fill_values(kind, shape, rng):
-    """Garbage for padded positions: random, huge, or NaN."""
-    if kind == "random":
-        return 3.0 * rng.normal(size=shape).astype("float32")
-    if kind == "large":
-        return np.full(shape, 1e4, "float32")
-    return np.full(shape, np.nan, "float32")
-
-
-def randomize_weights(layer, seed=0):
-    """Perturb every weight, so zero biases and unit gammas are not trusted."""
-    rng = np.random.default_rng(seed)
-    for weight in layer.weights:
-        noise = 0.2 * rng.normal(size=tuple(weight.shape))
-        weight.assign(to_numpy(weight) + noise.astype("float32"))
-
-
-def torch_tensor(x):
-    return torch.from_numpy(np.ascontiguousarray(x, dtype="float32"))
-
-
-def copy_dense(dense, linear):
-    """Keras Dense (in, out) -> torch Linear weight (out, in)."""
-    with torch.no_grad():
-        linear.weight.copy_(torch_tensor(to_numpy(dense.kernel).T))
-        linear.bias.copy_(torch_tensor(to_numpy(dense.bias)))
-
-
-def copy_attention(attention, torch_attention):
-    """Our MultiHeadAttention -> torch.nn.MultiheadAttention."""
-    projections = (
-        attention.query_dense,
-        attention.key_dense,
-        attention.value_dense,
-    )
-    weight = np.concatenate([to_numpy(d.kernel).T for d in projections])
-    bias = np.concatenate([to_numpy(d.bias) for d in projections])
-    with torch.no_grad():
-        torch_attention.in_proj_weight.copy_(torch_tensor(weight))
-        torch_attention.in_proj_bias.copy_(torch_tensor(bias))
-    copy_dense(attention.output_dense, torch_attention.out_proj)
-
-
-def copy_norm(add_norm, torch_norm):
-    with torch.no_grad():
-        torch_norm.weight.copy_(torch_tensor(to_numpy(add_norm.norm.gamma)))
-        torch_norm.bias.copy_(torch_tensor(to_numpy(add_norm.norm.beta)))
-
-
-def copy_feed_forward(feed_forward, torch_layer):
-    copy_dense(feed_forward.intermediate_dense, torch_layer.linear1)
-    copy_dense(feed_forward.output_dense, torch_layer.linear2)
-
-
-def torch_encoder_layer(block, causal=False):
-    """A torch.nn.TransformerEncoderLayer holding the weights of `block`.
-
-    With `causal=True` it stands for a decoder block without
-    cross-attention (the caller passes a causal `src_mask`).
-    """
-    layer = torch.nn.TransformerEncoderLayer(
-        DIM,
-        HEADS,
-        dim_feedforward=FFN,
-        dropout=0.0,
-        activation=keras.activations.serialize(block.activation),
-        layer_norm_eps=block.layer_norm_epsilon,
-        batch_first=True,
-        norm_first=block.norm_first,
-    )
-    copy_attention(block.self_attention, layer.self_attn)
-    copy_feed_forward(block.feed_forward, layer)
-    copy_norm(block.self_attention_add_norm, layer.norm1)
-    copy_norm(block.feed_forward_add_norm, layer.norm2)
-    return layer.eval()
-
-
-def assert_real_positions_close(actual, expected, lengths, atol=1e-5):
-    """Compare `(batch, seq, dim)` outputs at each row's real positions."""
-    worst = 0.0
-    for row, length in enumerate(lengths):
-        a = np.asarray(actual[row, :length], "float64")
-        b = np.asarray(expected[row, :length], "float64")
-        np.testing.assert_allclose(a, b, rtol=0, atol=atol)
-        worst = max(worst, float(np.abs(a - b).max()))
-    return worst
-
-
-def jit_compile():
-    # torch.compile is too slow for a unit test: torch runs "auto" (eager).
-    return "auto" if BACKEND == "torch" else True
-
-
-def block_kwargs(**overrides):
-    return {
-        "num_heads": HEADS,
-        "intermediate_dim": FFN,
-        "dropout": 0.0,
-        **overrides,
-    }
+from tests.helpers import (
+    BATCH,
+    DIM,
+    FFN,
+    FILLS,
+    HEAD_DIM,
+    HEADS,
+    LENGTH,
+    PADDED_LENGTH,
+    POLICIES,
+    REAL_LENGTHS,
+    VOCAB,
+    MaskProbe,
+    assert_real_positions_close,
+    block_kwargs,
+    fill_values,
+    jit_compile,
+    padding,
+    random_inputs,
+    randomize_weights,
+    run_layer_test,
+    to_numpy,
+    torch_encoder_layer,
+    torch_tensor,
+)
 
 
 @functools.cache
@@ -176,6 +74,8 @@ def test_run_layer_test(init_kwargs):
         TransformerEncoderBlock,
         init_kwargs,
         random_inputs(),
+        num_trainable_weights=16,  # attention 8, FFN 4 or 6, norms 4 or 2
+        num_seed_generators=4,  # dropout 0.1: attention, FFN, 2 residuals
         expected_output_shape=(BATCH, LENGTH, DIM),
         input_mask=padding([LENGTH, 3]),
         run_fit=False,  # test_fit_step_under_jit_compile trains the block
@@ -254,12 +154,6 @@ def test_matches_keras_hub_transformer_encoder(normalize_first):
 
 
 # ----------------------------------------------------------- properties
-
-
-# Few distinct shapes: eager JAX compiles every op once per new shape.
-REAL_LENGTHS = st.lists(st.sampled_from((2, 5)), min_size=BATCH, max_size=BATCH)
-PADDED_LENGTH = 8
-FILLS = st.sampled_from(["random", "large", "nan"])
 
 
 @settings(max_examples=10, deadline=None)

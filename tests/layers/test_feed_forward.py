@@ -19,6 +19,7 @@ def test_layer_checks(gated):
         FeedForward,
         {"intermediate_dim": 16, "activation": "gelu", "gated": gated},
         X,
+        num_trainable_weights=6 if gated else 4,
         expected_output_shape=(2, 4, 8),
         input_mask=np.array([[1, 1, 1, 0], [1, 0, 0, 0]], bool),
     )

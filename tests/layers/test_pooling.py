@@ -115,6 +115,7 @@ def test_layer_contract(mode):
         SequencePooling,
         {"mode": mode},
         random_inputs(seed=5),
+        num_trainable_weights=0,
         expected_output_shape=(BATCH, DIM),
         input_mask=padding([5, 3, 1]),
         expect_mask=False,

@@ -144,6 +144,7 @@ def test_sinusoidal_layer_contract():
         SinusoidalPositionEncoding,
         {"max_wavelength": 500},
         x,
+        num_trainable_weights=0,
         expected_output_shape=(2, 6, 8),
         input_mask=mask,
     )
@@ -156,6 +157,7 @@ def test_sinusoidal_layer_contract_start_index():
         {},
         x,
         call_kwargs={"start_index": 7},
+        num_trainable_weights=0,
         run_mixed_precision=False,
     )
     expected = sinusoid_reference(np.arange(7, 11), 6)
@@ -251,6 +253,7 @@ def test_learned_layer_contract():
         LearnedPositionEmbedding,
         {"sequence_length": 8, "initializer": "random_normal"},
         x,
+        num_trainable_weights=1,
         expected_output_shape=(2, 6, 4),
         input_mask=mask,
     )
@@ -346,6 +349,7 @@ def test_rotary_layer_contract():
         RotaryEmbedding,
         {"max_wavelength": 1000},
         x,
+        num_trainable_weights=0,
         expected_output_shape=shape,
         input_mask=mask,
     )
