@@ -130,6 +130,15 @@ def check_distribute(name):
     Raises:
         ValueError: for an unknown name, a strategy the backend has no
             engine for, or `"multi-worker"` without `TF_CONFIG`.
+
+    Example:
+
+    >>> check_distribute("none")
+    'none'
+    >>> check_distribute("ring")
+    Traceback (most recent call last):
+    ...
+    ValueError: `distribute` must be one of ...
     """
     if name not in DISTRIBUTE_CHOICES:
         listed = ", ".join(repr(c) for c in DISTRIBUTE_CHOICES)
@@ -178,6 +187,13 @@ def multi_worker_strategy(**kwargs):
 
     Returns:
         The strategy; the cluster comes from `TF_CONFIG`.
+
+    Example (not run here: it needs `TF_CONFIG` and every worker started;
+    `tests/test_examples.py` runs two workers on 127.0.0.1):
+
+    >>> strategy = multi_worker_strategy()  # doctest: +SKIP
+    >>> with strategy.scope():  # doctest: +SKIP
+    ...     model = keras.Sequential([keras.layers.Dense(1)])
     """
     import tensorflow as tf
 
@@ -206,6 +222,12 @@ def mirrored_strategy():
 
     Returns:
         The strategy (TensorFlow backend).
+
+    Example:
+
+    >>> strategy = mirrored_strategy()
+    >>> strategy.num_replicas_in_sync >= 1
+    True
     """
     import tensorflow as tf
 

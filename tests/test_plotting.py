@@ -197,3 +197,42 @@ def test_missing_matplotlib_is_a_clear_import_error(monkeypatch):
     importlib.reload(plotting)
     with pytest.raises(ImportError, match=r"pip install .*matplotlib"):
         plotting.plot_history({"loss": [1.0, 0.5]})
+
+
+def test_plotted_maps_are_the_scores_the_blocks_return():
+    model = seq2seq_transformer(30, 8, **TINY)
+    inputs = seq2seq_inputs()
+    block = model.decoder_blocks[-1]
+    # The block's inputs, from the model's own graph.
+    target, source = keras.Model(model.input, block.input).predict_on_batch(
+        inputs
+    )
+    target_real = inputs["decoder_token_ids"] != 0
+    source_real = inputs["encoder_token_ids"] != 0
+    _, self_scores, cross_scores = block(
+        target,
+        source,
+        decoder_padding_mask=target_real,
+        encoder_padding_mask=source_real,
+        return_attention_scores=True,
+    )
+    for attention, scores in (("self", self_scores), ("cross", cross_scores)):
+        scores = ops.convert_to_numpy(scores)
+        keys = target_real[0] if attention == "self" else source_real[0]
+        figure = plotting.plot_attention(
+            model, inputs, attention=attention, head=1
+        )
+        expected = scores[0, 1][target_real[0]][:, keys]
+        np.testing.assert_allclose(image(figure), expected, atol=1e-6)
+    encoder_block = model.encoder_blocks[0]
+    x = keras.Model(model.input, encoder_block.input).predict_on_batch(inputs)
+    _, scores = encoder_block(
+        x, padding_mask=source_real, return_attention_scores=True
+    )
+    classifier_like = plotting.plot_attention(
+        model, inputs, layer=encoder_block, head=0, index=0
+    )
+    expected = ops.convert_to_numpy(scores)[0, 0][source_real[0]][
+        :, source_real[0]
+    ]
+    np.testing.assert_allclose(image(classifier_like), expected, atol=1e-6)

@@ -18,10 +18,8 @@ from keras_tfm._validation import (
     shapes_compatible,
 )
 from keras_tfm.layers.add_norm import NORMALIZATIONS, AddNorm
-from keras_tfm.layers.attention import MultiHeadAttention
+from keras_tfm.layers.attention import MultiHeadAttention, check_position
 from keras_tfm.layers.feed_forward import FeedForward
-
-ATTENTION_POSITIONS = ("none", "rotary")
 
 
 class TransformerBlock(keras.layers.Layer):
@@ -52,13 +50,7 @@ class TransformerBlock(keras.layers.Layer):
         check_activation("activation", activation)
         check_positive_number("layer_norm_epsilon", layer_norm_epsilon)
         check_choice("normalization", normalization, NORMALIZATIONS)
-        if position in ("sinusoidal", "learned"):
-            raise ValueError(
-                "`position` of a block must be 'none' or 'rotary': "
-                "sinusoidal and learned positions are added by "
-                f"TokenAndPositionEmbedding. Received: position={position!r}"
-            )
-        check_choice("position", position, ATTENTION_POSITIONS)
+        check_position(position)
         check_positive_number("max_wavelength", max_wavelength)
         check_bool("norm_first", norm_first)
         check_bool("gated", gated)

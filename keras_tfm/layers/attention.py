@@ -18,9 +18,55 @@ from keras_tfm._validation import (
 )
 from keras_tfm.layers.position import RotaryEmbedding
 
-_POSITIONS = ("none", "rotary")
+POSITIONS = ("none", "rotary")
 # Logits of masked keys; finite, so that no `inf - inf` can appear.
 _LARGE_NEGATIVE = -0.7 * float(np.finfo("float32").max)
+
+
+def check_position(position):
+    """`position` of attention: "none" or "rotary" (the others are the
+    embedding's)."""
+    if position not in POSITIONS:
+        raise ValueError(
+            '`position` must be "none" or "rotary"; sinusoidal and learned '
+            "positions are added by `TokenAndPositionEmbedding`. Received: "
+            f"position={position!r}"
+        )
+
+
+def _keras_output_shape(output_dim, output_shape):
+    """`output_dim` from Keras's `output_shape` argument (an int or a
+    1-tuple: the last axis), so code written for
+    `keras.layers.MultiHeadAttention` runs unchanged."""
+    if output_shape is None:
+        return output_dim
+    shape = output_shape
+    if isinstance(shape, (tuple, list)) and len(shape) == 1:
+        shape = shape[0]
+    if isinstance(shape, bool) or not isinstance(shape, int) or shape < 1:
+        raise ValueError(
+            "`output_shape` must be a positive int or a 1-tuple (the "
+            "output's last axis); keras_tfm attention projects the last "
+            f"axis only. Received: output_shape={output_shape!r}"
+        )
+    if output_dim is not None and output_dim != shape:
+        raise ValueError(
+            "Pass `output_dim` or Keras's `output_shape`, not both. "
+            f"Received: output_dim={output_dim}, output_shape={output_shape!r}"
+        )
+    return shape
+
+
+def _check_attention_axes(attention_axes):
+    # Keras's default (None) attends over every axis between batch and
+    # features; for (batch, seq, dim) inputs that is the sequence axis.
+    if attention_axes is None or attention_axes in (1, (1,), [1], -2, (-2,)):
+        return
+    raise ValueError(
+        "`attention_axes` must be None or the sequence axis (1): keras_tfm "
+        "attention takes (batch, seq, dim) inputs. Received: "
+        f"attention_axes={attention_axes!r}"
+    )
 
 
 def _static_dim(tensor, axis):
@@ -81,6 +127,11 @@ class MultiHeadAttention(keras.layers.Layer):
         use_bias: whether the projections have biases. Defaults to `True`.
         output_dim: size of the output. Defaults to the query's last
             dimension.
+        output_shape: Keras's name for the same (an int or a 1-tuple),
+            accepted so code written for `keras.layers.MultiHeadAttention`
+            runs unchanged.
+        attention_axes: as in Keras: None or the sequence axis (1); other
+            axes are refused.
         position: `"none"` or `"rotary"`: rotary position embedding of the
             projected queries (from position `cache_index`, else 0) and
             keys (from position 0). Sinusoidal and learned positions are
@@ -172,6 +223,8 @@ class MultiHeadAttention(keras.layers.Layer):
         max_wavelength=10000,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        output_shape=None,
+        attention_axes=None,
         **kwargs,
     ):
         check_positive_int("num_heads", num_heads)
@@ -180,12 +233,9 @@ class MultiHeadAttention(keras.layers.Layer):
         dropout = check_rate("dropout", dropout)
         check_bool("use_bias", use_bias)
         check_positive_int("output_dim", output_dim, allow_none=True)
-        if position not in _POSITIONS:
-            raise ValueError(
-                '`position` must be "none" or "rotary"; sinusoidal and '
-                "learned positions are added by `TokenAndPositionEmbedding`. "
-                f"Received: position={position!r}"
-            )
+        output_dim = _keras_output_shape(output_dim, output_shape)
+        _check_attention_axes(attention_axes)
+        check_position(position)
         if position == "rotary" and key_dim % 2:
             raise ValueError(
                 '`key_dim` must be even with position="rotary". '
@@ -205,6 +255,8 @@ class MultiHeadAttention(keras.layers.Layer):
         self.dropout = dropout
         self.use_bias = use_bias
         self.output_dim = output_dim
+        self.output_shape_argument = output_shape
+        self.attention_axes = attention_axes
         self.position = position
         self.max_wavelength = max_wavelength
         self.kernel_initializer = kernel_initializer
@@ -694,6 +746,8 @@ class MultiHeadAttention(keras.layers.Layer):
             "dropout": self.dropout,
             "use_bias": self.use_bias,
             "output_dim": self.output_dim,
+            "output_shape": self.output_shape_argument,
+            "attention_axes": self.attention_axes,
             "position": self.position,
             "max_wavelength": self.max_wavelength,
             "kernel_initializer": keras.initializers.serialize(

@@ -624,3 +624,30 @@ def test_key_side_padding_is_the_keys_mask():
     np.testing.assert_allclose(
         to_numpy(self_masked), to_numpy(self_explicit), atol=1e-6
     )
+
+
+def test_keras_argument_names_are_accepted():
+    # Code written for keras.layers.MultiHeadAttention runs unchanged.
+    query, value = random_inputs(40), random_inputs(41)
+    keras_style = MultiHeadAttention(
+        num_heads=HEADS, key_dim=KEY_DIM, output_shape=12, attention_axes=None
+    )
+    output, scores = keras_style(
+        query,
+        value,
+        value_mask=padding([LENGTH, 2]),
+        return_attention_scores=True,
+        use_causal_mask=False,
+    )
+    assert tuple(output.shape) == (BATCH, LENGTH, 12)
+    assert tuple(scores.shape) == (BATCH, HEADS, LENGTH, LENGTH)
+    assert keras_style.output_dim == 12
+    again = MultiHeadAttention.from_config(keras_style.get_config())
+    assert again.output_dim == 12
+    MultiHeadAttention(num_heads=HEADS, key_dim=KEY_DIM, attention_axes=(1,))
+    with pytest.raises(ValueError, match="attention_axes"):
+        MultiHeadAttention(HEADS, KEY_DIM, attention_axes=(1, 2))
+    with pytest.raises(ValueError, match="output_shape"):
+        MultiHeadAttention(HEADS, KEY_DIM, output_shape=(4, 3))
+    with pytest.raises(ValueError, match="not both"):
+        MultiHeadAttention(HEADS, KEY_DIM, output_dim=3, output_shape=4)
