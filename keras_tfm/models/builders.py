@@ -14,6 +14,7 @@ padding mask flows as a Keras mask to the logits, so a plain
 import keras
 
 from keras_tfm._validation import (
+    check_bool,
     check_choice,
     check_positive_int,
 )
@@ -223,16 +224,8 @@ def seq2seq_transformer(
     )
     if share_embeddings is None:
         share_embeddings = target_vocabulary_size is None
-    if not isinstance(share_embeddings, bool):
-        raise ValueError(
-            "`share_embeddings` must be a boolean or None. Received: "
-            f"share_embeddings={share_embeddings!r}"
-        )
-    if not isinstance(tie_embeddings, bool):
-        raise ValueError(
-            "`tie_embeddings` must be a boolean. Received: "
-            f"tie_embeddings={tie_embeddings!r}"
-        )
+    check_bool("share_embeddings", share_embeddings)
+    check_bool("tie_embeddings", tie_embeddings)
     if share_embeddings and target_vocabulary_size is not None:
         raise ValueError(
             "`share_embeddings=True` needs one vocabulary for source and "
@@ -437,11 +430,7 @@ def decoder_lm(
         num_layers=num_layers,
         intermediate_dim=intermediate_dim,
     )
-    if not isinstance(tie_embeddings, bool):
-        raise ValueError(
-            "`tie_embeddings` must be a boolean. Received: "
-            f"tie_embeddings={tie_embeddings!r}"
-        )
+    check_bool("tie_embeddings", tie_embeddings)
     table = TokenEmbedding(
         vocabulary_size, embedding_dim, name="token_embedding"
     )
