@@ -64,8 +64,16 @@ def close(got, expected, mode):
 BUILDERS = ["decoder_lm", "seq2seq_transformer", "encoder_classifier"]
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
-@pytest.mark.parametrize("builder", BUILDERS)
+# Every builder and both modes, in three runs (each costs a compile per
+# quantized layer on JAX).
+@pytest.mark.parametrize(
+    "builder, mode",
+    [
+        ("decoder_lm", "int8"),
+        ("seq2seq_transformer", "int4"),
+        ("encoder_classifier", "int8"),
+    ],
+)
 def test_quantized_builders_stay_close(builder, mode):
     model, inputs = build(builder)
     expected = to_numpy(model(inputs))
@@ -88,7 +96,8 @@ def test_quantized_builders_stay_close(builder, mode):
     )
 
 
-@pytest.mark.parametrize("builder", ["decoder_lm", "seq2seq_transformer"])
+# The encoder-decoder holds every kind of block and attention.
+@pytest.mark.parametrize("builder", ["seq2seq_transformer"])
 def test_quantized_builder_saves_and_loads(builder, tmp_path):
     model, inputs = build(builder)
     quantize(model, "int8")
