@@ -149,3 +149,48 @@ def compile_function(function, variables, jit_compile=True, on_trace=None):
 
         return eager
     return function
+
+
+def while_loop(cond, body, loop_vars):
+    """`keras.ops.while_loop` over a tuple; a plain Python loop on PyTorch.
+
+    PyTorch runs eagerly, so the loop is Python control flow around the
+    same `body`: the state stays on its device, and nothing converts it
+    between steps.
+    """
+    if keras.backend.backend() != "torch":
+        return keras.ops.while_loop(cond, body, tuple(loop_vars))
+    loop_vars = tuple(loop_vars)
+    while bool(cond(*loop_vars)):
+        loop_vars = tuple(body(*loop_vars))
+    return loop_vars
+
+
+def column(x, index):
+    """`x[..., index]` for a scalar `index` (an int or an int tensor).
+
+    One dynamic slice (O(1) per step in a compiled loop), or plain
+    indexing on PyTorch.
+    """
+    if keras.backend.backend() == "torch":
+        return x[..., index]
+    ops = keras.ops
+    rank = len(x.shape)
+    start = [0] * (rank - 1) + [index]
+    size = [*ops.shape(x)[:-1], 1]
+    return ops.squeeze(ops.slice(x, start, size), -1)
+
+
+def set_column(x, index, values):
+    """`x` with `x[..., index] = values`, for a scalar `index`.
+
+    One dynamic update slice (in place in a compiled loop); on PyTorch a
+    copy of `x` written by index assignment, so `x` itself is unchanged.
+    """
+    values = keras.ops.cast(values, x.dtype)
+    if keras.backend.backend() == "torch":
+        x = x.clone()
+        x[..., index] = values
+        return x
+    start = [0] * (len(x.shape) - 1) + [index]
+    return keras.ops.slice_update(x, start, keras.ops.expand_dims(values, -1))
