@@ -101,8 +101,10 @@ def compile_function(function, variables, jit_compile=True, on_trace=None):
     - JAX: `jax.jit` over a stateless function of the `variables`' values
       (so assigning new weights does not compile again).
     - TensorFlow: `tf.function`, with XLA when `jit_compile`.
-    - PyTorch: eager, under `torch.no_grad()` (nothing to compile; no
-      autograd graph is kept while generating).
+    - PyTorch: eager, under `torch.inference_mode()` (nothing to compile;
+      no autograd graph or version counters are kept while generating,
+      which saves a little on each of the many small eager ops). Its
+      outputs are inference tensors: read them, or pass them back in.
 
     Args:
         function: a function of tensors, written with `keras.ops`.
@@ -144,7 +146,7 @@ def compile_function(function, variables, jit_compile=True, on_trace=None):
         import torch
 
         def eager(*args):
-            with torch.no_grad():
+            with torch.inference_mode():
                 return function(*args)
 
         return eager

@@ -18,8 +18,8 @@ that changed the graph but not `call_with_cache`) cannot go unnoticed.
 
 The whole search (encoder, prompt, loop) is one function over fixed-shape
 state, compiled once per input shape and search configuration (`jax.jit`
-on JAX, `tf.function` on TensorFlow, eager under `torch.no_grad()` on
-PyTorch, where the loop is plain Python) and reused. Token `0` is padding
+on JAX, `tf.function` on TensorFlow, eager under `torch.inference_mode()`
+on PyTorch, where the loop is plain Python) and reused. Token `0` is padding
 and is never generated.
 """
 
@@ -210,7 +210,7 @@ class Generator:
         if use_cache:
 
             def next_logits(ids, cache, index):
-                tokens = ops.slice(ids, [0, index - 1], [ops.shape(ids)[0], 1])
+                tokens = ops.expand_dims(_backend.column(ids, index - 1), 1)
                 logits, cache = self._cached_logits(
                     encoded, tokens, cache, index - 1
                 )
