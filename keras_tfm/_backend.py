@@ -153,6 +153,19 @@ def compile_function(function, variables, jit_compile=True, on_trace=None):
     return function
 
 
+def loop_index(index):
+    """A decoding loop's position: a Python int on PyTorch, else as is.
+
+    PyTorch runs the loop in Python (see `while_loop`); an int position
+    lets each step index and update its buffers with plain slices (a
+    tensor position sends `keras.ops.slice_update` down a path of a dozen
+    index ops per call).
+    """
+    if keras.backend.backend() == "torch":
+        return int(index)
+    return index
+
+
 def while_loop(cond, body, loop_vars):
     """`keras.ops.while_loop` over a tuple; a plain Python loop on PyTorch.
 

@@ -41,7 +41,7 @@ def start_state(ids, lengths, cache):
     positions = ops.arange(ids.shape[-1], dtype="int32")[None, :]
     ids = ops.where(positions < lengths[:, None], ids, 0)
     finished = ops.zeros(ops.shape(lengths), dtype="bool")
-    return ops.min(lengths), ids, cache, finished
+    return _backend.loop_index(ops.min(lengths)), ids, cache, finished
 
 
 def decode_steps(
@@ -77,6 +77,7 @@ def decode_steps(
     stop_ids = _stop_tensor(stop_ids)
     lengths = ops.convert_to_tensor(lengths, dtype="int32")
     index, ids, cache, finished = state
+    index = _backend.loop_index(index)
     length = ids.shape[-1]
     until = length if until is None else until
     end = ops.minimum(until, length)
@@ -245,7 +246,7 @@ def beam_search(
     batch, length = ids.shape
     beams = num_beams
     penalty = ops.cast(length_penalty, "float32")
-    start = ops.min(lengths)
+    start = _backend.loop_index(ops.min(lengths))
     beam_ids = ops.reshape(
         repeat_rows(ids, beams), (batch, beams, length)
     )  # (batch, beams, length)
