@@ -103,7 +103,7 @@ def test_train_step_profile_quick_run_splits_both_models(tmp_path):
 
 
 def test_generation_quick_run_writes_every_row(tmp_path):
-    result, log = _run("generation.py", tmp_path, "--rounds", "2")
+    result, log = _run("generation.py", tmp_path)
     backend = keras.backend.backend()
     rows = {(r["row"], r["length"]): r for r in result["results"]}
     names = {name for name, _ in rows}
@@ -120,7 +120,8 @@ def test_generation_quick_run_writes_every_row(tmp_path):
     assert names == expected
     for length in (8, 16):
         cached = rows[(generation.CACHED, length)]
-        assert len(cached["seconds_per_call"]) == 2
+        rounds = result["config"]["rounds"]
+        assert len(cached["seconds_per_call"]) == rounds
         assert cached["ms_per_token"] > 0
         assert cached["first_call_seconds"] > 0
         assert cached["compile_seconds"] >= 0
@@ -128,6 +129,7 @@ def test_generation_quick_run_writes_every_row(tmp_path):
     assert result["same_tokens_as_cached"]
     assert all(result["same_tokens_as_cached"].values())
     assert "cached 16 / 8 (<= 1.3)" in result["targets"]
+    assert result["paired_ratios"][f"{generation.STREAM} / cached @ 8"] > 0
     assert result["table"] in log
     assert result["first_call_table"] in log
 
