@@ -101,8 +101,10 @@ def compile_function(function, variables, jit_compile=True, on_trace=None):
     - JAX: `jax.jit` over a stateless function of the `variables`' values
       (so assigning new weights does not compile again).
     - TensorFlow: `tf.function`, with XLA when `jit_compile`.
-    - PyTorch: eager, under `torch.no_grad()` (nothing to compile; no
-      autograd graph is kept while generating).
+    - PyTorch: eager, under `torch.inference_mode()` (nothing to compile;
+      no autograd graph or version counters are kept while generating,
+      which saves a little on each of the many small eager ops). Its
+      outputs are inference tensors: read them, or pass them back in.
 
     Args:
         function: a function of tensors, written with `keras.ops`.
@@ -144,8 +146,66 @@ def compile_function(function, variables, jit_compile=True, on_trace=None):
         import torch
 
         def eager(*args):
-            with torch.no_grad():
+            with torch.inference_mode():
                 return function(*args)
 
         return eager
     return function
+
+
+def loop_index(index):
+    """A decoding loop's position: a Python int on PyTorch, else as is.
+
+    PyTorch runs the loop in Python (see `while_loop`); an int position
+    lets each step index and update its buffers with plain slices (a
+    tensor position sends `keras.ops.slice_update` down a path of a dozen
+    index ops per call).
+    """
+    if keras.backend.backend() == "torch":
+        return int(index)
+    return index
+
+
+def while_loop(cond, body, loop_vars):
+    """`keras.ops.while_loop` over a tuple; a plain Python loop on PyTorch.
+
+    PyTorch runs eagerly, so the loop is Python control flow around the
+    same `body`: the state stays on its device, and nothing converts it
+    between steps.
+    """
+    if keras.backend.backend() != "torch":
+        return keras.ops.while_loop(cond, body, tuple(loop_vars))
+    loop_vars = tuple(loop_vars)
+    while bool(cond(*loop_vars)):
+        loop_vars = tuple(body(*loop_vars))
+    return loop_vars
+
+
+def column(x, index):
+    """`x[..., index]` for a scalar `index` (an int or an int tensor).
+
+    One dynamic slice (O(1) per step in a compiled loop), or plain
+    indexing on PyTorch.
+    """
+    if keras.backend.backend() == "torch":
+        return x[..., index]
+    ops = keras.ops
+    rank = len(x.shape)
+    start = [0] * (rank - 1) + [index]
+    size = [*ops.shape(x)[:-1], 1]
+    return ops.squeeze(ops.slice(x, start, size), -1)
+
+
+def set_column(x, index, values):
+    """`x` with `x[..., index] = values`, for a scalar `index`.
+
+    One dynamic update slice (in place in a compiled loop); on PyTorch a
+    copy of `x` written by index assignment, so `x` itself is unchanged.
+    """
+    values = keras.ops.cast(values, x.dtype)
+    if keras.backend.backend() == "torch":
+        x = x.clone()
+        x[..., index] = values
+        return x
+    start = [0] * (len(x.shape) - 1) + [index]
+    return keras.ops.slice_update(x, start, keras.ops.expand_dims(values, -1))

@@ -18,8 +18,9 @@ that changed the graph but not `call_with_cache`) cannot go unnoticed.
 
 The whole search (encoder, prompt, loop) is one function over fixed-shape
 state, compiled once per input shape and search configuration (`jax.jit`
-on JAX, `tf.function` on TensorFlow, eager under `torch.no_grad()` on
-PyTorch) and reused. Token `0` is padding and is never generated.
+on JAX, `tf.function` on TensorFlow, eager under `torch.inference_mode()`
+on PyTorch, where the loop is plain Python) and reused. Token `0` is padding
+and is never generated.
 """
 
 import keras
@@ -185,12 +186,19 @@ class Generator:
             ids = ops.pad(inputs, [[0, 0], [0, length - inputs.shape[1]]])
             cache = ()
             if use_cache:
-                # Prefill the prompts' keys and values in one call. Rows
-                # shorter than the widest prompt get keys for padding
-                # there; the loop rewrites each such slot before any query
-                # can see it.
                 cache = model.init_cache(batch, length)
-                _, cache = model.call_with_cache(inputs, cache, 0)
+                width = inputs.shape[1]
+                if width > 1:
+                    # Prefill the keys and values of the prompts' first
+                    # `width - 1` positions in one call. The loop starts
+                    # at the shortest prompt and runs the token before
+                    # each position it fills, so it writes every later
+                    # slot itself (and rewrites the slots where shorter
+                    # rows got keys for padding before any query sees
+                    # them).
+                    _, cache = model.call_with_cache(
+                        inputs[:, : width - 1], cache, 0
+                    )
         return search.start_state(ids, lengths, cache), encoded
 
     def _next_logits(self, static, encoded, expand):
@@ -202,7 +210,7 @@ class Generator:
         if use_cache:
 
             def next_logits(ids, cache, index):
-                tokens = ops.slice(ids, [0, index - 1], [ops.shape(ids)[0], 1])
+                tokens = ops.expand_dims(_backend.column(ids, index - 1), 1)
                 logits, cache = self._cached_logits(
                     encoded, tokens, cache, index - 1
                 )

@@ -3,31 +3,20 @@
 Both take any `next_logits(ids, cache, index) -> (logits, cache)`
 function, so they run (and are tested) without a Transformer, and both are
 one `keras.ops.while_loop` over fixed-shape state, so they compile once
-per shape. Positions `< lengths[b]` of row `b` are its prompt and are
-kept; a row that generates one of `stop_ids` is finished, and every later
-position of it is `0`.
+per shape (on PyTorch, which runs eagerly, the same body in a Python
+loop). Each step reads and writes one column of the token buffer with a
+dynamic slice, so its cost does not grow with the buffer. Positions
+`< lengths[b]` of row `b` are its prompt and are kept; a row that
+generates one of `stop_ids` is finished, and every later position of it
+is `0`.
 """
 
 import keras
 from keras import ops
 
-from keras_tfm import sampling
+from keras_tfm import _backend, sampling
 
 NEG = sampling.NEG
-
-
-def _set_column(ids, index, values):
-    """Write `values` (..., ) at position `index` of `ids` (..., length)."""
-    length = ops.shape(ids)[-1]
-    here = ops.arange(length, dtype="int32") == index
-    return ops.where(here, ops.expand_dims(values, -1), ids)
-
-
-def _column(ids, index):
-    """Return `ids[..., index]` for a scalar tensor `index`."""
-    length = ops.shape(ids)[-1]
-    here = ops.arange(length, dtype="int32") == index
-    return ops.sum(ops.where(here, ids, ops.zeros_like(ids)), axis=-1)
 
 
 def _is_stop(tokens, stop_ids):
@@ -52,7 +41,7 @@ def start_state(ids, lengths, cache):
     positions = ops.arange(ids.shape[-1], dtype="int32")[None, :]
     ids = ops.where(positions < lengths[:, None], ids, 0)
     finished = ops.zeros(ops.shape(lengths), dtype="bool")
-    return ops.min(lengths), ids, cache, finished
+    return _backend.loop_index(ops.min(lengths)), ids, cache, finished
 
 
 def decode_steps(
@@ -88,30 +77,36 @@ def decode_steps(
     stop_ids = _stop_tensor(stop_ids)
     lengths = ops.convert_to_tensor(lengths, dtype="int32")
     index, ids, cache, finished = state
+    index = _backend.loop_index(index)
     length = ids.shape[-1]
     until = length if until is None else until
+    end = ops.minimum(until, length)
 
+    # Without stop ids no row finishes: neither `cond` nor `body` spends
+    # work on `finished` (which stays all False).
     def cond(index, ids, cache, finished):
-        return ops.logical_and(
-            index < ops.minimum(until, length),
-            ops.logical_not(ops.all(finished)),
-        )
+        if stop_ids is None:
+            return index < end
+        return ops.logical_and(index < end, ops.logical_not(ops.all(finished)))
 
     def body(index, ids, cache, finished):
         logits, cache = next_logits(ids, cache, index)
         tokens = sampler.choose(logits, index, seed, floats)
+        if stop_ids is not None:
+            tokens = ops.where(finished, 0, tokens)
         in_prompt = index < lengths
-        tokens = ops.where(finished, 0, tokens)
-        tokens = ops.where(in_prompt, _column(ids, index), tokens)
-        finished = ops.logical_or(
-            finished,
-            ops.logical_and(
-                ops.logical_not(in_prompt), _is_stop(tokens, stop_ids)
-            ),
-        )
-        return index + 1, _set_column(ids, index, tokens), cache, finished
+        tokens = ops.where(in_prompt, _backend.column(ids, index), tokens)
+        if stop_ids is not None:
+            finished = ops.logical_or(
+                finished,
+                ops.logical_and(
+                    ops.logical_not(in_prompt), _is_stop(tokens, stop_ids)
+                ),
+            )
+        ids = _backend.set_column(ids, index, tokens)
+        return index + 1, ids, cache, finished
 
-    return ops.while_loop(cond, body, (index, ids, cache, finished))
+    return _backend.while_loop(cond, body, (index, ids, cache, finished))
 
 
 def decode(
@@ -251,7 +246,7 @@ def beam_search(
     batch, length = ids.shape
     beams = num_beams
     penalty = ops.cast(length_penalty, "float32")
-    start = ops.min(lengths)
+    start = _backend.loop_index(ops.min(lengths))
     beam_ids = ops.reshape(
         repeat_rows(ids, beams), (batch, beams, length)
     )  # (batch, beams, length)
@@ -294,7 +289,7 @@ def beam_search(
         candidate_ids = ops.reshape(
             _flat_take(flat_ids, source, beams), (batch, 2 * beams, length)
         )
-        candidate_ids = _set_column(candidate_ids, index, tokens)
+        candidate_ids = _backend.set_column(candidate_ids, index, tokens)
 
         in_prompt = index < lengths  # (batch,)
         generated = index + 1 - lengths
@@ -359,7 +354,7 @@ def beam_search(
 
     state = (start, beam_ids, scores, cache, finished_ids, finished_scores)
     index, beam_ids, scores, _, finished_ids, finished_scores, done = (
-        ops.while_loop(cond, body, (*state, done))
+        _backend.while_loop(cond, body, (*state, done))
     )
     live_scores = normalized(scores, index - lengths)
     live_scores = ops.where(done[:, None], NEG, live_scores)

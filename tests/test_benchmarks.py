@@ -11,6 +11,7 @@ from tests.helpers import REPO, run_processes, subprocess_env, tensorflow_only
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
+import generation  # noqa: E402
 import train_step_profile  # noqa: E402
 import train_throughput  # noqa: E402
 
@@ -99,3 +100,47 @@ def test_train_step_profile_quick_run_splits_both_models(tmp_path):
         ):
             assert parts[key] > 0, (name, key, parts)
         assert result["results"][name]["wall_ms_per_step"] > 0
+
+
+def test_generation_quick_run_writes_every_row(tmp_path):
+    result, log = _run("generation.py", tmp_path)
+    backend = keras.backend.backend()
+    rows = {(r["row"], r["length"]): r for r in result["results"]}
+    names = {name for name, _ in rows}
+    expected = {
+        generation.CACHED,
+        generation.STREAM,
+        generation.UNCACHED,
+        "keras-hub cached",
+    }
+    if backend == "torch":
+        expected.add(generation.NAIVE)
+    if backend == "tensorflow":
+        expected.add("keras-hub cached XLA")
+    assert names == expected
+    for length in (8, 16):
+        cached = rows[(generation.CACHED, length)]
+        rounds = result["config"]["rounds"]
+        assert len(cached["seconds_per_call"]) == rounds
+        assert cached["ms_per_token"] > 0
+        assert cached["first_call_seconds"] > 0
+        assert cached["compile_seconds"] >= 0
+    # Every keras_tfm row (and the naive loop) made the cached row's tokens.
+    assert result["same_tokens_as_cached"]
+    assert all(result["same_tokens_as_cached"].values())
+    assert "cached 16 / 8 (<= 1.3)" in result["targets"]
+    assert result["paired_ratios"][f"{generation.STREAM} / cached @ 8"] > 0
+    assert result["table"] in log
+    assert result["first_call_table"] in log
+
+
+def test_generation_naive_loop_matches_generator():
+    keras.utils.set_random_seed(3)
+    args = generation.parse_args(["--quick", "--lengths", "6"])
+    model = generation.build_model(args)
+    prompts = np.array([[4], [9]], "int32")
+    naive = generation.no_grad(
+        lambda: generation.naive_generate(model, prompts, 6)
+    )()
+    expected = generation.Generator(model).generate(prompts, 7)
+    np.testing.assert_array_equal(generation.ids_of(naive), expected)
