@@ -130,3 +130,26 @@ def test_train_step_profile_quick_run_splits_both_models(tmp_path):
             assert parts[key] > 0, (name, key, parts)
         assert result["results"][name]["wall_ms_per_step"] > 0
 
+
+def test_packing_quick_run_reports_fill_and_real_tokens(tmp_path):
+    result, log = _run("packing.py", tmp_path)
+    rows = {row["name"]: row for row in result["rows"]}
+    assert list(rows) == ["packed", "bucketed", "padded", "keras_hub"]
+    hub = rows["keras_hub"]
+    for row in rows.values():
+        assert 0 < row["fill"] <= 1, row
+        # One epoch over the same sequences for every variant.
+        assert row["real_tokens"] == result["data"]["real_tokens_per_epoch"]
+        assert row["real_tokens_per_second"] > 0
+        assert row["relative_to_keras_hub"] == pytest.approx(
+            row["real_tokens_per_second"] / hub["real_tokens_per_second"]
+        )
+        assert np.isfinite(row["validation_loss"])
+    assert rows["packed"]["fill"] > rows["padded"]["fill"]
+    assert rows["bucketed"]["fill"] >= rows["padded"]["fill"]
+    # The packed model computes every sequence as if it were alone: its
+    # weights give the same loss on padded batches.
+    assert result["validation"][
+        "packed_weights_on_padded_batches"
+    ] == pytest.approx(rows["packed"]["validation_loss"], rel=1e-4)
+    assert result["table_markdown"] in log
