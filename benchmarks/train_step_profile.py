@@ -1,15 +1,15 @@
 """Where a TensorFlow training step spends its time: keras_tfm vs keras-hub.
 
 Builds the two encoder language models of `train_throughput.py` (same
-sizes, same flags), warms each up, then records `--steps` training steps of
-each with the TensorFlow profiler, alternating the models `--repeats` times
-(medians over repeats), and sums the kernel time of every op by
-the part of the model it belongs to (from the op's name scope): token and
-position embedding, each encoder layer, the tied output head, the compile
-loss and the optimizer, forward and backward apart. Kernel time is summed
-over TensorFlow's inter-op threads, so it can exceed wall time, and two ops
-running at once slow each other down: compare parts between the libraries,
-not to the step's wall time.
+sizes, from `_common.py`), warms each up, then records `--steps`
+training steps of each with the TensorFlow profiler, alternating the
+models `--repeats` times (medians over repeats), and sums the kernel
+time of every op by the part of the model it belongs to (from the op's
+name scope): token and position embedding, each encoder layer, the tied
+output head, the compile loss and the optimizer, forward and backward
+apart. Kernel time is summed over TensorFlow's inter-op threads, so it
+can exceed wall time, and two ops running at once slow each other down:
+compare parts between the libraries, not to the step's wall time.
 
     TF_CPP_MIN_LOG_LEVEL=3 KERAS_BACKEND=tensorflow \\
         python benchmarks/train_step_profile.py
@@ -32,7 +32,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import train_throughput  # noqa: E402
+import _common  # noqa: E402
 
 # (op-name pattern, part, direction); a direction of None comes from the
 # name (ops under "gradient_tape/" are the backward pass). First match wins.
@@ -104,9 +104,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
     parser.add_argument("--output", default=None, help="results JSON path")
     args = parser.parse_args(argv)
-    model_args = train_throughput.parse_args(
-        ["--jit-compile", args.jit_compile]
-        + (["--quick"] if args.quick else [])
+    model_args = _common.model_namespace(
+        quick=args.quick, jit_compile=args.jit_compile
     )
     warnings.filterwarnings("ignore", message=".*does not support masking")
     import keras
@@ -114,15 +113,15 @@ def main(argv=None):
 
     if keras.backend.backend() != "tensorflow":
         parser.error("run with KERAS_BACKEND=tensorflow")
-    data = train_throughput.make_data(model_args)
+    data = _common.make_data(model_args)
     builders = {
-        "keras_tfm": train_throughput.build_keras_tfm,
-        "keras_hub": train_throughput.build_keras_hub,
+        "keras_tfm": _common.build_keras_tfm,
+        "keras_hub": _common.build_keras_hub,
     }
     runners = {}
     for name, build in builders.items():
         keras.utils.set_random_seed(model_args.seed)
-        runners[name] = train_throughput.KerasRunner(
+        runners[name] = _common.KerasRunner(
             keras, build(keras, model_args), model_args, data
         )
         for _ in range(args.warmup):
@@ -177,7 +176,7 @@ def main(argv=None):
             {
                 "benchmark": "train_step_profile",
                 "config": vars(args),
-                "environment": train_throughput.versions("tensorflow"),
+                "environment": _common.versions("tensorflow"),
                 "results": {
                     name: {
                         "wall_ms_per_step": r["wall_ms_per_step"],

@@ -59,15 +59,15 @@ the median of those measurements.
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 import warnings
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
 
 ROWS = ("keras_tfm", "keras_hub", "torch")
 LABELS = {
@@ -76,13 +76,7 @@ LABELS = {
     "torch": "torch reference",
 }
 QUICK = dict(
-    vocabulary_size=100,
-    width=32,
-    num_heads=2,
-    intermediate_dim=64,
-    num_layers=1,
-    sequence_length=16,
-    batch_size=4,
+    _common.QUICK_MODEL,
     rounds=2,
     steps=2,
     warmup=1,
@@ -95,25 +89,11 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--vocabulary-size", type=int, default=8000)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--num-heads", type=int, default=4)
-    parser.add_argument("--intermediate-dim", type=int, default=1024)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--sequence-length", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    _common.add_model_arguments(parser)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--steps", type=int, default=2, help="per round")
     parser.add_argument(
         "--warmup", type=int, default=3, help="untimed steps per model"
-    )
-    parser.add_argument(
-        "--jit-compile",
-        choices=("auto", "true", "false"),
-        default="auto",
-        help="passed to model.compile",
     )
     parser.add_argument(
         "--models",
@@ -128,7 +108,6 @@ def parse_args(argv=None):
         default=None,
         help="torch.set_num_threads for the reference (default: torch's)",
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -146,21 +125,6 @@ def parse_args(argv=None):
     if args.width % args.num_heads:
         parser.error("--num-heads must divide --width")
     return args
-
-
-def make_data(args):
-    """Random ids with trailing padding, next-token labels and weights."""
-    rng = np.random.default_rng(args.seed)
-    batch, length = args.batch_size, args.sequence_length
-    ids = rng.integers(1, args.vocabulary_size, (batch, length), "int32")
-    # Every other row keeps its full length; the rest end in padding.
-    lengths = rng.integers(length // 2, length + 1, batch)
-    lengths[::2] = length
-    ids[np.arange(length)[None, :] >= lengths[:, None]] = 0
-    labels = np.zeros_like(ids)
-    labels[:, :-1] = ids[:, 1:]
-    weights = (labels != 0).astype("float32")
-    return ids, labels, weights
 
 
 def training_flops(args):
@@ -183,95 +147,6 @@ def training_flops(args):
             "2 * width * ffn) + vocab * width"
         ),
     }
-
-
-# --------------------------------------------------------------------------
-# Keras models
-
-
-def build_keras_tfm(keras, args):
-    import keras_tfm
-
-    token_ids = keras.Input((args.sequence_length,), dtype="int32")
-    table = keras_tfm.layers.TokenEmbedding(
-        args.vocabulary_size, args.width, name="token_embedding"
-    )
-    x = keras_tfm.layers.TokenAndPositionEmbedding(
-        args.vocabulary_size,
-        args.sequence_length,
-        args.width,
-        position="learned",
-        mask_zero=True,
-        scale=False,  # as keras-hub's
-        token_embedding=table,
-        name="embedding",
-    )(token_ids)
-    for i in range(args.num_layers):
-        x = keras_tfm.layers.TransformerEncoderBlock(
-            num_heads=args.num_heads,
-            intermediate_dim=args.intermediate_dim,
-            dropout=args.dropout,
-            # keras-hub's TransformerEncoder has no dropout on the FFN
-            # hidden layer; match its computation exactly.
-            activation_dropout=0.0,
-            activation="relu",
-            norm_first=False,
-            name=f"encoder_layer_{i}",
-        )(x)
-    logits = table(x, reverse=True)
-    return keras.Model(token_ids, logits, name="keras_tfm_lm")
-
-
-def build_keras_hub(keras, args):
-    import keras_hub
-
-    token_ids = keras.Input((args.sequence_length,), dtype="int32")
-    embedding = keras_hub.layers.TokenAndPositionEmbedding(
-        vocabulary_size=args.vocabulary_size,
-        sequence_length=args.sequence_length,
-        embedding_dim=args.width,
-        mask_zero=True,
-        tie_weights=True,
-        name="embedding",
-    )
-    x = embedding(token_ids)
-    for i in range(args.num_layers):
-        x = keras_hub.layers.TransformerEncoder(
-            intermediate_dim=args.intermediate_dim,
-            num_heads=args.num_heads,
-            dropout=args.dropout,
-            activation="relu",
-            normalize_first=False,
-            name=f"encoder_layer_{i}",
-        )(x)
-    logits = embedding.token_embedding(x, reverse=True)
-    return keras.Model(token_ids, logits, name="keras_hub_lm")
-
-
-class KerasRunner:
-    def __init__(self, keras, model, args, data):
-        self.model = model
-        model.compile(
-            optimizer=keras.optimizers.Adam(args.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile={"auto": "auto", "true": True, "false": False}[
-                args.jit_compile
-            ],
-        )
-        # Backend tensors once, so each step only trains.
-        self.batch = [keras.ops.convert_to_tensor(a) for a in data]
-
-    @property
-    def jit_compile(self):
-        return bool(self.model.jit_compile)
-
-    def params(self):
-        return int(self.model.count_params())
-
-    def step(self):
-        ids, labels, weights = self.batch
-        # Returns Python floats: the step has finished when this returns.
-        return self.model.train_on_batch(ids, labels, sample_weight=weights)
 
 
 # --------------------------------------------------------------------------
@@ -350,66 +225,6 @@ class TorchRunner:
         return loss.item()
 
 
-# --------------------------------------------------------------------------
-# Timing
-
-
-def matmul_gflops(keras, size, iterations, seed):
-    rng = np.random.default_rng(seed)
-    a = keras.ops.convert_to_tensor(rng.random((size, size), "float32"))
-    b = keras.ops.convert_to_tensor(rng.random((size, size), "float32"))
-
-    def run(n):
-        outputs = [keras.ops.matmul(a, b) for _ in range(n)]
-        for output in outputs:  # JAX dispatches asynchronously.
-            if hasattr(output, "block_until_ready"):
-                output.block_until_ready()
-        keras.ops.convert_to_numpy(outputs[-1])
-
-    run(2)  # warm-up
-    start = time.perf_counter()
-    run(iterations)
-    elapsed = time.perf_counter() - start
-    return 2 * size**3 * iterations / elapsed / 1e9
-
-
-def bootstrap_median_ci(values, seed, resamples=2000, level=0.95):
-    """Percentile bootstrap interval of the median of `values`."""
-    values = np.asarray(values, dtype="float64")
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(values), (resamples, len(values)))
-    medians = np.median(values[picks], axis=1)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(medians, [tail, 100 - tail])
-    return [float(low), float(high)]
-
-
-def time_steps(runner, steps):
-    start = time.perf_counter()
-    for _ in range(steps):
-        runner.step()
-    return time.perf_counter() - start
-
-
-def versions(backend):
-    import keras
-
-    found = {"python": platform.python_version(), "keras": keras.__version__}
-    for name in ("keras_hub", "tensorflow", "jax", "torch", "keras_tfm"):
-        module = sys.modules.get(name)
-        if module is not None:
-            found[name] = getattr(module, "__version__", "?")
-    found["backend"] = backend
-    return found
-
-
-def cpu_count():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
-
-
 def format_table(result):
     lines = [
         "| model | tokens/s (median) | vs keras-hub | vs keras-hub, "
@@ -465,11 +280,14 @@ def main(argv=None):
 
     backend = keras.backend.backend()
     keras.utils.set_random_seed(args.seed)
-    data = make_data(args)
+    data = _common.make_data(args)
     flops = training_flops(args)
 
     runners, rows = {}, {}
-    builders = {"keras_tfm": build_keras_tfm, "keras_hub": build_keras_hub}
+    builders = {
+        "keras_tfm": _common.build_keras_tfm,
+        "keras_hub": _common.build_keras_hub,
+    }
     for name in args.models:
         rows[name] = {"name": name}
         if name == "torch":
@@ -484,7 +302,7 @@ def main(argv=None):
             runners[name] = TorchRunner(torch, args, data)
         else:
             model = builders[name](keras, args)
-            runners[name] = KerasRunner(keras, model, args, data)
+            runners[name] = _common.KerasRunner(keras, model, args, data)
 
     for name, runner in runners.items():
         start = time.perf_counter()
@@ -505,14 +323,14 @@ def main(argv=None):
     tokens = flops["tokens_per_step"] * args.steps
     for round_index in range(args.rounds):
         peaks.append(
-            matmul_gflops(
+            _common.matmul_gflops(
                 keras, args.matmul_size, args.matmul_iterations, args.seed
             )
         )
         # Rotate the order so no model always runs first.
         shift = round_index % max(len(order), 1)
         for name in order[shift:] + order[:shift]:
-            elapsed = time_steps(runners[name], args.steps)
+            elapsed = _common.time_steps(runners[name], args.steps)
             rows[name]["tokens_per_second_per_round"].append(tokens / elapsed)
         report = ", ".join(
             f"{LABELS[n]} {rows[n]['tokens_per_second_per_round'][-1]:,.0f}"
@@ -544,31 +362,19 @@ def main(argv=None):
         row["relative_to_keras_hub_paired_ci95"] = None
         if hub_rounds:
             # Same-round ratios cancel slow phases of a shared machine.
-            paired = [
-                a / b
-                for a, b in zip(
-                    row["tokens_per_second_per_round"], hub_rounds, strict=True
-                )
-            ]
-            row["relative_to_keras_hub_per_round"] = paired
-            row["relative_to_keras_hub_paired_median"] = statistics.median(
-                paired
+            ratios = _common.paired_ratios(
+                row["tokens_per_second_per_round"], hub_rounds, args.seed
             )
-            row["relative_to_keras_hub_paired_ci95"] = bootstrap_median_ci(
-                paired, args.seed
-            )
+            row["relative_to_keras_hub_per_round"] = ratios["per_round"]
+            row["relative_to_keras_hub_paired_median"] = ratios["paired_median"]
+            row["relative_to_keras_hub_paired_ci95"] = ratios["paired_ci95"]
     if "torch" in runners:
         rows["torch"]["torch_threads"] = runners["torch"].threads()
 
     keras_jit = sorted(
         {rows[n]["jit_compile"] for n in runners if n != "torch"}
     )
-    environment = versions(backend)
-    environment.update(
-        cpu_count=cpu_count(),
-        machine=platform.machine(),
-        processor=platform.processor(),
-    )
+    environment = _common.environment(backend)
     result = {
         "benchmark": "train_throughput",
         "quick": args.quick,
@@ -595,14 +401,9 @@ def main(argv=None):
         suffix = "_jit" if True in keras_jit else ""
         suffix += "_quick" if args.quick else ""
         output = os.path.join(
-            os.path.dirname(os.path.abspath(__file__)),
-            "results",
-            f"train_throughput_{backend}{suffix}.json",
+            _common.RESULTS, f"train_throughput_{backend}{suffix}.json"
         )
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"\nwrote {output}")
+    _common.write_json(result, output)
     return result
 
 

@@ -6,14 +6,15 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 from tests.helpers import REPO, run_processes, subprocess_env, tensorflow_only
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
+import _common  # noqa: E402
 import generation  # noqa: E402
 import train_step_profile  # noqa: E402
-import train_throughput  # noqa: E402
 
 
 def _run(script, tmp_path, *flags):
@@ -35,11 +36,26 @@ def _run(script, tmp_path, *flags):
 
 def test_bootstrap_interval_brackets_the_median():
     values = np.random.default_rng(0).normal(1.0, 0.05, 40)
-    low, high = train_throughput.bootstrap_median_ci(values, seed=0)
+    low, high = _common.bootstrap_median_ci(values, seed=0)
     assert low < np.median(values) < high
     assert high - low < 0.1
     # Identical values leave nothing to be unsure about.
-    assert train_throughput.bootstrap_median_ci([1.5] * 5, seed=0) == [1.5, 1.5]
+    assert _common.bootstrap_median_ci([1.5] * 5, seed=0) == [1.5, 1.5]
+
+
+def test_paired_ratios_from_known_timings():
+    # Round 3 is a slow phase of the machine for both rows: the ratio of
+    # medians and the median of same-round ratios differ.
+    ours = [200.0, 300.0, 100.0, 240.0, 330.0]
+    hub = [100.0, 100.0, 50.0, 120.0, 110.0]
+    ratios = _common.paired_ratios(ours, hub, seed=0)
+    assert ratios["per_round"] == [2.0, 3.0, 2.0, 2.0, 3.0]
+    assert ratios["paired_median"] == 2.0
+    assert ratios["ratio_of_medians"] == 240.0 / 100.0
+    low, high = ratios["paired_ci95"]
+    assert 2.0 <= low <= high <= 3.0
+    with pytest.raises(ValueError, match="one length"):
+        _common.paired_ratios(ours, hub[:-1], seed=0)
 
 
 def test_train_throughput_quick_run_writes_paired_ratios(tmp_path):
@@ -48,11 +64,25 @@ def test_train_throughput_quick_run_writes_paired_ratios(tmp_path):
     )
     rows = {row["name"]: row for row in result["rows"]}
     assert set(rows) == {"keras_tfm", "keras_hub"}
-    assert rows["keras_hub"]["relative_to_keras_hub_paired_median"] == 1.0
-    ours = rows["keras_tfm"]
+    ours, hub = rows["keras_tfm"], rows["keras_hub"]
     rounds = result["config"]["rounds"]
     assert len(ours["tokens_per_second_per_round"]) == rounds
-    assert len(ours["relative_to_keras_hub_per_round"]) == rounds
+    # The ratios written are those of the per-round figures written.
+    expected = [
+        a / b
+        for a, b in zip(
+            ours["tokens_per_second_per_round"],
+            hub["tokens_per_second_per_round"],
+            strict=True,
+        )
+    ]
+    assert ours["relative_to_keras_hub_per_round"] == pytest.approx(expected)
+    assert ours["relative_to_keras_hub_paired_median"] == pytest.approx(
+        float(np.median(expected))
+    )
+    assert ours["relative_to_keras_hub"] == pytest.approx(
+        ours["tokens_per_second"] / hub["tokens_per_second"]
+    )
     low, high = ours["relative_to_keras_hub_paired_ci95"]
     assert low <= ours["relative_to_keras_hub_paired_median"] <= high
     assert ours["tokens_per_second"] > 0
@@ -144,3 +174,27 @@ def test_generation_naive_loop_matches_generator():
     )()
     expected = generation.Generator(model).generate(prompts, 7)
     np.testing.assert_array_equal(generation.ids_of(naive), expected)
+
+
+def test_packing_quick_run_reports_fill_and_real_tokens(tmp_path):
+    result, log = _run("packing.py", tmp_path)
+    rows = {row["name"]: row for row in result["rows"]}
+    assert list(rows) == ["packed", "bucketed", "padded", "keras_hub"]
+    hub = rows["keras_hub"]
+    for row in rows.values():
+        assert 0 < row["fill"] <= 1, row
+        # One epoch over the same sequences for every variant.
+        assert row["real_tokens"] == result["data"]["real_tokens_per_epoch"]
+        assert row["real_tokens_per_second"] > 0
+        assert row["relative_to_keras_hub"] == pytest.approx(
+            row["real_tokens_per_second"] / hub["real_tokens_per_second"]
+        )
+        assert np.isfinite(row["validation_loss"])
+    assert rows["packed"]["fill"] > rows["padded"]["fill"]
+    assert rows["bucketed"]["fill"] >= rows["padded"]["fill"]
+    # The packed model computes every sequence as if it were alone: its
+    # weights give the same loss on padded batches.
+    assert result["validation"][
+        "packed_weights_on_padded_batches"
+    ] == pytest.approx(rows["packed"]["validation_loss"], rel=1e-4)
+    assert result["table_markdown"] in log
