@@ -88,6 +88,13 @@ class Generator:
                 f"or Seq2SeqLM. Received: {type(model).__name__} without "
                 f"{', '.join(f'`{m}`' for m in missing) or '`__call__`'}"
             )
+        if getattr(model, "packed", False) is True:
+            raise ValueError(
+                "Generate with the unpacked twin of a packed model: build it "
+                "with packed=False (same layers and weights) and copy the "
+                "weights with `set_weights(packed.get_weights())`. "
+                f"Received: {type(model).__name__} with packed=True"
+            )
         self.model = model
         self.seq2seq = callable(getattr(model, "encode", None))
         self.jit_compile = bool(jit_compile)

@@ -222,3 +222,13 @@ def test_packed_model_trains_compiled_and_in_mixed_precision():
         finally:
             keras.config.set_dtype_policy("float32")
         assert np.isfinite(history.history["loss"]).all()
+
+
+def test_generation_uses_the_unpacked_twin():
+    from keras_tfm.generation import Generator
+
+    unpacked, packed = twins(decoder_lm, "sinusoidal", num_layers=1)
+    with pytest.raises(ValueError, match="unpacked twin"):
+        Generator(packed)
+    ids = Generator(unpacked, jit_compile=False).generate([[3, 4]], 5)
+    assert ids.shape == (1, 5)
