@@ -99,6 +99,38 @@ def pad(sequences, length):
     return array
 
 
+def pieces(sequences, length):
+    """Id lists cut into consecutive pieces of at most `length` tokens.
+
+    A piece of one token is dropped: it has no next token to predict.
+    """
+    cut = []
+    for ids in sequences:
+        for start in range(0, len(ids), length):
+            piece = list(ids[start : start + length])
+            if len(piece) > 1:
+                cut.append(piece)
+    return cut
+
+
+def one_segment_per_row(token_ids, prefix=""):
+    """Right-padded rows in the input format of a `packed=True` model:
+    `token_ids`, `segment_ids` (1 at each token, 0 at padding) and
+    `positions` (0, 1, ... from each row's start), named with `prefix`.
+
+    The packed model computes such rows exactly as the unpacked one
+    computes the padded rows, so its loss on them is the same.
+    """
+    token_ids = np.asarray(token_ids, "int32")
+    segment_ids = (token_ids != PAD).astype("int32")
+    positions = (np.cumsum(segment_ids, axis=1) - 1) * segment_ids
+    return {
+        f"{prefix}token_ids": token_ids,
+        f"{prefix}segment_ids": segment_ids,
+        f"{prefix}positions": positions.astype("int32"),
+    }
+
+
 def add_tokenizer_flags(parser, group, *, default_help, max_vocabulary):
     """`--tokenizer` and `--max-vocabulary`; `default_help` says what
     `--tokenizer` is when not given (see `resolve_tokenizer`)."""

@@ -2,8 +2,10 @@
 batched generation, and the scores of decoded text (exact match, BLEU,
 chrF)."""
 
+import os
+
 import numpy as np
-from _data import END
+from _data import END, TOKENIZER_FILE
 from _flags import finite_float, positive_float, positive_int, probability
 
 # The names of keras_tfm.generation.SAMPLERS, spelled out so that the
@@ -85,6 +87,62 @@ def check_generation_args(parser, args):
                 f"--{name.replace('_', '-')} applies to --sampler "
                 f"{' or '.join(users)} only, not {args.sampler}"
             )
+
+
+EXPORTABLE = ("greedy", "beam")  # keras_tfm.export: no random samplers
+
+
+def add_export_flag(parser):
+    """`--export DIR`: the decoding loop as a TensorFlow SavedModel."""
+    group = parser.add_argument_group("export")
+    group.add_argument(
+        "--export",
+        metavar="DIR",
+        default=None,
+        help="after training, write the whole decoding loop (--sampler "
+        "greedy or beam) as a TensorFlow SavedModel to DIR, with "
+        f"{TOKENIZER_FILE} beside it; needs KERAS_BACKEND=tensorflow",
+    )
+
+
+def check_export_args(parser, args):
+    """Refuse an --export that cannot work, before any training: another
+    Keras backend, a random sampler, a DIR that is a file."""
+    if args.export is None:
+        return
+    if args.sampler not in EXPORTABLE:
+        parser.error(
+            f"--export writes --sampler greedy or beam only, not "
+            f"{args.sampler} (a SavedModel would repeat one baked-in seed)"
+        )
+    if os.path.exists(args.export) and not os.path.isdir(args.export):
+        parser.error(f"--export {args.export} is not a directory")
+    import keras  # only now: the backend decides
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        parser.error(
+            f"--export needs KERAS_BACKEND=tensorflow (a SavedModel is a "
+            f"TensorFlow graph), not {backend}; or train here and export "
+            "OUTPUT_DIR/model.keras from a TensorFlow process with "
+            "keras_tfm.export.export_generator"
+        )
+
+
+def export(model, tokenizer, args, max_length, **options):
+    """Write the SavedModel of `--export` and its tokenizer; its path."""
+    from keras_tfm.export import export_generator
+
+    export_generator(
+        model,
+        args.export,
+        max_length,
+        **generation_options(args),
+        **options,
+    )
+    tokenizer.save(os.path.join(args.export, TOKENIZER_FILE))
+    print(f"exported the {args.sampler} decoding loop to {args.export}")
+    return args.export
 
 
 # The options each sampler takes (`Generator.generate` refuses the others).

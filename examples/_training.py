@@ -6,9 +6,11 @@ its flags and data first, so a bad start costs no TensorFlow import and
 leaves `--output-dir` untouched.
 """
 
+import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -43,6 +45,7 @@ RESUMABLE_CHANGES = {
     "temperature",
     "prompt",
     "sample_length",
+    "export",
 }
 EXIT_INTERRUPTED = 3
 
@@ -69,7 +72,8 @@ def add_training_flags(
         "--batch-size",
         type=positive_int,
         default=batch_size,
-        help="examples per update (default: %(default)s)",
+        help="examples per update; packed, as many rows as hold about "
+        "that many (default: %(default)s)",
     )
     group.add_argument(
         "--warmup-steps",
@@ -136,6 +140,25 @@ def add_training_flags(
         help="stop as if interrupted after N epochs of this run (exit "
         f"status {EXIT_INTERRUPTED}); run again without it to resume",
     )
+
+
+def add_packing_flag(group, *, sequences, default_help):
+    """`--packing/--no-packing`; `None` until `resolve_packing`."""
+    group.add_argument(
+        "--packing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"train on packed rows: several {sequences} side by side in a "
+        "row, each attending only to itself (keras_tfm.data), instead of "
+        "one a row padded to the longest; decoding and evaluation use the "
+        f"same weights in the unpacked model (default: {default_help})",
+    )
+
+
+def resolve_packing(args, default):
+    """Set `args.packing` to `default` when neither flag is given."""
+    if args.packing is None:
+        args.packing = default
 
 
 def check_run_args(parser, args):
@@ -294,6 +317,56 @@ class Distribution:
         return self._scope
 
 
+def epoch_timer():
+    """A callback timing the training part of each epoch (up to its
+    validation), and the list of seconds it fills."""
+    import keras
+
+    seconds = []
+    started = []
+
+    def begin(epoch, logs=None):
+        started[:] = [time.perf_counter()]
+
+    def end(*args):
+        if started:
+            seconds.append(time.perf_counter() - started.pop())
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            begin(epoch)
+
+        def on_test_begin(self, logs=None):
+            end()
+
+        def on_epoch_end(self, epoch, logs=None):
+            end()
+
+    return Timer(), seconds
+
+
+def masked_cross_entropy(name="cross_entropy"):
+    """Unsmoothed cross-entropy per real target token, labels `0` left
+    out: the mean over every such token of the epoch (the log of the
+    perplexity), whatever the batches and their padding."""
+    import keras
+    from keras import ops
+
+    class MaskedCrossEntropy(keras.metrics.Mean):
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            y_true = ops.cast(y_true, "int32")
+            losses = keras.losses.sparse_categorical_crossentropy(
+                y_true, ops.cast(y_pred, "float32"), from_logits=True
+            )
+            # One value per token, so the mean is over tokens.
+            weights = ops.cast(ops.not_equal(y_true, 0), self.dtype)
+            super().update_state(
+                ops.reshape(losses, (-1,)), ops.reshape(weights, (-1,))
+            )
+
+    return MaskedCrossEntropy(name=name)
+
+
 class Interrupted(Exception):
     """Raised by `stop_after`, as a crash or Ctrl-C would stop a run."""
 
@@ -351,9 +424,26 @@ class Run:
             callbacks.append(stop_after(args.stop_after_epochs))
         return callbacks
 
-    def fit(self, model, x, y, validation_data=None, **kwargs):
+    def fit(
+        self,
+        model,
+        x,
+        y,
+        validation_data=None,
+        *,
+        tokens=None,
+        sequences=None,
+        **kwargs,
+    ):
         """`model.fit` with the run's callbacks; the whole history back.
 
+        `tokens` is the number of real (non-padding) tokens in an epoch of
+        `x`: `throughput()` then gives the training tokens per second.
+        `sequences`, when the rows of `x` are packed, is how many
+        sequences they hold: a batch then takes as many rows as hold
+        about `--batch-size` sequences (so the updates per epoch and the
+        tokens per update are about those of padded rows), and
+        validation, one sequence a row, keeps `--batch-size`.
         An interruption (Ctrl-C, or `--stop-after-epochs`) leaves the
         backup of the last finished epoch and exits; running the same
         command again continues from there.
@@ -361,6 +451,19 @@ class Run:
         os.makedirs(self.backup_dir, exist_ok=True)
         with open(self.path(BACKUP_DIR, RUN_ARGS), "w") as file:
             json.dump(_resumable_args(self.args), file, indent=2)
+        self._tokens = tokens
+        self._timer, self._epoch_seconds = epoch_timer()
+        batch_size = self.args.batch_size
+        if sequences is not None:
+            rows = len(_first_array(x))
+            batch_size = max(1, round(batch_size * rows / sequences))
+            if self.distribution.even_batches:
+                replicas = self.distribution.replicas
+                batch_size = max(replicas, batch_size - batch_size % replicas)
+            print(
+                f"{sequences} sequences packed into {rows} rows: "
+                f"{batch_size} rows a batch"
+            )
         if self.distribution.even_batches:
             x, y = self._even("training", (x, y))
             if validation_data is not None:
@@ -370,9 +473,10 @@ class Run:
                 x,
                 y,
                 validation_data=validation_data,
-                batch_size=self.args.batch_size,
+                batch_size=batch_size,
+                validation_batch_size=self.args.batch_size,
                 epochs=self.args.epochs,
-                callbacks=self.callbacks(),
+                callbacks=[*self.callbacks(), self._timer],
                 verbose=self.args.verbose,
                 **kwargs,
             )
@@ -387,6 +491,15 @@ class Run:
             print(json.dumps({"interrupted": True, "output_dir": self.dir}))
             sys.exit(status)
         return self.history()
+
+    def throughput(self):
+        """Real training tokens per second: the median over the epochs
+        this process trained, the first (which compiles) left out when
+        there are others."""
+        seconds = self._epoch_seconds[1:] or self._epoch_seconds
+        if self._tokens is None or not seconds:  # or all epochs restored
+            return None
+        return round(self._tokens / statistics.median(seconds))
 
     def _even(self, name, data):
         """`data` without its last examples beyond a multiple of the

@@ -4,6 +4,8 @@
     python examples/train_lm.py --position rotary --epochs 10
     python examples/train_lm.py --text-file tinyshakespeare.txt
     python examples/train_lm.py --sampler top_k --top-k 10 --temperature 0.7
+    python examples/train_lm.py --no-packing
+    python examples/train_lm.py --sampler greedy --export runs/lm_export
 
 The default corpus is real English prose that ships with every Python:
 the docstrings of the standard library, read from its source files at run
@@ -12,12 +14,23 @@ time (nothing is imported or downloaded), one character per token.
 Shakespeare, with a byte-level BPE tokenizer trained on the training part
 (`--tokenizer`; saved in OUTPUT_DIR).
 
-The model is `keras_tfm.models.decoder_lm` with its output tied to the
-token table, trained on windows of `--sequence-length` tokens with the
-TransformerSchedule. The last tenth of the text is held out: the script
-reports its perplexity per token (exp of the cross-entropy) and prints
-a sample from `keras_tfm.generation.Generator` (by default temperature
-sampling from the whole distribution; see `--sampler`). `--distribute`
+A training sequence is a paragraph (the text between two blank lines;
+for the docstrings mostly a docstring paragraph), one longer than
+`--sequence-length` tokens being cut into pieces that long. By default
+(`--packing`) they are packed several to a row of `--sequence-length`
+slots with `keras_tfm.data.pack`, each attending only to itself, and the
+model is `keras_tfm.models.decoder_lm(..., packed=True)`; `--no-packing`
+pads each to a row of its own. Either way the model learns the same
+thing, the next token within each sequence; packed, almost no slot is
+padding, so an epoch takes fewer steps of the same cost. Its output is
+tied to the token table and it trains with the TransformerSchedule.
+The last tenth of the text is held out, one sequence a row: the script
+reports its perplexity per token (exp of the cross-entropy) and prints a
+sample from `keras_tfm.generation.Generator` running the unpacked model
+with the trained weights (by default temperature sampling from the
+whole distribution; see `--sampler`). `--export DIR` writes that
+decoding loop, with `--sampler greedy` or `beam`, as a TensorFlow
+SavedModel (TensorFlow backend only). `--distribute`
 trains on several devices (see the README's "Distribution"). OUTPUT_DIR
 receives checkpoints, history.csv, metrics.json and plots; the last line
 printed is the JSON of the final metrics. Interrupt it and run the same
@@ -27,6 +40,7 @@ command again to resume.
 import ast
 import math
 import os
+import re
 import sysconfig
 
 import _data as data
@@ -98,7 +112,13 @@ def build_parser():
         "--sequence-length",
         type=flags.positive_int,
         default=128,
-        help="tokens of context per training window (default: %(default)s)",
+        help="longest training sequence in tokens; longer paragraphs are "
+        "cut into pieces this long (default: %(default)s)",
+    )
+    training.add_packing_flag(
+        group,
+        sequences="paragraphs",
+        default_help="on, as measured fastest; see the README's Results",
     )
     group.add_argument(
         "--validation-fraction",
@@ -140,6 +160,7 @@ def build_parser():
     decoding.add_generation_flags(
         parser, sampler="top_p", temperature=0.8, top_p=1.0
     )
+    decoding.add_export_flag(parser)
     return parser
 
 
@@ -155,23 +176,24 @@ def parse_args(argv=None):
     data.resolve_tokenizer(
         parser, args, "char" if args.text_file is None else "subword"
     )
+    training.resolve_packing(args, True)
     flags.check_model_args(parser, args)
     decoding.check_generation_args(parser, args)
+    decoding.check_export_args(parser, args)
     training.check_run_args(parser, args)
     return parser, args
 
 
-def windows(ids, length, stride):
-    """Inputs `ids[i : i + length]` and next-token labels."""
-    starts = range(0, len(ids) - length - 1 + 1, stride)
-    x = np.stack([ids[s : s + length] for s in starts])
-    y = np.stack([ids[s + 1 : s + length + 1] for s in starts])
-    return x, y
+def paragraphs(text):
+    """The paragraphs of `text`: the pieces between blank lines."""
+    return [part.strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
 
 
 def load_corpus(parser, args):
-    """Train and validation windows, the tokenizer (trained on the
-    training part of the text) and the name of the text."""
+    """Training and validation sequences (id lists of at most
+    `--sequence-length` tokens: the paragraphs, long ones cut into
+    pieces), the tokenizer (trained on the training part of the text)
+    and the name of the text."""
     if args.text_file is None:
         text = stdlib_docstrings(args.corpus_chars)
         source = "the standard library's docstrings"
@@ -187,24 +209,22 @@ def load_corpus(parser, args):
         args.max_vocabulary,
         saved=training.resumed_file(args, data.TOKENIZER_FILE),
     )
-    train_ids, validation_ids = (
-        np.asarray(ids, "int32")
-        for ids in data.encode(tokenizer, [text[:split_at], text[split_at:]])
-    )
-    needed = args.sequence_length + 1
-    if min(len(train_ids), len(validation_ids)) < needed:
-        parser.error(
-            f"{source}: {len(text)} characters ({len(train_ids)} + "
-            f"{len(validation_ids)} {args.tokenizer} tokens) is too short for "
-            f"--sequence-length {args.sequence_length} in both the training "
-            "and the validation part"
+    parts = []
+    for name, part in (
+        ("training", text[:split_at]),
+        ("validation", text[split_at:]),
+    ):
+        sequences = data.pieces(
+            data.encode(tokenizer, paragraphs(part)), args.sequence_length
         )
-    train = windows(
-        train_ids, args.sequence_length, args.sequence_length // 2 or 1
-    )
-    validation = windows(
-        validation_ids, args.sequence_length, args.sequence_length
-    )
+        if not sequences:
+            parser.error(
+                f"{source}: {len(text)} characters is too short: its "
+                f"{name} part has no paragraph of 2 or more "
+                f"{args.tokenizer} tokens"
+            )
+        parts.append(sequences)
+    train, validation = parts
     return train, validation, tokenizer, source
 
 
@@ -262,42 +282,86 @@ def main(argv=None):
 
     import keras_tfm as tfm
 
+    # One sequence a row, padded, and the next token as its label (0 at
+    # its last token, which predicts nothing).
+    padded = data.pad(train, args.sequence_length)
+    train_x, train_y = padded, tfm.data.next_token_labels(padded, padded != 0)
+    validation_x = data.pad(validation, args.sequence_length)
+    validation_y = tfm.data.next_token_labels(validation_x, validation_x != 0)
+    tokens = int(np.count_nonzero(padded))
+    if args.packing:
+        train_x = tfm.data.pack(train, args.sequence_length, return_labels=True)
+        train_y = train_x.pop("labels")
+        # Validation stays one sequence a row, in the packed model's
+        # format: the same loss and perplexity as the unpacked model's.
+        validation_x = data.one_segment_per_row(validation_x)
+    train_fill = tfm.data.fill(
+        train_x["token_ids"] if args.packing else train_x
+    )
+
     distribution = training.Distribution(parser, args)  # before seeding
     keras.utils.set_random_seed(args.seed)
     with distribution.scope():
-        model = flags.build_model(
+        # Sampling uses the unpacked model; with --packing it gets the
+        # trained weights of the packed one (the same weights: packing
+        # only changes the masks and positions).
+        lm = flags.build_model(
             parser,
             tfm.models.decoder_lm,
             tokenizer.get_vocab_size(),
             args.sequence_length,
             **flags.model_kwargs(args),
         )
+        model = lm
+        if args.packing:
+            model = flags.build_model(
+                parser,
+                tfm.models.decoder_lm,
+                tokenizer.get_vocab_size(),
+                args.sequence_length,
+                packed=True,
+                **flags.model_kwargs(args),
+            )
+            model.set_weights(lm.get_weights())  # the same start
         model.compile(
             optimizer=training.optimizer(args),
             loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
                 label_smoothing=args.label_smoothing
             ),
             metrics=[
-                # Unsmoothed, for the perplexity whatever --label-smoothing.
-                keras.metrics.SparseCategoricalCrossentropy(
-                    from_logits=True, name="cross_entropy"
-                ),
+                # Unsmoothed, over real targets only: the log perplexity
+                # whatever --label-smoothing.
+                training.masked_cross_entropy(),
                 tfm.metrics.MaskedAccuracy(),
             ],
         )
     run = training.Run(args, distribution)
     tokenizer.save(run.path(data.TOKENIZER_FILE))
     print(
-        f"{source}: {len(train[0])} training and {len(validation[0])} "
-        f"validation windows of {args.sequence_length} tokens, "
-        f"{tokenizer.get_vocab_size()} {args.tokenizer} tokens"
+        f"{source}: {len(train)} training and {len(validation)} "
+        f"validation paragraphs (or pieces) of at most "
+        f"{args.sequence_length} tokens, {tokenizer.get_vocab_size()} "
+        f"{args.tokenizer} tokens; {'packed' if args.packing else 'padded'} "
+        f"into {len(train_y)} training rows, {train_fill:.1%} of their "
+        "slots filled"
     )
-    history = run.fit(model, *train, validation_data=validation)
+    history = run.fit(
+        model,
+        train_x,
+        train_y,
+        validation_data=(validation_x, validation_y),
+        tokens=tokens,
+        sequences=len(train) if args.packing else None,
+    )
+    tokens_per_second = run.throughput()
+    print(f"training: {tokens_per_second} real tokens/s")
+    if args.packing:
+        lm.set_weights(model.get_weights())
 
     text = ""
     if args.sample_length:
         generator = tfm.generation.Generator(
-            model, jit_compile=distribution.jit_compile
+            lm, jit_compile=distribution.jit_compile
         )
         text = sample(
             generator,
@@ -320,13 +384,23 @@ def main(argv=None):
         "sample": text,
         "sampler": args.sampler,
         "tokenizer": args.tokenizer,
+        "packing": args.packing,
+        "train_fill": round(train_fill, 4),
+        "train_tokens_per_second": tokens_per_second,
     }
+    if args.export:
+        metrics["export"] = decoding.export(
+            lm,
+            tokenizer,
+            args,
+            args.sequence_length,
+            start_id=data.START,
+            end_id=data.END,
+        )
     run.plot("learning_curves", tfm.plotting.plot_history, history)
     if args.position != "rotary":
-        run.plot(
-            "position_encoding", tfm.plotting.plot_position_encoding, model
-        )
-    return run.finish(model, metrics)
+        run.plot("position_encoding", tfm.plotting.plot_position_encoding, lm)
+    return run.finish(lm, metrics)
 
 
 if __name__ == "__main__":

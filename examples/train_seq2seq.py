@@ -4,6 +4,8 @@
     python examples/train_seq2seq.py --position rotary --output-dir runs/rot
     python examples/train_seq2seq.py --data de_en.tsv --output-dir runs/de_en
     python examples/train_seq2seq.py --sampler beam --num-beams 4
+    python examples/train_seq2seq.py --packing
+    python examples/train_seq2seq.py --export runs/seq2seq_export
 
 The default task is generated in the script, so it runs anywhere with no
 download: dates written the ways people write them ("3rd of March 2021",
@@ -18,6 +20,14 @@ English-Spanish example uses; extra columns are ignored; see
 scripts/ding_to_tsv.py for German-English sentences from Debian), with a
 byte-level BPE tokenizer trained on the training split (`--tokenizer`).
 
+With `--packing` (the default with `--data`) the training pairs are
+packed several to a row by `keras_tfm.data.pack_pairs` (each pair's
+source in an encoder row, its target in the decoder row of the same
+index, attending only to each other) and the model is
+`seq2seq_transformer(..., packed=True)`; `--no-packing` (the default for
+the dates, whose lengths vary little) pads each pair to a row of its
+own. Decoding uses the unpacked model with the trained weights.
+
 The model trains with the paper's recipe: the TransformerSchedule warm-up,
 Adam(beta_2=0.98), label smoothing and masked token accuracy. The loss is
 MaskedSparseCategoricalCrossentropy: the Keras padding mask only covers
@@ -27,14 +37,17 @@ SparseCategoricalCrossentropy without `ignore_class=0`. Afterwards
 `keras_tfm.generation.Generator` decodes the test split (greedily unless
 `--sampler` says otherwise) and the script reports exact match, corpus
 BLEU and chrF (sacrebleu, default settings, its signatures included).
-`--distribute` trains on several devices (see the README's
-"Distribution"). OUTPUT_DIR receives checkpoints, the tokenizer,
+`--export DIR` writes the decoding loop (`--sampler greedy` or `beam`)
+as a TensorFlow SavedModel with the tokenizer beside it (TensorFlow
+backend only). `--distribute` trains on several devices (see the
+README's "Distribution"). OUTPUT_DIR receives checkpoints, the tokenizer,
 history.csv, metrics.json and plots (learning curves, the position table,
 a cross-attention map); the last line printed is the JSON of the final
 metrics. Interrupt it and run the same command again to resume.
 """
 
 import datetime
+import math
 
 import _data as data
 import _decoding as decoding
@@ -135,6 +148,12 @@ def build_parser():
         help="share of --data pairs held out for testing "
         "(default: %(default)s)",
     )
+    training.add_packing_flag(
+        group,
+        sequences="pairs",
+        default_help="on with --data, off for the dates, as measured "
+        "fastest; see the README's Results",
+    )
     flags.add_model_flags(
         parser,
         num_layers=2,
@@ -153,6 +172,7 @@ def build_parser():
         output_dir="runs/seq2seq",
     )
     decoding.add_generation_flags(parser, sampler="greedy", temperature=1.0)
+    decoding.add_export_flag(parser)
     return parser
 
 
@@ -164,8 +184,10 @@ def parse_args(argv=None):
     data.resolve_tokenizer(
         parser, args, "char" if args.data is None else "subword"
     )
+    training.resolve_packing(args, args.data is not None)
     flags.check_model_args(parser, args)
     decoding.check_generation_args(parser, args)
+    decoding.check_export_args(parser, args)
     training.check_run_args(parser, args)
     return parser, args
 
@@ -226,6 +248,53 @@ def encode(pairs, tokenizer, source_length, target_length):
     return inputs, labels
 
 
+# Packed rows hold about this many pairs of average length (each side's
+# row is that many times its mean length, and at least its longest).
+PAIRS_PER_ROW = 4
+
+
+def pack(pairs, tokenizer):
+    """Packed training rows of `pairs` and their labels.
+
+    `keras_tfm.data.pack_pairs` puts the source of each pair in an
+    encoder row and `<start>` + target + `<end>` in the decoder row of
+    the same index, under one segment id; the labels are the next target
+    token within each segment (target + `<end>`, as unpacked, and 0 at
+    the `<end>` input, which predicts nothing).
+    """
+    from keras_tfm.data import pack_pairs
+
+    sources = data.encode(tokenizer, [source for source, _ in pairs])
+    targets = [
+        [data.START, *ids, data.END]
+        for ids in data.encode(tokenizer, [target for _, target in pairs])
+    ]
+    lengths = [
+        max(
+            max(map(len, side)),
+            math.ceil(PAIRS_PER_ROW * np.mean([len(ids) for ids in side])),
+        )
+        for side in (sources, targets)
+    ]
+    rows = pack_pairs(sources, targets, *lengths)
+    labels = rows.pop("labels")
+    return rows, labels
+
+
+def real_tokens(inputs, labels):
+    """Source tokens plus target tokens with their `<end>` (the labels):
+    the same count for padded and packed rows of the same pairs."""
+    return int(
+        np.count_nonzero(inputs["encoder_token_ids"]) + np.count_nonzero(labels)
+    )
+
+
+def fill(inputs):
+    """Share of the encoder and decoder slots that hold a token."""
+    arrays = [inputs[f"{side}_token_ids"] for side in ("encoder", "decoder")]
+    return sum(map(np.count_nonzero, arrays)) / sum(a.size for a in arrays)
+
+
 def main(argv=None):
     parser, args = parse_args(argv)
     rng = np.random.default_rng(args.seed)
@@ -242,16 +311,52 @@ def main(argv=None):
 
     import keras_tfm as tfm
 
+    tokens = real_tokens(train_x, train_y)
+    validation = (test_x, test_y)
+    if args.packing:
+        train_x, train_y = pack(train, tokenizer)
+        # Validation stays one pair a row, in the packed model's format:
+        # the same loss and accuracy as the unpacked model's.
+        validation = (
+            {
+                **data.one_segment_per_row(
+                    test_x["encoder_token_ids"], "encoder_"
+                ),
+                **data.one_segment_per_row(
+                    test_x["decoder_token_ids"], "decoder_"
+                ),
+            },
+            test_y,
+        )
+
     distribution = training.Distribution(parser, args)  # before seeding
     keras.utils.set_random_seed(args.seed)
     with distribution.scope():
-        model = flags.build_model(
+        build = dict(
+            # Packed, a decoder row also holds the <end> of the longest
+            # target as an input, one position more.
+            sequence_length=max(source_length, target_length + 1),
+            **flags.model_kwargs(args),
+        )
+        # Decoding and evaluation use the unpacked model; with --packing
+        # it gets the trained weights of the packed one (the same
+        # weights: packing only changes the masks and positions).
+        translator = flags.build_model(
             parser,
             tfm.models.seq2seq_transformer,
             tokenizer.get_vocab_size(),
-            max(source_length, target_length),
-            **flags.model_kwargs(args),
+            **build,
         )
+        model = translator
+        if args.packing:
+            model = flags.build_model(
+                parser,
+                tfm.models.seq2seq_transformer,
+                tokenizer.get_vocab_size(),
+                packed=True,
+                **build,
+            )
+            model.set_weights(translator.get_weights())  # the same start
         model.compile(
             optimizer=training.optimizer(args),
             # The Keras padding mask covers padded *inputs* only; the label
@@ -264,15 +369,30 @@ def main(argv=None):
         )
     run = training.Run(args, distribution)
     tokenizer.save(run.path(data.TOKENIZER_FILE))
+    train_fill = fill(train_x)
     print(
         f"{len(train)} training and {len(test)} test pairs, "
         f"{tokenizer.get_vocab_size()} {args.tokenizer} tokens, e.g. "
-        f"{test[0][0]!r} -> {test[0][1]!r}"
+        f"{test[0][0]!r} -> {test[0][1]!r}; "
+        f"{'packed' if args.packing else 'padded'} into "
+        f"{len(train_y)} training rows, {train_fill:.1%} of their slots "
+        "filled"
     )
-    history = run.fit(model, train_x, train_y, validation_data=(test_x, test_y))
+    history = run.fit(
+        model,
+        train_x,
+        train_y,
+        validation_data=validation,
+        tokens=tokens,
+        sequences=len(train) if args.packing else None,
+    )
+    tokens_per_second = run.throughput()
+    print(f"training: {tokens_per_second} real tokens/s")
+    if args.packing:
+        translator.set_weights(model.get_weights())
 
     generator = tfm.generation.Generator(
-        model, jit_compile=distribution.jit_compile
+        translator, jit_compile=distribution.jit_compile
     )
     predicted = decoding.generate(
         generator,
@@ -296,13 +416,25 @@ def main(argv=None):
         "loss": history["loss"][-1],
         "val_loss": history["val_loss"][-1],
         "epochs": len(history["loss"]),
+        "packing": args.packing,
+        "train_fill": round(train_fill, 4),
+        "train_tokens_per_second": tokens_per_second,
     }
+    if args.export:
+        metrics["export"] = decoding.export(
+            translator,
+            tokenizer,
+            args,
+            target_length,
+            start_id=data.START,
+            end_id=data.END,
+        )
     run.plot("learning_curves", tfm.plotting.plot_history, history)
     if args.position != "rotary":
         run.plot(
             "position_encoding",
             tfm.plotting.plot_position_encoding,
-            model,
+            translator,
             title=f"{args.position} position table (encoder)",
         )
     # The test pair with the longest source: the most reordering to see.
@@ -311,12 +443,12 @@ def main(argv=None):
     run.plot(
         "attention",
         tfm.plotting.plot_attention,
-        model,
+        translator,
         example,
         vocabulary=data.token_names(tokenizer),
         title=f"cross-attention of the last decoder layer ({args.position})",
     )
-    return run.finish(model, metrics)
+    return run.finish(translator, metrics)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ TINY = {
     "train_classifier": [
         "--train-size", "64", "--test-size", "16", "--epochs", "2",
         "--max-length", "16", "--position", "learned",
+        # Scaled token vectors (the builders' default) overshoot at 1.
+        "--lr-scale", "0.5",
     ],
     "train_lm": [
         "--corpus-chars", "2500", "--sequence-length", "32", "--epochs",
@@ -113,6 +115,9 @@ def test_runs_end_to_end(name, tmp_path, capsys):
     }[name]
     assert ({f"{plot}.png" for plot in plots} <= files) == PLOTS
     assert training.BACKUP_DIR not in files  # a finished run leaves none
+    if name != "train_classifier":  # packed: the LM; the dates: padded
+        assert metrics["packing"] is (name == "train_lm")
+        assert metrics["train_tokens_per_second"] > 0
     assert len(read_history(tmp_path)) == 2
     if name == "train_seq2seq":
         assert 0 <= metrics["test_exact_match"] <= 1
@@ -246,6 +251,16 @@ BAD_INPUTS = [
      f"--distribute {OTHER_STRATEGY}: `distribute='{OTHER_STRATEGY}'` "
      "needs the"),
     ("train_seq2seq", ["--distribute", "ring"], "invalid choice: 'ring'"),
+    # --export: greedy or beam only, into a directory, on TensorFlow.
+    ("train_lm", ["--export", "{data}/export"], "--export writes --sampler "
+     "greedy or beam only, not top_p"),
+    ("train_seq2seq", ["--export", "{data}/columns.tsv"],
+     "is not a directory"),
+    *(
+        [] if keras.backend.backend() == "tensorflow"
+        else [("train_seq2seq", ["--export", "{data}/export"],
+               "--export needs KERAS_BACKEND=tensorflow")]
+    ),
     ("train_lm", ["--distribute", "multi-worker"],
      "--distribute multi-worker: "),
 ]  # fmt: skip
@@ -492,6 +507,76 @@ def test_decoding_flags_reach_the_generator(name, args, tmp_path, monkeypatch):
         assert {call[:2] for call in calls} == {((1, 16), 32)}
 
 
+# train_lm packs by default (test_runs_end_to_end); here only to export.
+PACKING_RUNS = ["train_seq2seq"] + (
+    ["train_lm"] if keras.backend.backend() == "tensorflow" else []
+)
+
+
+@pytest.mark.parametrize("name", PACKING_RUNS)
+def test_packing_trains_and_decodes(name, tmp_path, monkeypatch):
+    """--packing: packed rows for training, the weights copied to the
+    unpacked model, which decodes; on TensorFlow --export too, whose
+    SavedModel decodes as the script did."""
+    calls = []
+    real_generate = generation.Generator.generate
+
+    def recording_generate(self, inputs, max_length, **options):
+        ids = real_generate(self, inputs, max_length, **options)
+        assert not self.model.packed  # the unpacked twin decodes
+        calls.append((np.array(inputs), ids))
+        return ids
+
+    monkeypatch.setattr(generation.Generator, "generate", recording_generate)
+    extra = ["--packing", "--epochs", "1"]
+    export = keras.backend.backend() == "tensorflow"
+    if export:
+        extra += ["--export", str(tmp_path / "export")]
+        if name == "train_lm":
+            extra += ["--sampler", "greedy", "--sample-length", "3"]
+    metrics = run(name, tmp_path / "run", *extra)
+    assert metrics["packing"] is True and metrics["epochs"] == 1
+    assert 0.5 < metrics["train_fill"] <= 1
+    assert metrics["train_tokens_per_second"] > 0
+    assert calls  # decoded after training
+    if name == "train_seq2seq":
+        assert 0 <= metrics["test_exact_match"] <= 1
+        # The saved (unpacked) model holds the trained (packed) weights.
+        trained = keras.saving.load_model(
+            tmp_path / "run" / training.CHECKPOINT, compile=False
+        )
+        saved = keras.saving.load_model(
+            tmp_path / "run" / training.MODEL, compile=False
+        )
+        assert trained.packed and not saved.packed
+        for a, b in zip(
+            trained.get_weights(), saved.get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    else:
+        assert metrics["sample"].startswith("Return the ")
+    if not export:
+        return
+    import tensorflow as tf
+
+    assert metrics["export"] == str(tmp_path / "export")
+    serve = tf.saved_model.load(str(tmp_path / "export")).signatures[
+        "serving_default"
+    ]
+    inputs, expected = calls[0]
+    ids = serve(token_ids=tf.constant(inputs[:1], tf.int32))["token_ids"]
+    assert ids.numpy().tolist() == expected[:1].tolist()
+    tokenizer = data.load_tokenizer(
+        None, str(tmp_path / "export" / data.TOKENIZER_FILE)
+    )
+    assert (
+        tokenizer.to_str()
+        == data.load_tokenizer(
+            None, str(tmp_path / "run" / data.TOKENIZER_FILE)
+        ).to_str()
+    )
+
+
 def test_tokenizers_reserve_the_special_ids():
     for kind in data.TOKENIZERS:
         tokenizer = data.train_tokenizer(["abc abc", "aab"], kind, 300)
@@ -673,20 +758,25 @@ def test_imdb(monkeypatch, tmp_path, capsys):
 
 def test_lm_reads_a_text_file_as_subwords(data_files, tmp_path):
     module = example("train_lm")
-    text = " ".join(f"{de} {en}" for de, en in GERMAN * 12)
+    paragraphs = [f"{de} {en}" for de, en in GERMAN * 12]
+    text = "\n\n".join(paragraphs[:-1]) + "\n \n" + paragraphs[-1] * 3
     (data_files / "german.txt").write_text(text, encoding="utf-8")
     parser, args = module.parse_args(
         ["--text-file", str(data_files / "german.txt"), "--sequence-length",
          "16", "--max-vocabulary", "300", "--output-dir", str(tmp_path)]
     )  # fmt: skip
     assert args.tokenizer == "subword"  # the default for a user's text
+    assert args.packing is True  # the default
     train, validation, tokenizer, _ = module.load_corpus(parser, args)
-    for x, y in (train, validation):
-        assert x.shape[1:] == y.shape[1:] == (16,)
-        assert (x[:, 1:] == y[:, :-1]).all()  # labels: the next token
     assert tokenizer.get_vocab_size() <= 300
-    assert data.decode(tokenizer, train[0][0]) in text
-    assert data.decode(tokenizer, validation[0][-1]) in text
+    # The sequences are the paragraphs, a long one cut into pieces.
+    assert all(2 <= len(ids) <= 16 for ids in train + validation)
+    # Without the blank lines between them, in order.
+    decoded = "".join(data.decode(tokenizer, ids) for ids in train)
+    assert decoded.startswith(paragraphs[0] + paragraphs[1])
+    decoded = "".join(data.decode(tokenizer, ids) for ids in validation)
+    assert decoded.endswith(paragraphs[-1] * 3)
+    assert os.listdir(tmp_path) == ["data"]  # loading writes nothing
 
 
 def test_stdlib_corpus():
@@ -783,7 +873,7 @@ def test_data_parallel_on_two_devices(tmp_path):
     odd = _script("train_lm", tmp_path / "odd", "--distribute",
                   "data-parallel", "--batch-size", "15")  # fmt: skip
     command = _script("train_lm", tmp_path / "run", "--distribute",
-                      "data-parallel")  # fmt: skip
+                      "data-parallel", "--corpus-chars", "2400")  # fmt: skip
     [(refused, message)] = run_processes([odd], [env], TIMEOUT)
     assert refused == 2
     assert "--batch-size 15 must be a multiple of the 2 devices" in message
@@ -791,8 +881,8 @@ def test_data_parallel_on_two_devices(tmp_path):
     [(status, output)] = run_processes([command], [env], TIMEOUT)
     assert status == 0, output[-3000:]
     assert "--distribute data-parallel: 2 replicas in all" in output
-    # 139 training windows: the odd one out is left out, and said so.
-    assert "leaving out the last 1 of 139 training examples" in output
+    # 69 packed training rows: the odd one out is left out, and said so.
+    assert "leaving out the last 1 of 69 training examples" in output
     metrics = _metrics(output)
     assert (metrics["distribute"], metrics["replicas"]) == ("data-parallel", 2)
     assert metrics["loss"] < metrics["first_loss"]
