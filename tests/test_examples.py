@@ -53,8 +53,6 @@ TINY = {
     "train_classifier": [
         "--train-size", "64", "--test-size", "16", "--epochs", "2",
         "--max-length", "16", "--position", "learned",
-        # Scaled token vectors (the builders' default) overshoot at 1.
-        "--lr-scale", "0.5",
     ],
     "train_lm": [
         "--corpus-chars", "2500", "--sequence-length", "32", "--epochs",
