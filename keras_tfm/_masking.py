@@ -21,6 +21,26 @@ def check_ignore_class(ignore_class):
     return ignore_class
 
 
+class MaskArgument:
+    """Mixin that keeps a layer's Keras `mask` argument out of the graph.
+
+    Keras fills the mask attached to a layer's input into its `mask`
+    argument. For a call on one tensor and nothing else, Keras writes it
+    into the very keyword arguments it records as the layer's node of a
+    functional graph, so the ops that computed the mask (the embedding's
+    `convert_to_tensor` and `not_equal`) become operations of the model,
+    listed by `model.summary()` though the user never made them (Keras's
+    own `GlobalAveragePooling1D` shows them too). Given `mask=None`, Keras
+    fills in a copy: the node records `mask=None`, and every run of the
+    graph reads the mask from the tensor again, as any other call does.
+    """
+
+    def __call__(self, *args, **kwargs):
+        if len(args) == 1 and not kwargs:
+            kwargs["mask"] = None
+        return super().__call__(*args, **kwargs)
+
+
 class AttachMask(keras.layers.Layer):
     """Return `inputs[0]` carrying the boolean mask `inputs[1]`.
 
@@ -41,7 +61,7 @@ class AttachMask(keras.layers.Layer):
         return inputs[1]
 
 
-class ReadMask(keras.layers.Layer):
+class ReadMask(MaskArgument, keras.layers.Layer):
     """Return the Keras mask of `inputs` (all `True` when it has none).
 
     Keras hands a layer the mask of its input as the `mask` argument, the

@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from keras import ops
 
-from keras_tfm.models import decoder_lm, encoder_classifier, seq2seq_transformer
+from keras_tfm import layers
+from keras_tfm.models import (
+    CausalLM,
+    Seq2SeqLM,
+    decoder_lm,
+    encoder_classifier,
+    seq2seq_transformer,
+)
 from tests.helpers import MaskProbe
 
 VOCAB, LENGTH, DIM, NUM_CLASSES = 12, 10, 16, 3
@@ -314,6 +321,71 @@ def test_logits_are_float32_under_mixed_float16(kind):
         assert np.isfinite(to_numpy(logits)).all()
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+# --- the functional graph holds layers only ---------------------------------
+
+
+def composed(kind):
+    """A model composed from the layers, as the README's recipe does."""
+    embedding = layers.TokenAndPositionEmbedding(VOCAB, LENGTH, DIM)
+    if kind == "CausalLM":
+        block = layers.TransformerDecoderBlock(2, 32, cross_attention=False)
+        return CausalLM(embedding, [block])
+    decoder_embedding = layers.TokenAndPositionEmbedding(VOCAB, LENGTH, DIM)
+    encoder_block = layers.TransformerEncoderBlock(2, 32)
+    decoder_block = layers.TransformerDecoderBlock(2, 32)
+    if kind == "Seq2SeqLM":
+        return Seq2SeqLM(
+            embedding, [encoder_block], decoder_embedding, [decoder_block]
+        )
+    # The plain functional API: an encoder-decoder and a pooled encoder.
+    source = keras.Input((None,), dtype="int32")
+    target = keras.Input((None,), dtype="int32")
+    encoded = encoder_block(embedding(source))
+    pooled = layers.SequencePooling()(encoded)
+    decoded = decoder_block(decoder_embedding(target), encoded)
+    logits = decoder_embedding.token_embedding(decoded, reverse=True)
+    return keras.Model([source, target], [logits, pooled])
+
+
+GRAPHS = [
+    ("builder", "lm", False),
+    ("builder", "lm", True),
+    ("builder", "seq2seq", False),
+    ("builder", "seq2seq", True),
+    ("builder", "classifier", False),
+    ("composed", "CausalLM", None),
+    ("composed", "Seq2SeqLM", None),
+    ("composed", "functional", None),
+]
+
+
+@pytest.mark.parametrize("origin, kind, packed", GRAPHS)
+def test_graph_and_summary_hold_layers_only(origin, kind, packed):
+    # Masks are computed inside the layers: no `not_equal` or
+    # `convert_to_tensor` node the user never created.
+    if origin == "builder":
+        extra = {} if kind == "classifier" else {"packed": packed}
+        model = call_builder(kind, **extra)
+    else:
+        model = composed(kind)
+    strays = [
+        f"{op.name} ({type(op).__name__})"
+        for op in model.operations
+        if not isinstance(op, keras.layers.Layer)
+    ]
+    assert strays == []
+    lines = []
+    model.summary(print_fn=lambda line, **kwargs: lines.append(line))
+    text = "\n".join(lines).lower()
+    for name in (
+        "convert_to_tensor",
+        "converttotensor",
+        "not_equal",
+        "notequal",
+    ):
+        assert name not in text
 
 
 # --- learned positions ------------------------------------------------------

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_tfm import masks
+from keras_tfm._masking import MaskArgument
 from keras_tfm._validation import (
     check_activation,
     check_bool,
@@ -22,7 +23,7 @@ from keras_tfm.layers.attention import MultiHeadAttention, check_position
 from keras_tfm.layers.feed_forward import FeedForward
 
 
-class TransformerBlock(keras.layers.Layer):
+class TransformerBlock(MaskArgument, keras.layers.Layer):
     """Base of `TransformerEncoderBlock` and `TransformerDecoderBlock`."""
 
     def __init__(

@@ -3,13 +3,14 @@
 import keras
 from keras import ops
 
+from keras_tfm._masking import MaskArgument
 from keras_tfm._validation import check_choice, check_rank
 
 POOLINGS = ("mean", "first", "max")
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
-class SequencePooling(keras.layers.Layer):
+class SequencePooling(MaskArgument, keras.layers.Layer):
     """Pool `(batch, seq, dim)` into `(batch, dim)`, ignoring padding.
 
     `"mean"` averages real positions only (a fully padded row gives
