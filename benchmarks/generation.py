@@ -64,7 +64,6 @@ import time
 import keras
 import numpy as np
 
-from keras_tfm import _backend
 from keras_tfm.generation import Generator
 from keras_tfm.models import decoder_lm
 
@@ -244,44 +243,6 @@ def make_rows(args, prompts):
     return rows, hub_version
 
 
-def cache_read_ms(model, batch_size, max_length, repeats=32, rounds=9):
-    """Milliseconds to read the model's whole cache for `max_length`
-    positions once: the median of `rounds` compiled loops of `repeats`
-    sums over every cache element (a scale that changes each pass keeps
-    the compiler from reading once)."""
-    leaves = keras.tree.flatten(model.init_cache(batch_size, max_length))
-
-    def read_all(*leaves):
-        def body(i, total):
-            scale = 1.0 + keras.ops.cast(i, "float32") * 1e-9
-            for leaf in leaves:
-                total = total + keras.ops.sum(
-                    keras.ops.cast(leaf, "float32") * scale
-                )
-            return total
-
-        return keras.ops.fori_loop(0, repeats, body, 0.0)
-
-    read = _backend.compile_function(read_all, [])
-    keras.ops.convert_to_numpy(read(*leaves))
-    seconds = [timed(lambda: keras.ops.convert_to_numpy(read(*leaves)))[0]]
-    for _ in range(rounds - 1):
-        seconds.append(
-            timed(lambda: keras.ops.convert_to_numpy(read(*leaves)))[0]
-        )
-    return 1000 * statistics.median(seconds) / repeats
-
-
-def cache_read_floor(results, reads, lengths):
-    """Per-token ms no exact full-length cache can beat at each length:
-    the cached time at the shortest length plus the extra time to read
-    the longer cache once per token. The same data is read by every
-    static-shape cached loop (ours and keras-hub's)."""
-    shortest = min(lengths)
-    base = lookup(results, CACHED, shortest)
-    return {n: base + reads[n] - reads[shortest] for n in lengths}
-
-
 def timed(call):
     start = time.perf_counter()
     output = call()
@@ -455,15 +416,6 @@ def main(argv=None):
     table = table_of(results, names, args.lengths)
     compile_table = compile_table_of(results, names, args.lengths)
     goals = targets(results, args.lengths)
-    model = build_model(args)
-    reads = {
-        n: cache_read_ms(model, args.batch_size, n + 1) for n in args.lengths
-    }
-    floor = cache_read_floor(results, reads, args.lengths)
-    shortest, longest = min(args.lengths), max(args.lengths)
-    goals[f"cache-read floor {longest} / {shortest}"] = (
-        floor[longest] / floor[shortest]
-    )
     paired = paired_ratios(seconds)
     print()
     print(
@@ -474,12 +426,6 @@ def main(argv=None):
     print(table)
     print()
     print(compile_table)
-    print()
-    for n in args.lengths:
-        print(
-            f"cache read @ {n}: {reads[n]:.3f} ms; cache-read floor "
-            f"{floor[n]:.3f} ms per token"
-        )
     print()
     for goal, value in goals.items():
         print(f"{goal}: {value:.2f}")
@@ -510,10 +456,6 @@ def main(argv=None):
                 "results": results,
                 "same_tokens_as_cached": same,
                 "targets": goals,
-                "cache_read_ms": {str(n): reads[n] for n in args.lengths},
-                "cache_read_floor_ms_per_token": {
-                    str(n): floor[n] for n in args.lengths
-                },
                 "paired_ratios": paired,
                 "table": table,
                 "first_call_table": compile_table,
