@@ -23,6 +23,8 @@ on PyTorch, where the loop is plain Python) and reused. Token `0` is padding
 and is never generated.
 """
 
+import inspect
+
 import keras
 import numpy as np
 from keras import ops
@@ -538,19 +540,14 @@ class Generator:
                 sent = index
 
 
-_DEFAULTS = dict(
-    sampler="greedy",
-    start_id=None,
-    stop_ids=None,
-    end_id=None,
-    num_beams=None,
-    length_penalty=None,
-    top_k=None,
-    top_p=None,
-    temperature=None,
-    seed=None,
-    use_cache=True,
-)
+# `generate`'s keyword options and their defaults, which `stream` shares.
+_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(
+        Generator.generate
+    ).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+}
 
 
 def _options(arguments):

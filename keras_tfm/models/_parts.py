@@ -45,6 +45,16 @@ def token_table(name, embedding):
     )
 
 
+def project(x, final_norm, head, embedding_name, embedding):
+    """`final_norm` (if any), then `head`, or the embedding's token table
+    reversed when `head` is None (tied)."""
+    if final_norm is not None:
+        x = final_norm(x)
+    if head is None:
+        return token_table(embedding_name, embedding)(x, reverse=True)
+    return head(x)
+
+
 def check_positions(embedding_name, embedding, blocks_name, blocks):
     """Fail loudly where the embedding and the blocks disagree on rotary
     positions: one without the other leaves the model without positions

@@ -116,13 +116,9 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
 
     def logits(self, x):
         """Final norm and output projection: `(..., dim)` to logits."""
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        if self.head is None:
-            return _parts.token_table("embedding", self.embedding)(
-                x, reverse=True
-            )
-        return self.head(x)
+        return _parts.project(
+            x, self.final_norm, self.head, "embedding", self.embedding
+        )
 
     def init_cache(self, batch_size, max_length):
         """Empty key/value caches, one per block, for `max_length` tokens."""

@@ -184,13 +184,13 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
 
     def logits(self, x):
         """Final norm and output projection: `(..., dim)` to logits."""
-        if self.decoder_final_norm is not None:
-            x = self.decoder_final_norm(x)
-        if self.head is None:
-            return _parts.token_table(
-                "decoder_embedding", self.decoder_embedding
-            )(x, reverse=True)
-        return self.head(x)
+        return _parts.project(
+            x,
+            self.decoder_final_norm,
+            self.head,
+            "decoder_embedding",
+            self.decoder_embedding,
+        )
 
     def encode(self, encoder_token_ids):
         """Run the encoder once for cached decoding.
