@@ -58,7 +58,7 @@ class AttachMask(keras.layers.Layer):
         return inputs[0]
 
     def compute_mask(self, inputs, mask=None):
-        return inputs[1]
+        return ops.cast(inputs[1], "bool")
 
 
 class ReadMask(MaskArgument, keras.layers.Layer):

@@ -1,6 +1,7 @@
 """Public keras_tfm layers, one per file."""
 
 from keras_tfm.layers.add_norm import AddNorm
+from keras_tfm.layers.add_norm import MaskedRMSNormalization as RMSNormalization
 from keras_tfm.layers.attention import MultiHeadAttention
 from keras_tfm.layers.decoder import TransformerDecoderBlock
 from keras_tfm.layers.embedding import TokenAndPositionEmbedding, TokenEmbedding

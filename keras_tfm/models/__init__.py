@@ -14,12 +14,16 @@ from keras_tfm.models.builders import (
     seq2seq_transformer,
 )
 from keras_tfm.models.causal_lm import CausalLM
+from keras_tfm.models.encoder_model import EncoderModel
+from keras_tfm.models.lora import enable_lora
 from keras_tfm.models.seq2seq_lm import Seq2SeqLM
 
 __all__ = [
     "CausalLM",
+    "EncoderModel",
     "Seq2SeqLM",
     "decoder_lm",
+    "enable_lora",
     "encoder_classifier",
     "seq2seq_transformer",
 ]

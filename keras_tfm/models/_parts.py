@@ -96,6 +96,31 @@ def check_packed(packed):
         )
 
 
+def check_padding_mask(padding_mask, packed):
+    if not isinstance(padding_mask, bool):
+        raise ValueError(
+            "`padding_mask` must be a boolean. Received: "
+            f"padding_mask={padding_mask!r}"
+        )
+    if padding_mask and packed:
+        raise ValueError(
+            "Packed rows carry their padding as segment id 0; pass "
+            "`packed=True` or `padding_mask=True`, not both. Received: "
+            "packed=True, padding_mask=True"
+        )
+
+
+def padded_inputs(prefix=""):
+    """Symbolic inputs of explicitly padded rows (keras-hub's names): token
+    ids, and a padding mask that is 1 (True) at real tokens."""
+    return {
+        f"{prefix}{name}": keras.Input(
+            shape=(None,), dtype="int32", name=f"{prefix}{name}"
+        )
+        for name in ("token_ids", "padding_mask")
+    }
+
+
 def packed_inputs(prefix=""):
     """Symbolic inputs of packed rows: token ids, segment ids, positions."""
     return {

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_tfm._masking import AttachMask
 from keras_tfm.models import _parts
 
 
@@ -41,6 +42,14 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
             its own segment and positions restart in each segment. The
             weights are those of the unpacked model (`set_weights` moves
             between the two) and the cached step is the same.
+        padding_mask: whether padding is explicit: the inputs are a dict
+            of `token_ids` and `padding_mask` (`(batch, seq)`, 1 or `True`
+            at real tokens; keras-hub's names), and no token id means
+            padding. This is how models of pretrained vocabularies, where
+            id 0 is a real token, take their inputs
+            (`keras_tfm.checkpoints.load` builds them so). The logits
+            carry the padding mask as their Keras mask, so a compiled loss
+            skips padded positions.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -71,6 +80,8 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
         final_norm=None,
         head=None,
         packed=False,
+        padding_mask=False,
+        pad_id=None,
         **kwargs,
     ):
         _parts.check_layer("embedding", embedding)
@@ -81,23 +92,30 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
             _parts.token_table("embedding", embedding)
         _parts.check_positions("embedding", embedding, "blocks", blocks)
         _parts.check_packed(packed)
+        _parts.check_padding_mask(padding_mask, packed)
         self.embedding = embedding
         self.blocks = blocks
         self.final_norm = final_norm
         self.head = head
         self.packed = packed
+        self.padding_mask = padding_mask
         if packed:
             inputs = _parts.packed_inputs()
+        elif padding_mask:
+            self.mask_logits = AttachMask(name="mask_logits")
+            inputs = _parts.padded_inputs()
         else:
             inputs = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         outputs = self.build_graph(inputs)
         self.keras_init_starts()
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.track_early_attributes()
+        self._pad_id = pad_id
 
     def build_graph(self, token_ids):
         """The functional graph: symbolic `token_ids` (a dict of packed
-        inputs with `packed=True`) to logits."""
+        inputs with `packed=True`, of token ids and padding mask with
+        `padding_mask=True`) to logits."""
         if self.packed:
             x = _parts.embed_packed(
                 "embedding",
@@ -109,6 +127,12 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
                 self.blocks, x, token_ids["segment_ids"], token_ids["positions"]
             )
             return self.logits(x)
+        if self.padding_mask:
+            padding_mask = token_ids["padding_mask"]
+            x = self.embedding(token_ids["token_ids"])
+            for block in self.blocks:
+                x = block(x, decoder_padding_mask=padding_mask)
+            return self.mask_logits([self.logits(x), padding_mask])
         x = self.embedding(token_ids)
         for block in self.blocks:
             x = block(x)
@@ -158,6 +182,8 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
             "final_norm": _parts.serialize(self.final_norm),
             "head": _parts.serialize(self.head),
             "packed": self.packed,
+            "padding_mask": self.padding_mask,
+            "pad_id": self._pad_id,
         }
 
     @classmethod

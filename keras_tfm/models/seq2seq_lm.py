@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_tfm._masking import AttachMask
 from keras_tfm.models import _parts
 
 
@@ -41,6 +42,12 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
             `segment_ids` and `positions`; a pair shares its segment id on
             both sides and attends only within it. Same weights and cached
             step as the unpacked model.
+        padding_mask: whether padding is explicit (pretrained
+            vocabularies, where id 0 is a real token): the inputs are
+            `encoder_token_ids`, `encoder_padding_mask`,
+            `decoder_token_ids` and `decoder_padding_mask` (masks 1 or
+            `True` at real tokens), and the logits carry the decoder
+            padding mask as their Keras mask.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -79,6 +86,8 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
         decoder_final_norm=None,
         head=None,
         packed=False,
+        padding_mask=False,
+        pad_id=None,
         **kwargs,
     ):
         _parts.check_layer("encoder_embedding", encoder_embedding)
@@ -100,6 +109,7 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
             encoder_blocks,
         )
         _parts.check_packed(packed)
+        _parts.check_padding_mask(padding_mask, packed)
         _parts.check_positions(
             "decoder_embedding",
             decoder_embedding,
@@ -114,10 +124,17 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
         self.decoder_final_norm = decoder_final_norm
         self.head = head
         self.packed = packed
+        self.padding_mask = padding_mask
         if packed:
             inputs = {
                 **_parts.packed_inputs("encoder_"),
                 **_parts.packed_inputs("decoder_"),
+            }
+        elif padding_mask:
+            self.mask_logits = AttachMask(name="mask_logits")
+            inputs = {
+                **_parts.padded_inputs("encoder_"),
+                **_parts.padded_inputs("decoder_"),
             }
         else:
             inputs = {
@@ -132,16 +149,35 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
         self.keras_init_starts()
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.track_early_attributes()
+        self._pad_id = pad_id
 
     def build_graph(self, inputs):
         """The functional graph: the symbolic inputs dict to logits."""
         if self.packed:
             return self._packed_graph(inputs)
+        if self.padding_mask:
+            return self._padded_graph(inputs)
         encoded = self.encoder_outputs(inputs["encoder_token_ids"])
         x = self.decoder_embedding(inputs["decoder_token_ids"])
         for block in self.decoder_blocks:
             x = block(x, encoded)
         return self.logits(x)
+
+    def _padded_graph(self, inputs):
+        source_padding = inputs["encoder_padding_mask"]
+        target_padding = inputs["decoder_padding_mask"]
+        encoded = self.encoder_outputs(
+            inputs["encoder_token_ids"], padding_mask=source_padding
+        )
+        x = self.decoder_embedding(inputs["decoder_token_ids"])
+        for block in self.decoder_blocks:
+            x = block(
+                x,
+                encoded,
+                decoder_padding_mask=target_padding,
+                encoder_padding_mask=source_padding,
+            )
+        return self.mask_logits([self.logits(x), target_padding])
 
     def _packed_graph(self, inputs):
         source_segments = inputs["encoder_segment_ids"]
@@ -173,11 +209,17 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
             )
         return self.logits(x)
 
-    def encoder_outputs(self, encoder_token_ids, training=None):
-        """Encoder embedding, blocks and final norm (masks flow)."""
+    def encoder_outputs(
+        self, encoder_token_ids, padding_mask=None, training=None
+    ):
+        """Encoder embedding, blocks and final norm. The padding is
+        `padding_mask` when given, else the embedding's Keras mask."""
         x = self.encoder_embedding(encoder_token_ids, training=training)
         for block in self.encoder_blocks:
-            x = block(x, training=training)
+            if padding_mask is None:
+                x = block(x, training=training)
+            else:
+                x = block(x, padding_mask=padding_mask, training=training)
         if self.encoder_final_norm is not None:
             x = self.encoder_final_norm(x, training=training)
         return x
@@ -266,6 +308,8 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
             "decoder_final_norm": _parts.serialize(self.decoder_final_norm),
             "head": _parts.serialize(self.head),
             "packed": self.packed,
+            "padding_mask": self.padding_mask,
+            "pad_id": self._pad_id,
         }
 
     @classmethod
