@@ -7,11 +7,12 @@ with the options its config names, and copies every weight through the
 model type's name table. `save(model, path)` writes the same layout back,
 which `transformers` loads.
 
-| `model_type` | model | inputs |
-| --- | --- | --- |
-| gpt2, llama, mistral, qwen2, qwen3 | `CausalLM` | `token_ids`, `padding_mask` |
-| bart | `Seq2SeqLM` | `encoder_`/`decoder_` `token_ids`, `padding_mask` |
-| bert | `EncoderModel` | `token_ids`, `padding_mask`, `segment_ids` |
+- gpt2, llama, mistral, qwen2, qwen3: a `CausalLM` taking `token_ids`
+  and `padding_mask`;
+- bart: a `Seq2SeqLM` taking `encoder_`/`decoder_` `token_ids` and
+  `padding_mask`;
+- bert: an `EncoderModel` taking `token_ids`, `padding_mask` and
+  `segment_ids`.
 
 Padding is explicit in every one of them: in these vocabularies id 0 is a
 real token, so no id means padding; the padding mask does.
