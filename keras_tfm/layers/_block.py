@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_tfm import masks
+from keras_tfm import activations, masks
 from keras_tfm._masking import MaskArgument
 from keras_tfm._validation import (
     check_activation,
@@ -65,7 +65,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.dropout = dropout
-        self.activation = keras.activations.get(activation)
+        self.activation = activations.get(activation)
         self.norm_first = norm_first
         self.layer_norm_epsilon = layer_norm_epsilon
         self.gated = gated
@@ -216,7 +216,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim,
                 "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": activations.serialize(self.activation),
                 "norm_first": self.norm_first,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "gated": self.gated,
