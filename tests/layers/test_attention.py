@@ -13,8 +13,13 @@ from keras_tfm import masks
 from keras_tfm.layers.attention import MultiHeadAttention
 from tests.helpers import (
     assert_real_positions_close,
+    copy_hf_attention,
+    hf_config,
+    hf_mask,
+    hf_modules,
     padding,
     random_inputs,
+    randomize_torch,
     to_numpy,
 )
 
@@ -661,93 +666,6 @@ def test_keras_argument_names_are_accepted():
 # ------------------------------------------- architectures: transformers
 
 
-def _hf_config(kind, **overrides):
-    import transformers
-
-    config_class = {
-        "llama": transformers.LlamaConfig,
-        "mistral": transformers.MistralConfig,
-        "qwen2": transformers.Qwen2Config,
-        "qwen3": transformers.Qwen3Config,
-    }[kind]
-    settings = {
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 1,
-        "vocab_size": 50,
-        "max_position_embeddings": 64,
-        "rms_norm_eps": 1e-6,
-        "attention_dropout": 0.0,
-        **overrides,
-    }
-    if kind == "qwen3":
-        settings.setdefault("head_dim", 12)
-    if kind in ("qwen2", "qwen3", "mistral"):
-        settings.setdefault("sliding_window", None)
-    config = config_class(**settings)
-    config._attn_implementation = "eager"
-    return config
-
-
-def _hf_modules(kind, config):
-    import importlib
-
-    module = importlib.import_module(
-        f"transformers.models.{kind}.modeling_{kind}"
-    )
-    prefix = {
-        "llama": "Llama",
-        "mistral": "Mistral",
-        "qwen2": "Qwen2",
-        "qwen3": "Qwen3",
-    }[kind]
-    return module, prefix
-
-
-def _randomize_torch(module, seed=0):
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(
-                0.3 * torch.randn(parameter.shape, generator=generator)
-            )
-    return module
-
-
-def _copy_linear(dense, linear):
-    dense.kernel.assign(linear.weight.detach().numpy().T)
-    if linear.bias is not None:
-        dense.bias.assign(linear.bias.detach().numpy())
-
-
-def _copy_hf_attention(ours, theirs):
-    _copy_linear(ours.query_dense, theirs.q_proj)
-    _copy_linear(ours.key_dense, theirs.k_proj)
-    _copy_linear(ours.value_dense, theirs.v_proj)
-    _copy_linear(ours.output_dense, theirs.o_proj)
-    if getattr(theirs, "q_norm", None) is not None:
-        ours.query_norm.scale.assign(theirs.q_norm.weight.detach().numpy())
-        ours.key_norm.scale.assign(theirs.k_norm.weight.detach().numpy())
-
-
-def _hf_mask(length, window=None, lengths=None):
-    # Additive (batch, 1, q, k) mask from the definition, in NumPy.
-    q = np.arange(length)[:, None]
-    k = np.arange(length)[None, :]
-    allowed = k <= q
-    if window is not None:
-        allowed &= k > q - window
-    allowed = np.broadcast_to(allowed, (BATCH, length, length)).copy()
-    if lengths is not None:
-        allowed &= padding(lengths, length)[:, None, :]
-    additive = np.where(allowed, 0.0, np.finfo("float32").min)
-    return additive[:, None].astype("float32"), allowed
-
-
 def _our_attention(kind, config, **overrides):
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or (
@@ -801,11 +719,11 @@ HF_ATTENTIONS = [
 def test_matches_transformers_attention(kind, overrides):
     import torch
 
-    config = _hf_config(kind, **overrides)
-    module, prefix = _hf_modules(kind, config)
+    config = hf_config(kind, **overrides)
+    module, prefix = hf_modules(kind, config)
     torch.manual_seed(0)
     theirs = getattr(module, f"{prefix}Attention")(config, layer_idx=0).eval()
-    _randomize_torch(theirs)
+    randomize_torch(theirs)
     if getattr(theirs, "q_norm", None) is not None:
         with torch.no_grad():
             theirs.q_norm.weight.add_(1.0)
@@ -814,7 +732,7 @@ def test_matches_transformers_attention(kind, overrides):
     length = 10
     x = random_inputs(dim=config.hidden_size, length=length)
     lengths = [length, 7]
-    additive, allowed = _hf_mask(
+    additive, allowed = hf_mask(
         length, getattr(config, "sliding_window", None), lengths
     )
     with torch.no_grad():
@@ -827,7 +745,7 @@ def test_matches_transformers_attention(kind, overrides):
         )[0].numpy()
     ours = _our_attention(kind, config)
     ours(x, x)
-    _copy_hf_attention(ours, theirs)
+    copy_hf_attention(ours, theirs)
     outputs = to_numpy(
         ours(
             x,
