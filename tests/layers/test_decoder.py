@@ -972,3 +972,83 @@ def test_heads_and_widths_are_keyword_only():
 def test_bad_architecture_arguments_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
         TransformerDecoderBlock(**block_kwargs(**kwargs))
+
+
+def _copy_layer_norm(add_norm, norm):
+    add_norm.norm.gamma.assign(norm.weight.detach().numpy())
+    add_norm.norm.beta.assign(norm.bias.detach().numpy())
+
+
+def _copy_bart_attention(ours, theirs):
+    for dense, linear in (
+        (ours.query_dense, theirs.q_proj),
+        (ours.key_dense, theirs.k_proj),
+        (ours.value_dense, theirs.v_proj),
+        (ours.output_dense, theirs.out_proj),
+    ):
+        copy_linear(dense, linear)
+
+
+def test_matches_transformers_bart_decoder_layer():
+    import transformers
+    from transformers.models.bart import modeling_bart
+
+    config = transformers.BartConfig(
+        d_model=32,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=48,
+        activation_function="gelu",
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    )
+    config._attn_implementation = "eager"
+    layer = modeling_bart.BartDecoderLayer(config, layer_idx=0).eval()
+    randomize_torch(layer, seed=4, scale=0.1)
+    with torch.no_grad():
+        for name, parameter in layer.named_parameters():
+            if "layer_norm.weight" in name:
+                parameter.add_(1.0)
+    length, lengths, source_lengths = 6, [6, 4], [7, 5]
+    x = random_inputs(length=length, dim=32)
+    source = random_inputs(seed=1, length=7, dim=32)
+    additive, _ = hf_mask(length, None, lengths)
+    source_allowed = padding(source_lengths, 7)[:, None, None, :]
+    source_additive = np.where(source_allowed, 0.0, np.finfo("float32").min)
+    with torch.no_grad():
+        expected = layer(
+            torch.from_numpy(x),
+            attention_mask=torch.from_numpy(additive),
+            encoder_hidden_states=torch.from_numpy(source),
+            encoder_attention_mask=torch.from_numpy(
+                source_additive.astype("float32")
+            ),
+            use_cache=False,
+        )
+        expected = expected[0] if isinstance(expected, tuple) else expected
+    block = TransformerDecoderBlock(
+        num_heads=4,
+        intermediate_dim=48,
+        dropout=0.0,
+        activation="gelu",
+        layer_norm_epsilon=1e-5,
+    )
+    block(x, source)
+    _copy_bart_attention(block.self_attention, layer.self_attn)
+    _copy_bart_attention(block.cross_attention_layer, layer.encoder_attn)
+    _copy_layer_norm(block.self_attention_add_norm, layer.self_attn_layer_norm)
+    _copy_layer_norm(
+        block.cross_attention_add_norm, layer.encoder_attn_layer_norm
+    )
+    _copy_layer_norm(block.feed_forward_add_norm, layer.final_layer_norm)
+    copy_linear(block.feed_forward.intermediate_dense, layer.fc1)
+    copy_linear(block.feed_forward.output_dense, layer.fc2)
+    outputs = block(
+        x,
+        source,
+        decoder_padding_mask=padding(lengths, length),
+        encoder_padding_mask=padding(source_lengths, 7),
+    )
+    assert_real_positions_close(
+        to_numpy(outputs), expected.numpy(), lengths, 2e-5
+    )
