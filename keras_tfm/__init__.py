@@ -1,6 +1,7 @@
 """keras_tfm: Keras 3 layers for building Transformers."""
 
 from keras_tfm import (
+    activations,
     checkpoints,
     data,
     distribution,
@@ -19,6 +20,7 @@ from keras_tfm.layers import *  # noqa: F403
 __version__ = "0.1.0"
 
 __all__ = [
+    "activations",
     "checkpoints",
     "data",
     "distribution",

@@ -6,7 +6,11 @@ import operator
 import keras
 from keras import ops
 
-ACTIVATIONS_HINT = "a name known to `keras.activations.get` or a callable"
+from keras_tfm import activations
+
+ACTIVATIONS_HINT = (
+    'a name known to `keras.activations.get`, "gelu_approximate" or a callable'
+)
 
 
 def check_positive_int(name, value, allow_none=False):
@@ -65,7 +69,7 @@ def check_choice(name, value, choices):
 
 def check_activation(name, value):
     try:
-        keras.activations.get(value)
+        activations.get(value)
     except (ValueError, TypeError) as error:
         raise ValueError(
             f"`{name}` must be {ACTIVATIONS_HINT}. Received: {name}={value!r}"

@@ -55,18 +55,24 @@ def padding_mask(token_ids, padding_id=0):
     return ops.not_equal(token_ids, padding_id)
 
 
-def causal_mask(query_length, key_length=None, batch_size=None, offset=0):
+def causal_mask(
+    query_length, key_length=None, batch_size=None, offset=0, window=None
+):
     """Return the causal ("sequence") mask: query `t` sees keys `<= t`.
 
     Query `i` sits at absolute position `offset + i`, so with a key/value cache
     of `key_length` slots a single new query at step `offset` sees the keys
-    `0..offset`.
+    `0..offset`. With a `window`, query `t` sees only the keys `k` with
+    `t - window < k <= t` (sliding-window attention, as Mistral's).
 
     Args:
         query_length: number of queries (int or scalar tensor).
         key_length: number of keys. Defaults to `query_length`.
         batch_size: when given, a leading batch axis of this size is added.
         offset: absolute position of the first query (int or scalar tensor).
+        window: optional positive int: the number of most recent keys
+            (the query's own included) each query sees; see
+            `sliding_window_mask`.
 
     Returns:
         Boolean tensor `(query_length, key_length)`, or
@@ -80,6 +86,8 @@ def causal_mask(query_length, key_length=None, batch_size=None, offset=0):
     [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
     >>> tuple(causal_mask(3, batch_size=2).shape)
     (2, 3, 3)
+    >>> ops.convert_to_numpy(causal_mask(3, window=2)).astype(int).tolist()
+    [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
     """
     for name, value in (
         ("query_length", query_length),
@@ -105,11 +113,56 @@ def causal_mask(query_length, key_length=None, batch_size=None, offset=0):
     mask = ops.greater_equal(
         ops.expand_dims(query_positions, 1), ops.expand_dims(key_positions, 0)
     )
+    if window is not None:
+        mask = ops.logical_and(
+            mask,
+            sliding_window_mask(query_length, key_length, window, offset),
+        )
     if batch_size is not None:
         mask = ops.broadcast_to(
             ops.expand_dims(mask, 0), (batch_size, query_length, key_length)
         )
     return mask
+
+
+def sliding_window_mask(query_length, key_length, window, offset=0):
+    """Return the sliding-window mask: query `q` sees keys `k > q - window`.
+
+    Positions are absolute: query `i` sits at `offset + i` (a key/value
+    cache's step) and key `j` at `j`. This is transformers'
+    `sliding_window_overlay` (`kv_idx > q_idx - sliding_window`); it says
+    nothing about later keys, so AND it with `causal_mask` (or pass
+    `window` to `causal_mask`) for causal sliding-window attention.
+
+    Args:
+        query_length: number of queries (int or scalar tensor).
+        key_length: number of keys (int or scalar tensor).
+        window: positive int, the window size.
+        offset: absolute position of the first query (int or scalar tensor).
+
+    Returns:
+        Boolean tensor `(query_length, key_length)`.
+
+    Example:
+
+    >>> from keras import ops
+    >>> m = sliding_window_mask(3, 3, window=2)
+    >>> ops.convert_to_numpy(m).astype(int).tolist()
+    [[1, 1, 1], [1, 1, 1], [0, 1, 1]]
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(
+            f"`window` must be a positive integer. Received: window={window!r}"
+        )
+    query_positions = ops.arange(query_length, dtype="int32") + ops.cast(
+        offset, "int32"
+    )
+    key_positions = ops.arange(key_length, dtype="int32")
+    # (query_len, key_len)
+    return ops.greater(
+        ops.expand_dims(key_positions, 0),
+        ops.expand_dims(query_positions, 1) - window,
+    )
 
 
 def _as_bool_mask(mask, name):

@@ -615,3 +615,93 @@ def block_kwargs(**overrides):
 REAL_LENGTHS = st.lists(st.sampled_from((2, 5)), min_size=BATCH, max_size=BATCH)
 PADDED_LENGTH = 8
 FILLS = st.sampled_from(["random", "large", "nan"])
+
+
+# ------------------------------------ transformers modules as oracles
+
+
+def hf_config(kind, **overrides):
+    import transformers
+
+    config_class = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+        "qwen3": transformers.Qwen3Config,
+    }[kind]
+    settings = {
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 1,
+        "vocab_size": 50,
+        "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-6,
+        "attention_dropout": 0.0,
+        **overrides,
+    }
+    if kind == "qwen3":
+        settings.setdefault("head_dim", 12)
+    if kind in ("qwen2", "qwen3", "mistral"):
+        settings.setdefault("sliding_window", None)
+    config = config_class(**settings)
+    config._attn_implementation = "eager"
+    return config
+
+
+def hf_modules(kind, config):
+    import importlib
+
+    module = importlib.import_module(
+        f"transformers.models.{kind}.modeling_{kind}"
+    )
+    prefix = {
+        "llama": "Llama",
+        "mistral": "Mistral",
+        "qwen2": "Qwen2",
+        "qwen3": "Qwen3",
+    }[kind]
+    return module, prefix
+
+
+def randomize_torch(module, seed=0, scale=0.3):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(
+                scale * torch.randn(parameter.shape, generator=generator)
+            )
+    return module
+
+
+def copy_linear(dense, linear):
+    dense.kernel.assign(linear.weight.detach().numpy().T)
+    if linear.bias is not None:
+        dense.bias.assign(linear.bias.detach().numpy())
+
+
+def copy_hf_attention(ours, theirs):
+    copy_linear(ours.query_dense, theirs.q_proj)
+    copy_linear(ours.key_dense, theirs.k_proj)
+    copy_linear(ours.value_dense, theirs.v_proj)
+    copy_linear(ours.output_dense, theirs.o_proj)
+    if getattr(theirs, "q_norm", None) is not None:
+        ours.query_norm.scale.assign(theirs.q_norm.weight.detach().numpy())
+        ours.key_norm.scale.assign(theirs.k_norm.weight.detach().numpy())
+
+
+def hf_mask(length, window=None, lengths=None):
+    # Additive (batch, 1, q, k) mask from the definition, in NumPy.
+    q = np.arange(length)[:, None]
+    k = np.arange(length)[None, :]
+    allowed = k <= q
+    if window is not None:
+        allowed &= k > q - window
+    allowed = np.broadcast_to(allowed, (BATCH, length, length)).copy()
+    if lengths is not None:
+        allowed &= padding(lengths, length)[:, None, :]
+    additive = np.where(allowed, 0.0, np.finfo("float32").min)
+    return additive[:, None].astype("float32"), allowed

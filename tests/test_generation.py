@@ -621,8 +621,8 @@ def composed_causal_lm(position, name_prefix="mine"):
     )
     blocks = [
         tfm_layers.TransformerDecoderBlock(
-            2,
-            32,
+            num_heads=2,
+            intermediate_dim=32,
             dropout=0.2,
             norm_first=True,
             cross_attention=False,
@@ -654,13 +654,21 @@ def composed_seq2seq(position):
         embedding("source_in"),
         [
             tfm_layers.TransformerEncoderBlock(
-                2, 32, norm_first=True, position=block_position, name="enc_x"
+                num_heads=2,
+                intermediate_dim=32,
+                norm_first=True,
+                position=block_position,
+                name="enc_x",
             )
         ],
         embedding("target_in"),
         [
             tfm_layers.TransformerDecoderBlock(
-                2, 32, norm_first=True, position=block_position, name=f"d{i}"
+                num_heads=2,
+                intermediate_dim=32,
+                norm_first=True,
+                position=block_position,
+                name=f"d{i}",
             )
             for i in (3, 1)
         ],
@@ -740,7 +748,9 @@ def lm_parts():
     return dict(
         embedding=tfm_layers.TokenAndPositionEmbedding(VOCAB, SEQ, 16),
         blocks=[
-            tfm_layers.TransformerDecoderBlock(2, 32, cross_attention=False)
+            tfm_layers.TransformerDecoderBlock(
+                num_heads=2, intermediate_dim=32, cross_attention=False
+            )
         ],
     )
 
@@ -766,7 +776,10 @@ def test_disagreeing_positions_fail_loudly():
     with pytest.raises(ValueError, match='position="rotary"'):
         CausalLM(embedding, lm_parts()["blocks"])
     rotary_block = tfm_layers.TransformerDecoderBlock(
-        2, 32, cross_attention=False, position="rotary"
+        num_heads=2,
+        intermediate_dim=32,
+        cross_attention=False,
+        position="rotary",
     )
     with pytest.raises(ValueError, match="rotary"):
         CausalLM(lm_parts()["embedding"], [rotary_block])
@@ -790,11 +803,11 @@ def test_composed_config_round_trip_keeps_one_shared_table():
         tfm_layers.TokenAndPositionEmbedding(
             VOCAB, SEQ, 16, token_embedding=table
         ),
-        [tfm_layers.TransformerEncoderBlock(2, 32)],
+        [tfm_layers.TransformerEncoderBlock(num_heads=2, intermediate_dim=32)],
         tfm_layers.TokenAndPositionEmbedding(
             VOCAB, SEQ, 16, token_embedding=table
         ),
-        [tfm_layers.TransformerDecoderBlock(2, 32)],
+        [tfm_layers.TransformerDecoderBlock(num_heads=2, intermediate_dim=32)],
     )
     clone = Seq2SeqLM.from_config(model.get_config())
     assert (

@@ -442,3 +442,37 @@ def test_segment_mask_of_one_segment_rows_is_the_padding_attention_mask():
                 )
             ),
         )
+
+
+# --------------------------------------------------------- sliding window
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 10])
+@pytest.mark.parametrize("offset", [0, 4])
+def test_sliding_window_mask_is_transformers_overlay(window, offset):
+    got = ops.convert_to_numpy(
+        masks.sliding_window_mask(3, 9, window, offset=offset)
+    )
+    q = offset + np.arange(3)[:, None]
+    k = np.arange(9)[None, :]
+    np.testing.assert_array_equal(got, k > q - window)
+    causal = ops.convert_to_numpy(
+        masks.causal_mask(3, 9, offset=offset, window=window)
+    )
+    np.testing.assert_array_equal(causal, (k <= q) & (k > q - window))
+
+
+def test_causal_window_with_batch_and_tensor_offset():
+    mask = masks.causal_mask(
+        2, 6, batch_size=3, offset=ops.convert_to_tensor(3), window=2
+    )
+    expected = np.array([[0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 0]], dtype=bool)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(mask), np.broadcast_to(expected, (3, 2, 6))
+    )
+
+
+@pytest.mark.parametrize("window", [0, -1, 1.5, True, None])
+def test_sliding_window_mask_bad_window(window):
+    with pytest.raises(ValueError, match="window"):
+        masks.sliding_window_mask(3, 3, window)

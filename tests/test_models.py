@@ -330,11 +330,17 @@ def composed(kind):
     """A model composed from the layers, as the README's recipe does."""
     embedding = layers.TokenAndPositionEmbedding(VOCAB, LENGTH, DIM)
     if kind == "CausalLM":
-        block = layers.TransformerDecoderBlock(2, 32, cross_attention=False)
+        block = layers.TransformerDecoderBlock(
+            num_heads=2, intermediate_dim=32, cross_attention=False
+        )
         return CausalLM(embedding, [block])
     decoder_embedding = layers.TokenAndPositionEmbedding(VOCAB, LENGTH, DIM)
-    encoder_block = layers.TransformerEncoderBlock(2, 32)
-    decoder_block = layers.TransformerDecoderBlock(2, 32)
+    encoder_block = layers.TransformerEncoderBlock(
+        num_heads=2, intermediate_dim=32
+    )
+    decoder_block = layers.TransformerDecoderBlock(
+        num_heads=2, intermediate_dim=32
+    )
     if kind == "Seq2SeqLM":
         return Seq2SeqLM(
             embedding, [encoder_block], decoder_embedding, [decoder_block]

@@ -182,7 +182,9 @@ def test_no_token_of_one_segment_changes_another():
 
 
 def test_packed_blocks_alone_match_sequences_alone():
-    block = layers.TransformerEncoderBlock(2, 32, dropout=0.0)
+    block = layers.TransformerEncoderBlock(
+        num_heads=2, intermediate_dim=32, dropout=0.0
+    )
     rng = np.random.default_rng(6)
     x = rng.normal(size=(1, 7, 16)).astype("float32")
     segments = np.array([[1, 1, 1, 2, 2, 2, 0]])

@@ -38,7 +38,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 
-__all__ = ["MODEL_TYPES", "load", "save"]
+__all__ = ["MODEL_TYPES", "from_config", "load", "save"]
 
 
 def _read_config(path):
@@ -186,6 +186,35 @@ def load(path, dtype=None):
             "These variables were left without checkpoint weights: "
             f"{', '.join(missed)}"
         )
+    model.checkpoint_config = dict(config)
+    return model
+
+
+def from_config(config, dtype=None):
+    """Build the model `load` would build for `config`, with fresh weights.
+
+    For a model of a checkpoint's shape without its weights: to train from
+    scratch, to benchmark, or to write a checkpoint with `save`.
+
+    Args:
+        config: a `transformers` config dict (what `config.json` holds).
+        dtype: the models' dtype policy. Defaults to Keras's float type.
+
+    Returns:
+        The model, with `checkpoint_config` set to `config`.
+
+    Example:
+
+    >>> model = from_config({"model_type": "gpt2", "vocab_size": 50,
+    ...     "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2,
+    ...     "activation_function": "gelu_new"})
+    >>> type(model).__name__, model.count_params()
+    ('CausalLM', 4320)
+    """
+    model_type = _model_type(config)
+    if model_type.checks is not None:
+        model_type.checks(config)
+    model = model_type.build(config, None, dtype)
     model.checkpoint_config = dict(config)
     return model
 

@@ -23,6 +23,7 @@ def check(config):
 
 
 def build(config, names, dtype):
+    """`names`: the checkpoint's tensor names, or None (with a pooler)."""
     width = config["hidden_size"]
     epsilon = config_value(config, "layer_norm_eps", 1e-12)
     dropout = config_value(config, "hidden_dropout_prob", 0.0)
@@ -53,7 +54,7 @@ def build(config, names, dtype):
         for i in range(config["num_hidden_layers"])
     ]
     pooler = None
-    if "pooler.dense.weight" in names:
+    if names is None or "pooler.dense.weight" in names:
         pooler = keras.layers.Dense(
             width, activation="tanh", dtype=dtype, name="pooler"
         )

@@ -1,7 +1,6 @@
 """Public keras_tfm layers, one per file."""
 
-from keras_tfm.layers.add_norm import AddNorm
-from keras_tfm.layers.add_norm import MaskedRMSNormalization as RMSNormalization
+from keras_tfm.layers.add_norm import AddNorm, RMSNormalization
 from keras_tfm.layers.attention import MultiHeadAttention
 from keras_tfm.layers.decoder import TransformerDecoderBlock
 from keras_tfm.layers.embedding import TokenAndPositionEmbedding, TokenEmbedding
@@ -19,6 +18,7 @@ __all__ = [
     "FeedForward",
     "LearnedPositionEmbedding",
     "MultiHeadAttention",
+    "RMSNormalization",
     "RotaryEmbedding",
     "SequencePooling",
     "SinusoidalPositionEncoding",

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_tfm import masks
+from keras_tfm import activations, masks
 from keras_tfm._masking import MaskArgument
 from keras_tfm._validation import (
     check_activation,
@@ -21,6 +21,7 @@ from keras_tfm._validation import (
 from keras_tfm.layers.add_norm import NORMALIZATIONS, AddNorm
 from keras_tfm.layers.attention import MultiHeadAttention, check_position
 from keras_tfm.layers.feed_forward import FeedForward
+from keras_tfm.layers.position import check_rope_scaling
 
 
 class TransformerBlock(MaskArgument, keras.layers.Layer):
@@ -28,6 +29,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
 
     def __init__(
         self,
+        *,
         num_heads,
         intermediate_dim,
         dropout=0.1,
@@ -41,9 +43,39 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         activation_dropout=None,
+        head_dim=None,
+        num_key_value_heads=None,
+        attention_bias=True,
+        attention_output_bias=None,
+        feed_forward_bias=True,
+        query_key_norm=False,
+        sliding_window=None,
+        rope_scaling=None,
         **kwargs,
     ):
         check_positive_int("num_heads", num_heads)
+        check_positive_int("head_dim", head_dim, allow_none=True)
+        check_positive_int(
+            "num_key_value_heads", num_key_value_heads, allow_none=True
+        )
+        if num_key_value_heads is not None and num_heads % num_key_value_heads:
+            raise ValueError(
+                "`num_key_value_heads` must divide `num_heads` "
+                f"({num_heads}). Received: "
+                f"num_key_value_heads={num_key_value_heads}"
+            )
+        check_bool("attention_bias", attention_bias)
+        if attention_output_bias is not None:
+            check_bool("attention_output_bias", attention_output_bias)
+        check_bool("feed_forward_bias", feed_forward_bias)
+        check_bool("query_key_norm", query_key_norm)
+        check_positive_int("sliding_window", sliding_window, allow_none=True)
+        check_rope_scaling("rope_scaling", rope_scaling)
+        if rope_scaling is not None and position != "rotary":
+            raise ValueError(
+                '`rope_scaling` needs position="rotary". Received: '
+                f"rope_scaling={rope_scaling!r}, position={position!r}"
+            )
         check_positive_int("intermediate_dim", intermediate_dim)
         check_rate("dropout", dropout)
         if activation_dropout is not None:
@@ -65,7 +97,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.dropout = dropout
-        self.activation = keras.activations.get(activation)
+        self.activation = activations.get(activation)
         self.norm_first = norm_first
         self.layer_norm_epsilon = layer_norm_epsilon
         self.gated = gated
@@ -75,6 +107,14 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
         self.activation_dropout = activation_dropout
+        self.head_dim = head_dim
+        self.num_key_value_heads = num_key_value_heads
+        self.attention_bias = attention_bias
+        self.attention_output_bias = attention_output_bias
+        self.feed_forward_bias = feed_forward_bias
+        self.query_key_norm = query_key_norm
+        self.sliding_window = sliding_window
+        self.rope_scaling = None if rope_scaling is None else dict(rope_scaling)
         self.supports_masking = True
 
     def _check_inputs(self, name, shape):
@@ -85,7 +125,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
                 f"{type(self).__name__} needs a known last dimension. "
                 f"Received: {name} with shape {tuple(shape)}"
             )
-        if model_dim % self.num_heads:
+        if self.head_dim is None and model_dim % self.num_heads:
             raise ValueError(
                 "`num_heads` must divide the model dimension "
                 f"{model_dim}. Received: num_heads={self.num_heads}"
@@ -131,13 +171,29 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
             return {}
         return {"positions": positions}
 
-    def _attention(self, name, model_dim, position, query_shape, value_shape):
+    def _attention(
+        self,
+        name,
+        model_dim,
+        position,
+        query_shape,
+        value_shape,
+        sliding_window=None,
+    ):
         layer = MultiHeadAttention(
             num_heads=self.num_heads,
-            key_dim=model_dim // self.num_heads,
+            key_dim=self.head_dim or model_dim // self.num_heads,
             dropout=self.dropout,
+            use_bias=self.attention_bias,
+            output_dim=model_dim,
+            num_key_value_heads=self.num_key_value_heads,
+            output_use_bias=self.attention_output_bias,
+            query_key_norm=self.query_key_norm,
+            query_key_norm_epsilon=self.layer_norm_epsilon,
+            sliding_window=sliding_window,
             position=position,
             max_wavelength=self.max_wavelength,
+            rope_scaling=self.rope_scaling if position == "rotary" else None,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
             dtype=self.dtype_policy,
@@ -168,6 +224,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
                 else self.activation_dropout
             ),
             gated=self.gated,
+            use_bias=self.feed_forward_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
             dtype=self.dtype_policy,
@@ -216,7 +273,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim,
                 "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": activations.serialize(self.activation),
                 "norm_first": self.norm_first,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "gated": self.gated,
@@ -230,6 +287,14 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
                     self.bias_initializer
                 ),
                 "activation_dropout": self.activation_dropout,
+                "head_dim": self.head_dim,
+                "num_key_value_heads": self.num_key_value_heads,
+                "attention_bias": self.attention_bias,
+                "attention_output_bias": self.attention_output_bias,
+                "feed_forward_bias": self.feed_forward_bias,
+                "query_key_norm": self.query_key_norm,
+                "sliding_window": self.sliding_window,
+                "rope_scaling": self.rope_scaling,
             }
         )
         return config

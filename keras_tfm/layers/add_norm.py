@@ -1,6 +1,7 @@
 """Residual connection, dropout and normalization ("Add & Norm")."""
 
 import keras
+from keras import ops
 
 from keras_tfm._validation import (
     as_shape,
@@ -15,22 +16,62 @@ NORMALIZATIONS = ("layer", "rms")
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
-class MaskedRMSNormalization(keras.layers.RMSNormalization):
-    """`keras.layers.RMSNormalization` that passes Keras masks through.
+class RMSNormalization(keras.layers.RMSNormalization):
+    """Root mean square normalization over the last axis, keeping masks.
 
-    The Keras layer does not declare mask support, so a padding mask would
-    stop at it; RMS normalization is position-wise, so the mask is kept.
+    `x / sqrt(mean(x**2) + epsilon) * scale`, with the statistics in
+    float32 and the result cast back to the input dtype before the scale
+    is applied, exactly as transformers' `LlamaRMSNorm`. Unlike
+    `keras.layers.RMSNormalization` it passes Keras masks through (the
+    normalization is position-wise).
+
+    Args:
+        epsilon: small constant added to the mean square. Defaults to
+            `1e-6`.
+        **kwargs: `axis` and base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: float tensor `(..., dim)`.
+
+    Returns:
+        Tensor of the same shape and dtype, with weight `scale` `(dim,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> tuple(RMSNormalization()(np.ones((2, 3, 8), "float32")).shape)
+    (2, 3, 8)
+
+    References:
+        Zhang & Sennrich, "Root Mean Square Layer Normalization", 2019.
     """
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, epsilon=1e-6, **kwargs):
+        check_positive_number("epsilon", epsilon)
+        super().__init__(epsilon=epsilon, **kwargs)
         self.supports_masking = True
+
+    def call(self, inputs):
+        dtype = inputs.dtype
+        x = ops.cast(inputs, "float32")
+        mean_square = ops.mean(ops.square(x), axis=self.axis, keepdims=True)
+        normalized = ops.cast(x * ops.rsqrt(mean_square + self.epsilon), dtype)
+        return ops.cast(self.scale, dtype) * normalized
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+
+@keras.saving.register_keras_serializable(package="keras_tfm")
+class MaskedRMSNormalization(RMSNormalization):
+    """The former name of `RMSNormalization`, kept so that `.keras` files
+    saved with it still load."""
 
 
 def normalization_layer(normalization, epsilon, **kwargs):
     """A LayerNormalization or mask-keeping RMSNormalization layer."""
     if normalization == "rms":
-        return MaskedRMSNormalization(epsilon=epsilon, **kwargs)
+        return RMSNormalization(epsilon=epsilon, **kwargs)
     return keras.layers.LayerNormalization(epsilon=epsilon, **kwargs)
 
 

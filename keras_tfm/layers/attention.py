@@ -16,7 +16,8 @@ from keras_tfm._validation import (
     dtype_policy_config,
     shapes_compatible,
 )
-from keras_tfm.layers.position import RotaryEmbedding
+from keras_tfm.layers.add_norm import RMSNormalization
+from keras_tfm.layers.position import RotaryEmbedding, check_rope_scaling
 
 POSITIONS = ("none", "rotary")
 # Logits of masked keys; finite, so that no `inf - inf` can appear.
@@ -136,7 +137,26 @@ class MultiHeadAttention(keras.layers.Layer):
             projected queries (from position `cache_index`, else 0) and
             keys (from position 0). Sinusoidal and learned positions are
             added by `TokenAndPositionEmbedding` instead.
-        max_wavelength: the longest rotary wavelength. Defaults to `10000`.
+        max_wavelength: the longest rotary wavelength (Hugging Face's
+            `rope_theta`). Defaults to `10000`.
+        num_key_value_heads: number of key/value heads (grouped-query
+            attention); must divide `num_heads`. Query head `h` uses
+            key/value head `h // (num_heads // num_key_value_heads)`, the
+            order of transformers' `repeat_kv`. Defaults to `num_heads`.
+        output_use_bias: whether the output projection has a bias.
+            Defaults to `use_bias` (Qwen2: `use_bias=True,
+            output_use_bias=False`).
+        query_key_norm: RMS-normalize each query and key head over
+            `key_dim` (sublayers `query_norm`, `key_norm`, weight `scale`
+            `(key_dim,)`) after the projection and before rotary, as
+            Qwen3. Defaults to `False`.
+        query_key_norm_epsilon: epsilon of that normalization.
+        sliding_window: optional positive int: query at absolute position
+            `q` sees only keys at positions `k > q - sliding_window`
+            (Mistral's window; AND-ed with every other mask, with and
+            without a cache).
+        rope_scaling: optional Hugging Face `rope_scaling` dict for
+            `position="rotary"`: see `RotaryEmbedding(scaling=...)`.
         kernel_initializer: initializer of the projection kernels.
         bias_initializer: initializer of the projection biases.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
@@ -156,9 +176,9 @@ class MultiHeadAttention(keras.layers.Layer):
         return_attention_scores: whether to also return the attention
             probabilities `(batch, heads, query_len, key_len)`.
         training: whether attention dropout is active.
-        cache: optional key/value cache `(batch, 2, heads, max_length,
-            key_dim)`: index 0 holds keys (rotated when `position` is
-            `"rotary"`), index 1 values; see `compute_cache` and
+        cache: optional key/value cache `(batch, 2, num_key_value_heads,
+            max_length, key_dim)`: index 0 holds keys (rotated when
+            `position` is `"rotary"`), index 1 values; see `compute_cache` and
             `empty_cache`. Needs `value_dim == key_dim`. Heads come before
             positions so that each decoding step reads the cache in the
             layout the attention matmuls use (no per-step transpose).
@@ -225,6 +245,12 @@ class MultiHeadAttention(keras.layers.Layer):
         bias_initializer="zeros",
         output_shape=None,
         attention_axes=None,
+        num_key_value_heads=None,
+        output_use_bias=None,
+        query_key_norm=False,
+        query_key_norm_epsilon=1e-6,
+        sliding_window=None,
+        rope_scaling=None,
         **kwargs,
     ):
         check_positive_int("num_heads", num_heads)
@@ -242,6 +268,26 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"Received: key_dim={key_dim}"
             )
         check_positive_number("max_wavelength", max_wavelength)
+        check_positive_int(
+            "num_key_value_heads", num_key_value_heads, allow_none=True
+        )
+        if num_key_value_heads is not None and num_heads % num_key_value_heads:
+            raise ValueError(
+                "`num_key_value_heads` must divide `num_heads` "
+                f"({num_heads}). Received: "
+                f"num_key_value_heads={num_key_value_heads}"
+            )
+        if output_use_bias is not None:
+            check_bool("output_use_bias", output_use_bias)
+        check_bool("query_key_norm", query_key_norm)
+        check_positive_number("query_key_norm_epsilon", query_key_norm_epsilon)
+        check_positive_int("sliding_window", sliding_window, allow_none=True)
+        check_rope_scaling("rope_scaling", rope_scaling)
+        if rope_scaling is not None and position != "rotary":
+            raise ValueError(
+                '`rope_scaling` needs position="rotary". Received: '
+                f"rope_scaling={rope_scaling!r}, position={position!r}"
+            )
         kernel_initializer = check_initializer(
             "kernel_initializer", kernel_initializer
         )
@@ -261,13 +307,24 @@ class MultiHeadAttention(keras.layers.Layer):
         self.max_wavelength = max_wavelength
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
+        self.num_key_value_heads = num_key_value_heads
+        self.output_use_bias = output_use_bias
+        self.query_key_norm = query_key_norm
+        self.query_key_norm_epsilon = query_key_norm_epsilon
+        self.sliding_window = sliding_window
+        self.rope_scaling = None if rope_scaling is None else dict(rope_scaling)
         self.supports_masking = True
         self._value_dim = key_dim if value_dim is None else value_dim
+        self._kv_heads = (
+            num_heads if num_key_value_heads is None else num_key_value_heads
+        )
+        # Query heads per key/value head.
+        self._group = num_heads // self._kv_heads
 
-    def _dense(self, units, name):
+    def _dense(self, units, name, use_bias=None):
         return keras.layers.Dense(
             units,
-            use_bias=self.use_bias,
+            use_bias=self.use_bias if use_bias is None else use_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
             dtype=self.dtype_policy,
@@ -280,21 +337,35 @@ class MultiHeadAttention(keras.layers.Layer):
         if key_shape is None:
             key_shape = value_shape
         check_rank(self, "key", key_shape, (3,))
-        heads = self.num_heads
+        heads, kv_heads = self.num_heads, self._kv_heads
         self.query_dense = self._dense(heads * self.key_dim, "query_dense")
         self.query_dense.build(query_shape)
-        self.key_dense = self._dense(heads * self.key_dim, "key_dense")
+        self.key_dense = self._dense(kv_heads * self.key_dim, "key_dense")
         self.key_dense.build(key_shape)
-        self.value_dense = self._dense(heads * self._value_dim, "value_dense")
+        self.value_dense = self._dense(
+            kv_heads * self._value_dim, "value_dense"
+        )
         self.value_dense.build(value_shape)
         output_dim = self.output_dim or query_shape[-1]
-        self.output_dense = self._dense(output_dim, "output_dense")
+        self.output_dense = self._dense(
+            output_dim, "output_dense", use_bias=self.output_use_bias
+        )
         self.output_dense.build(
             tuple(query_shape[:-1]) + (heads * self._value_dim,)
         )
+        if self.query_key_norm:
+            for name in ("query_norm", "key_norm"):
+                norm = RMSNormalization(
+                    epsilon=self.query_key_norm_epsilon,
+                    dtype=self.dtype_policy,
+                    name=name,
+                )
+                norm.build((None, None, None, self.key_dim))
+                setattr(self, name, norm)
         if self.position == "rotary":
             self.rotary_embedding = RotaryEmbedding(
                 self.max_wavelength,
+                scaling=self.rope_scaling,
                 dtype=self.dtype_policy,
                 name="rotary_embedding",
             )
@@ -348,29 +419,43 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _check_cache(self, cache):
         self._check_cacheable()
-        expected = (None, 2, self.num_heads, None, self.key_dim)
+        expected = (None, 2, self._kv_heads, None, self.key_dim)
         shape = tuple(cache.shape)
         if len(shape) != 5 or any(
             want is not None and got is not None and got != want
             for got, want in zip(shape, expected, strict=True)
         ):
             raise ValueError(
-                "`cache` must have shape (batch, 2, num_heads, max_length, "
-                f"key_dim) = (batch, 2, {self.num_heads}, max_length, "
-                f"{self.key_dim}). Received: cache with shape {shape}"
+                "`cache` must have shape (batch, 2, num_key_value_heads, "
+                f"max_length, key_dim) = (batch, 2, {self._kv_heads}, "
+                f"max_length, {self.key_dim}). Received: cache with shape "
+                f"{shape}"
             )
 
-    def _project(self, dense, x, head_dim):
+    def _project(self, dense, x, head_dim, heads=None):
         # (batch, seq, dim) -> (batch, seq, heads, head_dim), as one
         # (tokens, dim) matmul: see FeedForward.call.
         shape = ops.shape(x)
-        heads = dense(ops.reshape(x, (-1, shape[-1])))
-        return ops.reshape(
-            heads, (shape[0], shape[1], self.num_heads, head_dim)
-        )
+        projected = dense(ops.reshape(x, (-1, shape[-1])))
+        heads = self.num_heads if heads is None else heads
+        return ops.reshape(projected, (shape[0], shape[1], heads, head_dim))
+
+    def _project_query(self, query, start_index=0, positions=None):
+        query = self._project(self.query_dense, query, self.key_dim)
+        if self.query_key_norm:
+            query = self.query_norm(query)
+        if self.position == "rotary":
+            query = self.rotary_embedding(
+                query, start_index=start_index, positions=positions
+            )
+        return query
 
     def _project_key(self, key, start_index=0, positions=None):
-        key = self._project(self.key_dense, key, self.key_dim)
+        key = self._project(
+            self.key_dense, key, self.key_dim, heads=self._kv_heads
+        )
+        if self.query_key_norm:
+            key = self.key_norm(key)
         if self.position == "rotary":
             key = self.rotary_embedding(
                 key, start_index=start_index, positions=positions
@@ -378,13 +463,16 @@ class MultiHeadAttention(keras.layers.Layer):
         return key
 
     def _project_value(self, value):
-        return self._project(self.value_dense, value, self._value_dim)
+        return self._project(
+            self.value_dense, value, self._value_dim, heads=self._kv_heads
+        )
 
     def _keys_and_values(self, key, value, cache, cache_index, positions):
         """Return keys, values and the cache.
 
-        Without a cache keys and values are `(batch, key_len, heads, dim)`;
-        with one they are the cache's `(batch, heads, max_length, dim)`.
+        Without a cache keys and values are `(batch, key_len, kv_heads,
+        dim)`; with one they are the cache's `(batch, kv_heads, max_length,
+        dim)`.
         """
         if cache is None:
             return (
@@ -393,7 +481,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 None,
             )
         if cache_index is not None:
-            # The new steps `(batch, 2, heads, steps, key_dim)` are written
+            # The new steps `(batch, 2, kv_heads, steps, key_dim)` are written
             # at `cache_index` with one update of the whole cache, which
             # compiled loops do in place.
             update = ops.stack(
@@ -438,7 +526,16 @@ class MultiHeadAttention(keras.layers.Layer):
         elif use_causal_mask:
             causal = masks.causal_mask(query_length, key_length, offset=offset)
             mask = ops.expand_dims(causal, 0)
-        return masks.combine_masks(mask, attention_mask)
+        window = None
+        if self.sliding_window is not None:
+            # (1, query_len, key_len)
+            window = ops.expand_dims(
+                masks.sliding_window_mask(
+                    query_length, key_length, self.sliding_window, offset
+                ),
+                0,
+            )
+        return masks.combine_masks(mask, attention_mask, window)
 
     def _scores(self, query, key, mask, is_causal, keys):
         """Float32 attention probabilities (uniform on rows with no key;
@@ -448,18 +545,70 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = ops.expand_dims(masks.causal_mask(length), 0)
         query = query * ops.cast(1.0 / np.sqrt(self.key_dim), query.dtype)
         # (batch, heads, query_len, key_len)
-        if _one_step(query, keys):
-            logits = ops.expand_dims(
-                ops.einsum("bnh,bnsh->bns", ops.squeeze(query, 1), key), 2
-            )
-        else:
-            logits = ops.einsum(f"btnh,{keys}->bnts", query, key)
-        logits = ops.cast(logits, "float32")
+        logits = ops.cast(self._logits(query, key, keys), "float32")
         if mask is not None:
             logits = ops.where(
                 ops.expand_dims(mask, 1), logits, _LARGE_NEGATIVE
             )
         return ops.softmax(logits, axis=-1)
+
+    def _logits(self, query, key, keys):
+        """Query-key products `(batch, heads, query_len, key_len)`.
+
+        Grouped heads are contracted as `(kv_heads, group)` against the
+        key/value heads, without repeating keys.
+        """
+        group = self._group
+        if group == 1:
+            if _one_step(query, keys):
+                return ops.expand_dims(
+                    ops.einsum("bnh,bnsh->bns", ops.squeeze(query, 1), key), 2
+                )
+            return ops.einsum(f"btnh,{keys}->bnts", query, key)
+        shape = ops.shape(query)
+        kv_heads, key_dim = self._kv_heads, self.key_dim
+        if _one_step(query, keys):
+            # (batch, kv_heads, group, key_dim)
+            grouped = ops.reshape(query, (shape[0], kv_heads, group, key_dim))
+            logits = ops.einsum("bkgh,bksh->bkgs", grouped, key)
+            return ops.reshape(logits, (shape[0], self.num_heads, 1, -1))
+        # (batch, query_len, kv_heads, group, key_dim)
+        grouped = ops.reshape(
+            query, (shape[0], shape[1], kv_heads, group, key_dim)
+        )
+        key_spec = keys.replace("n", "k")
+        logits = ops.einsum(f"btkgh,{key_spec}->bkgts", grouped, key)
+        return ops.reshape(
+            logits, (shape[0], self.num_heads, shape[1], ops.shape(logits)[-1])
+        )
+
+    def _weighted_sum(self, weights, value, keys):
+        """Attention output `(batch, query_len, heads, value_dim)`."""
+        group = self._group
+        one_step = keys == "bnsh" and _static_dim(weights, 2) == 1
+        if group == 1:
+            if one_step:
+                return ops.expand_dims(
+                    ops.einsum("bns,bnsh->bnh", ops.squeeze(weights, 2), value),
+                    1,
+                )
+            return ops.einsum(f"bnts,{keys}->btnh", weights, value)
+        shape = ops.shape(weights)
+        kv_heads, value_dim = self._kv_heads, self._value_dim
+        if one_step:
+            # (batch, kv_heads, group, key_len)
+            grouped = ops.reshape(weights, (shape[0], kv_heads, group, -1))
+            output = ops.einsum("bkgs,bksh->bkgh", grouped, value)
+            return ops.reshape(output, (shape[0], 1, self.num_heads, value_dim))
+        # (batch, kv_heads, group, query_len, key_len)
+        grouped = ops.reshape(
+            weights, (shape[0], kv_heads, group, shape[2], shape[3])
+        )
+        key_spec = keys.replace("n", "k")
+        output = ops.einsum(f"bkgts,{key_spec}->btkgh", grouped, value)
+        return ops.reshape(
+            output, (shape[0], shape[2], self.num_heads, value_dim)
+        )
 
     def call(
         self,
@@ -511,11 +660,7 @@ class MultiHeadAttention(keras.layers.Layer):
         start_index = 0 if cache_index is None else cache_index
 
         # (batch, query_len, heads, key_dim)
-        query_heads = self._project(self.query_dense, query, self.key_dim)
-        if self.position == "rotary":
-            query_heads = self.rotary_embedding(
-                query_heads, start_index=start_index, positions=positions
-            )
+        query_heads = self._project_query(query, start_index, positions)
 
         key_heads, value_heads, cache = self._keys_and_values(
             key, value, cache, cache_index, key_positions
@@ -541,6 +686,7 @@ class MultiHeadAttention(keras.layers.Layer):
             and key_padding is None
             and query_length is not None
             and query_length == key_length
+            and self.sliding_window is None
         )
         mask = None
         if not is_causal:
@@ -580,15 +726,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 weights = self.attention_dropout(weights, training=training)
             weights = ops.cast(weights, value_heads.dtype)
             # (batch, query_len, heads, value_dim)
-            if _one_step(query_heads, keys):
-                output = ops.expand_dims(
-                    ops.einsum(
-                        "bns,bnsh->bnh", ops.squeeze(weights, 2), value_heads
-                    ),
-                    1,
-                )
-            else:
-                output = ops.einsum(f"bnts,{keys}->btnh", weights, value_heads)
+            output = self._weighted_sum(weights, value_heads, keys)
             if return_attention_scores and has_key is not None:
                 # Only the returned scores need zero rows: the output of
                 # such rows is zeroed below, so the training graph skips
@@ -603,6 +741,10 @@ class MultiHeadAttention(keras.layers.Layer):
                     ops.cast(t, "float32")
                     for t in (query_heads, key_heads, value_heads)
                 )
+            if self._group > 1:
+                # (batch, key_len, heads, dim), in `repeat_kv`'s order.
+                key_heads = ops.repeat(key_heads, self._group, axis=2)
+                value_heads = ops.repeat(value_heads, self._group, axis=2)
             output = ops.dot_product_attention(
                 query_heads,
                 key_heads,
@@ -689,12 +831,13 @@ class MultiHeadAttention(keras.layers.Layer):
             dtype: dtype of the cache. Defaults to the compute dtype.
 
         Returns:
-            Zeros `(batch_size, 2, num_heads, max_length, key_dim)`.
+            Zeros `(batch_size, 2, num_key_value_heads, max_length,
+            key_dim)`.
         """
         check_positive_int("max_length", max_length)
         self._check_cacheable()
         return ops.zeros(
-            (batch_size, 2, self.num_heads, max_length, self.key_dim),
+            (batch_size, 2, self._kv_heads, max_length, self.key_dim),
             dtype=dtype or self.compute_dtype,
         )
 
@@ -716,7 +859,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 length along the key axis.
 
         Returns:
-            Tensor `(batch, 2, num_heads, key_len or max_length, key_dim)`:
+            Tensor `(batch, 2, num_key_value_heads, key_len or max_length,
+            key_dim)`:
             the projected keys (rotated from position 0 when `position` is
             `"rotary"`) at index 0 and values at index 1.
         """
@@ -763,6 +907,12 @@ class MultiHeadAttention(keras.layers.Layer):
             "attention_axes": self.attention_axes,
             "position": self.position,
             "max_wavelength": self.max_wavelength,
+            "num_key_value_heads": self.num_key_value_heads,
+            "output_use_bias": self.output_use_bias,
+            "query_key_norm": self.query_key_norm,
+            "query_key_norm_epsilon": self.query_key_norm_epsilon,
+            "sliding_window": self.sliding_window,
+            "rope_scaling": self.rope_scaling,
             "kernel_initializer": keras.initializers.serialize(
                 self.kernel_initializer
             ),

@@ -31,7 +31,9 @@ class TransformerDecoderBlock(TransformerBlock):
     by the cross-attention cache.
 
     Args:
-        num_heads: number of attention heads; must divide the model width.
+        num_heads: number of attention heads (keyword-only, as
+            `intermediate_dim`); must divide the model width unless
+            `head_dim` is given.
         intermediate_dim: width of the feed-forward hidden layer.
         dropout: dropout rate everywhere in the block.
         activation: the FFN non-linearity.
@@ -49,6 +51,26 @@ class TransformerDecoderBlock(TransformerBlock):
             `None` (default) uses `dropout`, as
             `torch.nn.TransformerEncoderLayer` does. keras-hub's blocks
             have no dropout there (`activation_dropout=0.0`).
+        head_dim: size of each attention head (queries, keys, values).
+            Defaults to `model_dim // num_heads`; when given, `num_heads`
+            need not divide the model width (Qwen3).
+        num_key_value_heads: key/value heads of grouped-query attention;
+            must divide `num_heads`. Defaults to `num_heads`.
+        attention_bias: whether the query, key and value projections have
+            biases.
+        attention_output_bias: whether the attention output projection
+            has a bias. Defaults to `attention_bias` (Qwen2: `True` and
+            `False`).
+        feed_forward_bias: whether the feed-forward dense layers have
+            biases.
+        query_key_norm: RMS-normalize each query and key head (Qwen3),
+            with epsilon `layer_norm_epsilon`.
+        sliding_window: optional window of the self-attention: a query at
+            position `q` sees keys at positions `> q - sliding_window`
+            (Mistral).
+        rope_scaling: optional Hugging Face `rope_scaling` dict for
+            `position="rotary"` (`"linear"`, `"llama3"`); see
+            `RotaryEmbedding(scaling=...)`.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -64,8 +86,8 @@ class TransformerDecoderBlock(TransformerBlock):
         encoder_padding_mask: optional boolean `(batch, source_len)`.
             Defaults to the Keras mask of `encoder_outputs`, or with a
             `cross_attention_cache` to the mask that the cache carries.
-        cache: optional self-attention cache `(batch, 2, heads,
-            max_length, head_dim)`.
+        cache: optional self-attention cache `(batch, 2,
+            num_key_value_heads, max_length, head_dim)`.
         cache_index: position of the first query in the cache.
         cross_attention_cache: the pair `(cache, encoder_padding_mask)`
             from `compute_cross_attention_cache` (or the cache alone,
@@ -110,6 +132,7 @@ class TransformerDecoderBlock(TransformerBlock):
 
     def __init__(
         self,
+        *,
         num_heads,
         intermediate_dim,
         dropout=0.1,
@@ -124,12 +147,20 @@ class TransformerDecoderBlock(TransformerBlock):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         activation_dropout=None,
+        head_dim=None,
+        num_key_value_heads=None,
+        attention_bias=True,
+        attention_output_bias=None,
+        feed_forward_bias=True,
+        query_key_norm=False,
+        sliding_window=None,
+        rope_scaling=None,
         **kwargs,
     ):
         check_bool("cross_attention", cross_attention)
         super().__init__(
-            num_heads,
-            intermediate_dim,
+            num_heads=num_heads,
+            intermediate_dim=intermediate_dim,
             dropout=dropout,
             activation=activation,
             norm_first=norm_first,
@@ -141,6 +172,14 @@ class TransformerDecoderBlock(TransformerBlock):
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
             activation_dropout=activation_dropout,
+            head_dim=head_dim,
+            num_key_value_heads=num_key_value_heads,
+            attention_bias=attention_bias,
+            attention_output_bias=attention_output_bias,
+            feed_forward_bias=feed_forward_bias,
+            query_key_norm=query_key_norm,
+            sliding_window=sliding_window,
+            rope_scaling=rope_scaling,
             **kwargs,
         )
         self.cross_attention = cross_attention
@@ -149,7 +188,12 @@ class TransformerDecoderBlock(TransformerBlock):
         input_shape = inputs_shape
         model_dim = self._check_inputs("inputs", input_shape)
         self.self_attention = self._attention(
-            "self_attention", model_dim, self.position, input_shape, input_shape
+            "self_attention",
+            model_dim,
+            self.position,
+            input_shape,
+            input_shape,
+            sliding_window=self.sliding_window,
         )
         self.self_attention_add_norm = self._add_norm(
             "self_attention_add_norm", input_shape
@@ -184,8 +228,9 @@ class TransformerDecoderBlock(TransformerBlock):
         self.built = True
 
     def empty_cache(self, batch_size, max_length):
-        """Return a zero self-attention cache `(batch_size, 2, heads,
-        max_length, head_dim)` for `call(..., cache=, cache_index=)`."""
+        """Return a zero self-attention cache `(batch_size, 2,
+        num_key_value_heads, max_length, head_dim)` for `call(...,
+        cache=, cache_index=)`."""
         return self.self_attention.empty_cache(batch_size, max_length)
 
     def compute_cross_attention_cache(

@@ -16,9 +16,11 @@ from keras_tfm._validation import (
     check_positive_int,
     check_positive_number,
     check_rate,
+    clone_initializer,
     concrete_value,
     is_integer_dtype,
 )
+from keras_tfm.layers.add_norm import NORMALIZATIONS, normalization_layer
 from keras_tfm.layers.position import (
     LearnedPositionEmbedding,
     SinusoidalPositionEncoding,
@@ -336,6 +338,12 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     layer warns (`UserWarning`) when built with it, since nothing here can
     check the blocks; `position="none"` is the same computation, silently.
 
+    BERT-style models add a segment ("token type") embedding
+    (`segment_vocabulary_size`, called with `segment_ids`) and normalize
+    the sum (`normalization="layer"`, BERT's embedding LayerNorm and BART's
+    `layernorm_embedding`); the norm comes after token, position and
+    segment vectors are summed and before dropout.
+
     Token ids follow `TokenEmbedding`'s rules: floating-point ids are cast
     to int32 (whatever their length: this layer has no reverse call), and
     ids outside `[0, vocabulary_size)` raise a `ValueError` in eager calls
@@ -343,8 +351,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     Args:
         vocabulary_size: number of tokens.
-        sequence_length: longest input; the size of the learned table (the
-            sinusoidal encoding and rotary work for any length).
+        sequence_length: longest input; the size of the learned table.
+            May be `None` unless `position="learned"` (the sinusoidal
+            encoding and rotary work for any length).
         embedding_dim: size of each vector.
         position: `"sinusoidal"` (fixed, the paper's), `"learned"` (a
             trainable `(sequence_length, embedding_dim)` table), `"rotary"`
@@ -356,7 +365,15 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         token_embedding: optional `TokenEmbedding` to use (and share)
             instead of creating one; it must have `scale=False` (see above).
         max_wavelength: longest wavelength of the sinusoidal encoding.
-        embeddings_initializer: initializer of a created token table.
+        embeddings_initializer: initializer of a created token table (and
+            of the segment table).
+        segment_vocabulary_size: optional number of segment ids; when
+            given, a `segment_embedding` table `(segment_vocabulary_size,
+            embedding_dim)` (weight `embeddings`) is looked up with the
+            `segment_ids` call argument and added.
+        normalization: optional `"layer"` or `"rms"`: a norm sublayer
+            `norm` applied to the sum, before dropout.
+        normalization_epsilon: epsilon of that norm. Defaults to `1e-5`.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -366,6 +383,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             rows, where positions restart in each segment); instead of
             `start_index, start_index + 1, ...`. Not used by `"rotary"`
             and `"none"`, which add no position here.
+        segment_ids: int `(batch, seq)` ids in `[0,
+            segment_vocabulary_size)`; required with
+            `segment_vocabulary_size`, refused without it.
         training: whether dropout is active.
 
     Returns:
@@ -396,12 +416,26 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         token_embedding=None,
         max_wavelength=10000,
         embeddings_initializer="uniform",
+        segment_vocabulary_size=None,
+        normalization=None,
+        normalization_epsilon=1e-5,
         **kwargs,
     ):
         check_positive_int("vocabulary_size", vocabulary_size)
-        check_positive_int("sequence_length", sequence_length)
-        check_positive_int("embedding_dim", embedding_dim)
         check_choice("position", position, POSITIONS)
+        if position == "learned" and sequence_length is None:
+            raise ValueError(
+                "`sequence_length` is the size of the position table and is "
+                'required with position="learned". Received: '
+                "sequence_length=None"
+            )
+        check_positive_int("sequence_length", sequence_length, allow_none=True)
+        check_positive_int("embedding_dim", embedding_dim)
+        check_positive_int(
+            "segment_vocabulary_size", segment_vocabulary_size, allow_none=True
+        )
+        check_choice("normalization", normalization, (None, *NORMALIZATIONS))
+        check_positive_number("normalization_epsilon", normalization_epsilon)
         check_bool("mask_zero", mask_zero)
         check_bool("scale", scale)
         check_rate("dropout", dropout)
@@ -429,6 +463,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.dropout = dropout
         self.max_wavelength = max_wavelength
         self.embeddings_initializer = initializer
+        self.segment_vocabulary_size = segment_vocabulary_size
+        self.normalization = normalization
+        self.normalization_epsilon = normalization_epsilon
         self.supports_masking = True
         self._shared_table = token_embedding is not None
         if token_embedding is None:
@@ -453,19 +490,72 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 dtype=self.dtype_policy,
                 name="position_embedding",
             )
+        self.segment_embedding = None
+        if segment_vocabulary_size is not None:
+            self.segment_embedding = keras.layers.Embedding(
+                segment_vocabulary_size,
+                embedding_dim,
+                embeddings_initializer=clone_initializer(initializer),
+                dtype=self.dtype_policy,
+                name="segment_embedding",
+            )
+        self.norm = None
+        if normalization is not None:
+            self.norm = normalization_layer(
+                normalization,
+                normalization_epsilon,
+                dtype=self.dtype_policy,
+                name="norm",
+            )
         self.dropout_layer = keras.layers.Dropout(
             dropout, dtype=self.dtype_policy, name="dropout"
         )
 
-    def build(self, input_shape):
+    def build(self, input_shape, *args, **kwargs):
         if not self.token_embedding.built:
             self.token_embedding.build(input_shape)
         vector_shape = tuple(input_shape) + (self.embedding_dim,)
         if self.position_embedding is not None:
             self.position_embedding.build(vector_shape)
+        if self.segment_embedding is not None:
+            self.segment_embedding.build(input_shape)
+        if self.norm is not None:
+            self.norm.build(vector_shape)
         self.built = True
 
-    def call(self, inputs, start_index=0, positions=None, training=None):
+    def _check_segment_ids(self, inputs, segment_ids):
+        if self.segment_embedding is None:
+            if segment_ids is not None:
+                raise ValueError(
+                    "`segment_ids` need a segment table: build the layer "
+                    "with `segment_vocabulary_size`. Received: segment_ids "
+                    "with segment_vocabulary_size=None"
+                )
+            return None
+        if segment_ids is None:
+            raise ValueError(
+                "A TokenAndPositionEmbedding with segment_vocabulary_size="
+                f"{self.segment_vocabulary_size} needs `segment_ids`. "
+                "Received: segment_ids=None"
+            )
+        shape, expected = tuple(segment_ids.shape), tuple(inputs.shape)
+        if not is_integer_dtype(segment_ids.dtype) or len(shape) != 2:
+            raise ValueError(
+                "`segment_ids` must be integer ids of shape (batch, seq) = "
+                f"{expected}. Received: segment_ids with shape {shape} and "
+                f"dtype={segment_ids.dtype}"
+            )
+        return segment_ids
+
+    def call(
+        self,
+        inputs,
+        start_index=0,
+        positions=None,
+        segment_ids=None,
+        training=None,
+    ):
+        segment_ids = self._check_segment_ids(inputs, segment_ids)
         ids = _token_ids(self, inputs, reversible=False)
         vectors = self.token_embedding(ids)
         if self.scale:
@@ -479,6 +569,10 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             vectors = vectors + self.position_embedding(
                 vectors, **position_kwargs
             )
+        if segment_ids is not None:
+            vectors = vectors + self.segment_embedding(segment_ids)
+        if self.norm is not None:
+            vectors = self.norm(vectors)
         return self.dropout_layer(vectors, training=training)
 
     def compute_mask(self, inputs, mask=None):
@@ -486,7 +580,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             return None
         return masks.padding_mask(_token_ids(self, inputs, reversible=False))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape, *args, **kwargs):
         return tuple(input_shape) + (self.embedding_dim,)
 
     @classmethod
@@ -521,6 +615,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 "embeddings_initializer": keras.initializers.serialize(
                     self.embeddings_initializer
                 ),
+                "segment_vocabulary_size": self.segment_vocabulary_size,
+                "normalization": self.normalization,
+                "normalization_epsilon": self.normalization_epsilon,
             }
         )
         return config

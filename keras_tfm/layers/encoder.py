@@ -21,7 +21,9 @@ class TransformerEncoderBlock(TransformerBlock):
     `torch.nn.TransformerEncoderLayer`, so weights copy across.
 
     Args:
-        num_heads: number of attention heads; must divide the model width.
+        num_heads: number of attention heads (keyword-only, as
+            `intermediate_dim`); must divide the model width unless
+            `head_dim` is given.
         intermediate_dim: width of the feed-forward hidden layer.
         dropout: dropout rate everywhere in the block.
         activation: the FFN non-linearity.
@@ -38,6 +40,26 @@ class TransformerEncoderBlock(TransformerBlock):
             `None` (default) uses `dropout`, as
             `torch.nn.TransformerEncoderLayer` does. keras-hub's blocks
             have no dropout there (`activation_dropout=0.0`).
+        head_dim: size of each attention head (queries, keys, values).
+            Defaults to `model_dim // num_heads`; when given, `num_heads`
+            need not divide the model width (Qwen3).
+        num_key_value_heads: key/value heads of grouped-query attention;
+            must divide `num_heads`. Defaults to `num_heads`.
+        attention_bias: whether the query, key and value projections have
+            biases.
+        attention_output_bias: whether the attention output projection
+            has a bias. Defaults to `attention_bias` (Qwen2: `True` and
+            `False`).
+        feed_forward_bias: whether the feed-forward dense layers have
+            biases.
+        query_key_norm: RMS-normalize each query and key head (Qwen3),
+            with epsilon `layer_norm_epsilon`.
+        sliding_window: optional window of the self-attention: a query at
+            position `q` sees keys at positions `> q - sliding_window`
+            (Mistral).
+        rope_scaling: optional Hugging Face `rope_scaling` dict for
+            `position="rotary"` (`"linear"`, `"llama3"`); see
+            `RotaryEmbedding(scaling=...)`.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -80,7 +102,12 @@ class TransformerEncoderBlock(TransformerBlock):
     def build(self, input_shape):
         model_dim = self._check_inputs("inputs", input_shape)
         self.self_attention = self._attention(
-            "self_attention", model_dim, self.position, input_shape, input_shape
+            "self_attention",
+            model_dim,
+            self.position,
+            input_shape,
+            input_shape,
+            sliding_window=self.sliding_window,
         )
         self.self_attention_add_norm = self._add_norm(
             "self_attention_add_norm", input_shape

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_tfm import activations
 from keras_tfm._validation import (
     check_activation,
     check_bool,
@@ -83,7 +84,7 @@ class FeedForward(keras.layers.Layer):
         )
         super().__init__(**kwargs)
         self.intermediate_dim = intermediate_dim
-        self.activation = keras.activations.get(activation)
+        self.activation = activations.get(activation)
         self.dropout = dropout
         self.gated = gated
         self.output_dim = output_dim
@@ -170,7 +171,7 @@ class FeedForward(keras.layers.Layer):
         config.update(
             {
                 "intermediate_dim": self.intermediate_dim,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": activations.serialize(self.activation),
                 "dropout": self.dropout,
                 "gated": self.gated,
                 "output_dim": self.output_dim,

@@ -147,10 +147,12 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         Vaswani et al., "Attention Is All You Need", 2017, section 3.5.
     """
 
-    def __init__(self, max_wavelength=10000, **kwargs):
+    def __init__(self, max_wavelength=10000, scaling=None, **kwargs):
         check_positive_number("max_wavelength", max_wavelength)
+        check_rope_scaling("scaling", scaling)
         super().__init__(**kwargs)
         self.max_wavelength = max_wavelength
+        self.scaling = None if scaling is None else dict(scaling)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -194,7 +196,9 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"max_wavelength": self.max_wavelength})
+        config.update(
+            {"max_wavelength": self.max_wavelength, "scaling": self.scaling}
+        )
         return config
 
 
@@ -377,6 +381,90 @@ class LearnedPositionEmbedding(keras.layers.Layer):
         return config
 
 
+_ROPE_KEYS = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": (
+        "factor",
+        "low_freq_factor",
+        "high_freq_factor",
+        "original_max_position_embeddings",
+    ),
+}
+
+
+def _rope_type(scaling):
+    return scaling.get("rope_type", scaling.get("type", "default"))
+
+
+def check_rope_scaling(name, scaling):
+    """Validate a Hugging Face `rope_scaling` dict (or None)."""
+    if scaling is None:
+        return scaling
+    if not isinstance(scaling, dict):
+        raise ValueError(
+            f"`{name}` must be None or a dict such as "
+            '{"rope_type": "linear", "factor": 2.0}. '
+            f"Received: {name}={scaling!r}"
+        )
+    rope_type = _rope_type(scaling)
+    if rope_type not in _ROPE_KEYS:
+        raise ValueError(
+            f'`{name}` must have rope_type "default", "linear" or "llama3". '
+            f"Received: {name} with rope_type={rope_type!r}"
+        )
+    for key in _ROPE_KEYS[rope_type]:
+        value = scaling.get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or not value > 0
+        ):
+            raise ValueError(
+                f'`{name}` with rope_type "{rope_type}" needs a positive '
+                f"number `{key}`. Received: {name}={scaling!r}"
+            )
+    if rope_type == "llama3" and not (
+        scaling["high_freq_factor"] > scaling["low_freq_factor"]
+    ):
+        raise ValueError(
+            f"`{name}` needs high_freq_factor > low_freq_factor. "
+            f"Received: {name}={scaling!r}"
+        )
+    return scaling
+
+
+def rope_frequencies(max_wavelength, dim, scaling=None):
+    """Rotary angular frequencies `(dim // 2,)`, float64, as in
+    transformers' `_compute_default_rope_parameters`,
+    `_compute_linear_scaling_rope_parameters` and
+    `_compute_llama3_parameters`."""
+    frequencies = 1.0 / np.power(
+        float(max_wavelength), np.arange(0, dim, 2, dtype="float64") / dim
+    )
+    rope_type = "default" if scaling is None else _rope_type(scaling)
+    if rope_type == "linear":
+        return frequencies / scaling["factor"]
+    if rope_type == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        context = scaling["original_max_position_embeddings"]
+        wavelengths = 2 * math.pi / frequencies
+        # Long wavelengths are divided by `factor`, short ones kept, and
+        # those between interpolated smoothly.
+        smooth = (context / wavelengths - low) / (high - low)
+        smoothed = (1 - smooth) * frequencies / factor + smooth * frequencies
+        scaled = np.where(
+            wavelengths > context / low, frequencies / factor, frequencies
+        )
+        medium = (wavelengths >= context / high) & (
+            wavelengths <= context / low
+        )
+        return np.where(medium, smoothed, scaled)
+    return frequencies
+
+
 @keras.saving.register_keras_serializable(package="keras_tfm")
 class RotaryEmbedding(keras.layers.Layer):
     """Rotary position embedding (RoPE), applied to queries and keys.
@@ -388,7 +476,16 @@ class RotaryEmbedding(keras.layers.Layer):
     float32 reduction as `SinusoidalPositionEncoding`.
 
     Args:
-        max_wavelength: the longest wavelength. Defaults to `10000`.
+        max_wavelength: the longest wavelength (Hugging Face's
+            `rope_theta`). Defaults to `10000`.
+        scaling: optional frequency scaling, a dict in Hugging Face's
+            `rope_scaling` form: `{"rope_type": "linear", "factor": f}`
+            (every frequency divided by `f`), `{"rope_type": "llama3",
+            "factor", "low_freq_factor", "high_freq_factor",
+            "original_max_position_embeddings"}` (Llama 3.1's smooth
+            interpolation) or `{"rope_type": "default"}` (none). The key
+            `"type"` is accepted for `"rope_type"`. Frequencies follow
+            `transformers.modeling_rope_utils` exactly.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -415,10 +512,12 @@ class RotaryEmbedding(keras.layers.Layer):
         Embedding", 2021.
     """
 
-    def __init__(self, max_wavelength=10000, **kwargs):
+    def __init__(self, max_wavelength=10000, scaling=None, **kwargs):
         check_positive_number("max_wavelength", max_wavelength)
+        check_rope_scaling("scaling", scaling)
         super().__init__(**kwargs)
         self.max_wavelength = max_wavelength
+        self.scaling = None if scaling is None else dict(scaling)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -434,9 +533,7 @@ class RotaryEmbedding(keras.layers.Layer):
     def call(self, inputs, start_index=0, positions=None):
         shape = ops.shape(inputs)
         dim = inputs.shape[-1]
-        frequencies = np.power(
-            float(self.max_wavelength), -np.arange(0, dim, 2) / dim
-        )
+        frequencies = rope_frequencies(self.max_wavelength, dim, self.scaling)
         if positions is None:
             positions = _positions(shape[1], start_index)  # (seq,)
         else:
@@ -462,5 +559,7 @@ class RotaryEmbedding(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"max_wavelength": self.max_wavelength})
+        config.update(
+            {"max_wavelength": self.max_wavelength, "scaling": self.scaling}
+        )
         return config

@@ -59,7 +59,8 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
     ...                               TransformerDecoderBlock)
     >>> model = CausalLM(
     ...     TokenAndPositionEmbedding(50, 16, 16),
-    ...     [TransformerDecoderBlock(2, 32, cross_attention=False)],
+    ...     [TransformerDecoderBlock(num_heads=2, intermediate_dim=32,
+    ...                              cross_attention=False)],
     ... )
     >>> ids = np.array([[4, 5, 6, 0]])
     >>> tuple(model(ids).shape)

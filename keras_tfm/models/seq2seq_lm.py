@@ -58,9 +58,9 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
     >>> table = TokenEmbedding(40, 16)
     >>> model = Seq2SeqLM(
     ...     TokenAndPositionEmbedding(40, 16, 16, token_embedding=table),
-    ...     [TransformerEncoderBlock(2, 32)],
+    ...     [TransformerEncoderBlock(num_heads=2, intermediate_dim=32)],
     ...     TokenAndPositionEmbedding(40, 16, 16, token_embedding=table),
-    ...     [TransformerDecoderBlock(2, 32)],
+    ...     [TransformerDecoderBlock(num_heads=2, intermediate_dim=32)],
     ... )
     >>> inputs = {"encoder_token_ids": np.array([[4, 5, 6, 0]]),
     ...           "decoder_token_ids": np.array([[1, 7, 8]])}

@@ -159,3 +159,64 @@ def test_builds_from_tensorflow_tensor_shapes():
     )
     decoder.build(x.shape)
     assert tuple(encoder(x).shape) == tuple(decoder(x).shape) == (2, 4, 8)
+
+
+# ----------------------------------------------------- RMSNormalization
+
+
+def test_rms_normalization_layer_checks():
+    from keras_tfm.layers import RMSNormalization
+
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    run_layer_test(
+        RMSNormalization,
+        {"epsilon": 1e-5},
+        x,
+        expected_output_shape=(2, 5, 8),
+        input_mask=np.array([[True] * 5, [True] * 2 + [False] * 3]),
+        num_trainable_weights=1,
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rms_normalization_matches_llama_rms_norm(dtype):
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    import keras_tfm
+    from keras_tfm.layers import RMSNormalization
+
+    assert keras_tfm.RMSNormalization is RMSNormalization
+    rng = np.random.default_rng(1)
+    x = (3.0 * rng.normal(size=(2, 5, 8))).astype("float32")
+    scale = rng.normal(size=(8,)).astype("float32")
+    theirs = LlamaRMSNorm(8, eps=1e-6).to(getattr(torch, dtype))
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(scale))
+        expected = theirs(torch.from_numpy(x).to(getattr(torch, dtype)))
+    ours = RMSNormalization(epsilon=1e-6, dtype=dtype)
+    ours.build(x.shape)
+    ours.scale.assign(scale)
+    got = ours(ops.cast(x, dtype))
+    assert keras.backend.standardize_dtype(got.dtype) == dtype
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ops.cast(got, "float32")),
+        expected.float().numpy(),
+        atol=1e-5 if dtype == "float32" else 0.0,
+        rtol=1e-6 if dtype == "float32" else 1e-2,
+    )
+
+
+def test_old_rms_normalization_name_still_loads():
+    from keras_tfm.layers.add_norm import MaskedRMSNormalization
+
+    layer = keras.saving.deserialize_keras_object(
+        {
+            "module": None,
+            "class_name": "MaskedRMSNormalization",
+            "registered_name": "keras_tfm>MaskedRMSNormalization",
+            "config": {"epsilon": 1e-5, "axis": -1},
+        }
+    )
+    assert isinstance(layer, MaskedRMSNormalization)
+    assert layer.epsilon == 1e-5 and layer.supports_masking

@@ -11,7 +11,17 @@ from keras import ops
 
 from keras_tfm import masks
 from keras_tfm.layers.attention import MultiHeadAttention
-from tests.helpers import padding, random_inputs, to_numpy
+from tests.helpers import (
+    assert_real_positions_close,
+    copy_hf_attention,
+    hf_config,
+    hf_mask,
+    hf_modules,
+    padding,
+    random_inputs,
+    randomize_torch,
+    to_numpy,
+)
 
 DIM, HEADS, KEY_DIM, LENGTH, BATCH = 16, 2, 8, 6, 2
 BACKEND = keras.backend.backend()
@@ -651,3 +661,305 @@ def test_keras_argument_names_are_accepted():
         MultiHeadAttention(HEADS, KEY_DIM, output_shape=(4, 3))
     with pytest.raises(ValueError, match="not both"):
         MultiHeadAttention(HEADS, KEY_DIM, output_dim=3, output_shape=4)
+
+
+# ------------------------------------------- architectures: transformers
+
+
+def _our_attention(kind, config, **overrides):
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or (
+        config.hidden_size // heads
+    )
+    bias = {"llama": False, "mistral": False, "qwen2": True, "qwen3": False}
+    kwargs = {
+        "num_heads": heads,
+        "key_dim": head_dim,
+        "num_key_value_heads": config.num_key_value_heads,
+        "use_bias": bias[kind],
+        "output_use_bias": False,
+        "position": "rotary",
+        "max_wavelength": config.rope_parameters["rope_theta"],
+        "query_key_norm": kind == "qwen3",
+        "query_key_norm_epsilon": config.rms_norm_eps,
+        "sliding_window": getattr(config, "sliding_window", None),
+        "rope_scaling": config.rope_parameters
+        if config.rope_parameters.get("rope_type", "default") != "default"
+        else None,
+        **overrides,
+    }
+    return MultiHeadAttention(**kwargs)
+
+
+HF_ATTENTIONS = [
+    ("llama", {}),
+    ("llama", {"num_key_value_heads": 1}),
+    ("llama", {"num_key_value_heads": 4, "rope_theta": 500000.0}),
+    (
+        "llama",
+        {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            }
+        },
+    ),
+    ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    ("mistral", {"sliding_window": 3}),
+    ("qwen2", {}),
+    ("qwen3", {}),
+    ("qwen3", {"head_dim": 24, "hidden_size": 64}),
+]
+
+
+@pytest.mark.parametrize("kind, overrides", HF_ATTENTIONS)
+def test_matches_transformers_attention(kind, overrides):
+    import torch
+
+    config = hf_config(kind, **overrides)
+    module, prefix = hf_modules(kind, config)
+    torch.manual_seed(0)
+    theirs = getattr(module, f"{prefix}Attention")(config, layer_idx=0).eval()
+    randomize_torch(theirs)
+    if getattr(theirs, "q_norm", None) is not None:
+        with torch.no_grad():
+            theirs.q_norm.weight.add_(1.0)
+            theirs.k_norm.weight.add_(1.0)
+    rotary = getattr(module, f"{prefix}RotaryEmbedding")(config)
+    length = 10
+    x = random_inputs(dim=config.hidden_size, length=length)
+    lengths = [length, 7]
+    additive, allowed = hf_mask(
+        length, getattr(config, "sliding_window", None), lengths
+    )
+    with torch.no_grad():
+        hidden = torch.from_numpy(x)
+        position_ids = torch.arange(length)[None].expand(BATCH, -1)
+        expected = theirs(
+            hidden,
+            rotary(hidden, position_ids),
+            torch.from_numpy(additive),
+        )[0].numpy()
+    ours = _our_attention(kind, config)
+    ours(x, x)
+    copy_hf_attention(ours, theirs)
+    outputs = to_numpy(
+        ours(
+            x,
+            x,
+            value_mask=padding(lengths, length),
+            use_causal_mask=True,
+        )
+    )
+    # Real queries only: a padded query whose window holds only padding
+    # has no key, which is zero here and a uniform average there.
+    assert_real_positions_close(outputs, expected, lengths, atol=2e-5)
+    # The explicit path (scores requested) agrees too.
+    outputs, _ = ours(
+        x,
+        x,
+        attention_mask=allowed,
+        return_attention_scores=True,
+    )
+    assert_real_positions_close(to_numpy(outputs), expected, lengths, 2e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_key_value_heads": 2},
+        {"num_key_value_heads": 1, "sliding_window": 3},
+        {
+            "num_key_value_heads": 2,
+            "sliding_window": 4,
+            "query_key_norm": True,
+            "position": "rotary",
+        },
+    ],
+)
+def test_cached_decoding_equals_full_pass_with_new_options(options):
+    layer = MultiHeadAttention(4, 8, **options)
+    x = random_inputs(length=9)
+    full = to_numpy(layer(x, x, use_causal_mask=True))
+    cache = layer.empty_cache(BATCH, 9)
+    assert tuple(cache.shape) == (
+        BATCH,
+        2,
+        options["num_key_value_heads"],
+        9,
+        8,
+    )
+    # A prompt of 3 steps, then one step at a time.
+    prompt, cache = layer(
+        x[:, :3], x[:, :3], cache=cache, cache_index=0, use_causal_mask=True
+    )
+    steps = [to_numpy(prompt)]
+    for index in range(3, 9):
+        step, cache = layer(
+            x[:, index : index + 1],
+            x[:, index : index + 1],
+            cache=cache,
+            cache_index=index,
+            use_causal_mask=True,
+        )
+        steps.append(to_numpy(step))
+    np.testing.assert_allclose(
+        np.concatenate(steps, axis=1), full, atol=1e-5, rtol=0
+    )
+    # A cache from `compute_cache` continues the same way.
+    cache = layer.compute_cache(x[:, :5], max_length=9)
+    step, _ = layer(
+        x[:, 5:6], x[:, 5:6], cache=cache, cache_index=5, use_causal_mask=True
+    )
+    np.testing.assert_allclose(to_numpy(step), full[:, 5:6], atol=1e-5, rtol=0)
+
+
+def test_grouped_heads_equal_repeated_key_value_heads():
+    grouped = MultiHeadAttention(4, 8, num_key_value_heads=2)
+    full = MultiHeadAttention(4, 8)
+    x = random_inputs()
+    grouped(x, x)
+    full(x, x)
+    for name in ("query_dense", "output_dense"):
+        for a, b in zip(
+            getattr(full, name).weights,
+            getattr(grouped, name).weights,
+            strict=True,
+        ):
+            a.assign(b)
+    for name in ("key_dense", "value_dense"):
+        source = getattr(grouped, name)
+        kernel = to_numpy(source.kernel).reshape(DIM, 2, 1, 8)
+        bias = to_numpy(source.bias).reshape(2, 1, 8)
+        target = getattr(full, name)
+        target.kernel.assign(np.repeat(kernel, 2, axis=2).reshape(DIM, 32))
+        target.bias.assign(np.repeat(bias, 2, axis=1).reshape(32))
+    lengths = [LENGTH, 3]
+    for kwargs in ({}, {"return_attention_scores": True}):
+        a = grouped(x, x, value_mask=padding(lengths), **kwargs)
+        b = full(x, x, value_mask=padding(lengths), **kwargs)
+        a, b = (a, b) if kwargs else ((a,), (b,))
+        for u, v in zip(a, b, strict=True):
+            np.testing.assert_allclose(to_numpy(u), to_numpy(v), atol=1e-5)
+
+
+def test_new_options_weights_and_config():
+    layer = MultiHeadAttention(
+        4,
+        6,
+        num_key_value_heads=2,
+        use_bias=True,
+        output_use_bias=False,
+        query_key_norm=True,
+        sliding_window=3,
+        position="rotary",
+        rope_scaling={"type": "linear", "factor": 2.0},
+    )
+    x = random_inputs()
+    layer(x, x)
+    assert tuple(layer.query_dense.kernel.shape) == (DIM, 24)
+    assert tuple(layer.key_dense.kernel.shape) == (DIM, 12)
+    assert tuple(layer.value_dense.kernel.shape) == (DIM, 12)
+    assert layer.query_dense.use_bias and not layer.output_dense.use_bias
+    assert tuple(layer.query_norm.scale.shape) == (6,)
+    assert tuple(layer.key_norm.scale.shape) == (6,)
+    config = layer.get_config()
+    for name in (
+        "num_key_value_heads",
+        "output_use_bias",
+        "query_key_norm",
+        "query_key_norm_epsilon",
+        "sliding_window",
+        "rope_scaling",
+    ):
+        assert config[name] == getattr(layer, name)
+    assert MultiHeadAttention.from_config(config).get_config() == config
+
+
+@keras.saving.register_keras_serializable(package="keras_tfm_tests")
+class CausalSelfAttention(MultiHeadAttention):
+    """One-input causal self-attention, the shape `run_layer_test` calls."""
+
+    def build(self, input_shape):
+        super().build(input_shape, input_shape)
+
+    def call(self, inputs, mask=None, training=None):
+        return super().call(
+            inputs,
+            inputs,
+            use_causal_mask=True,
+            query_mask=mask,
+            value_mask=mask,
+            training=training,
+        )
+
+    def compute_output_shape(self, input_shape, *args):
+        return tuple(input_shape)
+
+    def compute_output_spec(self, inputs, mask=None, training=None):
+        return keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+
+
+def test_new_options_pass_the_layer_checks():
+    from tests.helpers import run_layer_test
+
+    x = random_inputs(length=6)
+    run_layer_test(
+        CausalSelfAttention,
+        {
+            "num_heads": 4,
+            "key_dim": 4,
+            "num_key_value_heads": 2,
+            "use_bias": False,
+            "query_key_norm": True,
+            "sliding_window": 3,
+            "position": "rotary",
+            "rope_scaling": {"rope_type": "linear", "factor": 4.0},
+        },
+        x,
+        expected_output_shape=x.shape,
+        input_mask=padding([6, 4], 6),
+        num_trainable_weights=6,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"num_key_value_heads": 3}, "num_key_value_heads"),
+        ({"num_key_value_heads": 0}, "num_key_value_heads"),
+        ({"output_use_bias": "no"}, "output_use_bias"),
+        ({"query_key_norm": 1}, "query_key_norm"),
+        ({"query_key_norm_epsilon": 0}, "query_key_norm_epsilon"),
+        ({"sliding_window": 0}, "sliding_window"),
+        ({"sliding_window": 2.5}, "sliding_window"),
+        (
+            {"position": "rotary", "rope_scaling": {"rope_type": "yarn"}},
+            "rope_scaling.*yarn",
+        ),
+        (
+            {"position": "rotary", "rope_scaling": {"rope_type": "linear"}},
+            "rope_scaling.*factor",
+        ),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 2}}, "position"),
+    ],
+)
+def test_bad_new_arguments_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        MultiHeadAttention(4, 8, **kwargs)
+
+
+def test_cache_shape_check_names_key_value_heads():
+    layer = MultiHeadAttention(4, 8, num_key_value_heads=2)
+    x = random_inputs(length=1)
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        layer(
+            x,
+            x,
+            cache=ops.zeros((BATCH, 2, 4, 5, 8)),
+            cache_index=0,
+            use_causal_mask=True,
+        )

@@ -29,11 +29,17 @@ from tests.helpers import (
     block_kwargs,
     copy_attention,
     copy_feed_forward,
+    copy_hf_attention,
+    copy_linear,
     copy_norm,
     fill_values,
+    hf_config,
+    hf_mask,
+    hf_modules,
     jit_compile,
     padding,
     random_inputs,
+    randomize_torch,
     randomize_weights,
     run_layer_test,
     to_numpy,
@@ -669,3 +675,380 @@ def test_blocks_return_their_attention_scores():
     )
     assert tuple(scores.shape) == (BATCH, HEADS, LENGTH, LENGTH)
     np.testing.assert_allclose(to_numpy(scores)[1, :, :, 3:], 0.0)
+
+
+# ------------------------------------------- architectures: transformers
+
+
+def _llama_family_block(kind, config, **overrides):
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None)
+    scaling = config.rope_parameters
+    kwargs = {
+        "num_heads": heads,
+        "intermediate_dim": config.intermediate_size,
+        "dropout": 0.0,
+        "activation": "silu",
+        "gated": True,
+        "norm_first": True,
+        "normalization": "rms",
+        "layer_norm_epsilon": config.rms_norm_eps,
+        "position": "rotary",
+        "max_wavelength": scaling["rope_theta"],
+        "rope_scaling": scaling
+        if scaling.get("rope_type", "default") != "default"
+        else None,
+        "cross_attention": False,
+        "head_dim": head_dim if kind == "qwen3" else None,
+        "num_key_value_heads": config.num_key_value_heads,
+        "attention_bias": kind == "qwen2",
+        "attention_output_bias": False,
+        "feed_forward_bias": False,
+        "query_key_norm": kind == "qwen3",
+        "sliding_window": getattr(config, "sliding_window", None),
+        **overrides,
+    }
+    return TransformerDecoderBlock(**kwargs)
+
+
+def _copy_llama_layer(block, layer):
+    copy_hf_attention(block.self_attention, layer.self_attn)
+    norms = (
+        (block.self_attention_add_norm, layer.input_layernorm),
+        (block.feed_forward_add_norm, layer.post_attention_layernorm),
+    )
+    for add_norm, norm in norms:
+        add_norm.norm.scale.assign(norm.weight.detach().numpy())
+    copy_linear(block.feed_forward.gate_dense, layer.mlp.gate_proj)
+    copy_linear(block.feed_forward.intermediate_dense, layer.mlp.up_proj)
+    copy_linear(block.feed_forward.output_dense, layer.mlp.down_proj)
+
+
+LLAMA_FAMILY = [
+    (
+        "llama",
+        {
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        },
+    ),
+    ("mistral", {"sliding_window": 4}),
+    ("qwen2", {}),
+    ("qwen3", {"hidden_size": 64, "head_dim": 24}),
+]
+
+
+@pytest.mark.parametrize("kind, overrides", LLAMA_FAMILY)
+def test_matches_transformers_decoder_layer(kind, overrides):
+    config = hf_config(kind, **overrides)
+    module, prefix = hf_modules(kind, config)
+    layer = getattr(module, f"{prefix}DecoderLayer")(config, layer_idx=0)
+    randomize_torch(layer.eval(), seed=1, scale=0.1)
+    with torch.no_grad():
+        for name, parameter in layer.named_parameters():
+            if "norm" in name:
+                parameter.add_(1.0)
+    rotary = getattr(module, f"{prefix}RotaryEmbedding")(config)
+    length, lengths = 10, [10, 6]
+    x = random_inputs(length=length, dim=config.hidden_size)
+    additive, _ = hf_mask(
+        length, getattr(config, "sliding_window", None), lengths
+    )
+    with torch.no_grad():
+        hidden = torch.from_numpy(x)
+        position_ids = torch.arange(length)[None].expand(BATCH, -1)
+        expected = layer(
+            hidden,
+            attention_mask=torch.from_numpy(additive),
+            position_embeddings=rotary(hidden, position_ids),
+        )
+        expected = expected[0] if isinstance(expected, tuple) else expected
+    block = _llama_family_block(kind, config)
+    block(x)
+    _copy_llama_layer(block, layer)
+    outputs = to_numpy(block(x, decoder_padding_mask=padding(lengths, length)))
+    assert_real_positions_close(outputs, expected.numpy(), lengths, 2e-5)
+
+
+def test_matches_transformers_gpt2_block():
+    import transformers
+    from transformers.models.gpt2 import modeling_gpt2
+
+    config = transformers.GPT2Config(
+        n_embd=32,
+        n_head=4,
+        n_inner=48,
+        n_positions=16,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0,
+        attn_pdrop=0.0,
+        embd_pdrop=0.0,
+    )
+    config._attn_implementation = "eager"
+    layer = modeling_gpt2.GPT2Block(config, layer_idx=0).eval()
+    randomize_torch(layer, seed=2, scale=0.1)
+    length, lengths = 8, [8, 5]
+    x = random_inputs(length=length, dim=32)
+    additive, _ = hf_mask(length, None, lengths)
+    with torch.no_grad():
+        expected = layer(
+            torch.from_numpy(x), attention_mask=torch.from_numpy(additive)
+        )
+        expected = expected[0] if isinstance(expected, tuple) else expected
+    block = TransformerDecoderBlock(
+        num_heads=4,
+        intermediate_dim=48,
+        dropout=0.0,
+        activation="gelu_approximate",
+        norm_first=True,
+        layer_norm_epsilon=1e-5,
+        cross_attention=False,
+    )
+    block(x)
+
+    def split(conv, parts):
+        # Conv1D weights are (in, out), as Keras kernels.
+        kernels = np.split(conv.weight.detach().numpy(), parts, axis=1)
+        biases = np.split(conv.bias.detach().numpy(), parts)
+        return list(zip(kernels, biases, strict=True))
+
+    attention = block.self_attention
+    projections = (
+        attention.query_dense,
+        attention.key_dense,
+        attention.value_dense,
+    )
+    for dense, (kernel, bias) in zip(
+        projections, split(layer.attn.c_attn, 3), strict=True
+    ):
+        dense.kernel.assign(kernel)
+        dense.bias.assign(bias)
+    pairs = (
+        (attention.output_dense, layer.attn.c_proj),
+        (block.feed_forward.intermediate_dense, layer.mlp.c_fc),
+        (block.feed_forward.output_dense, layer.mlp.c_proj),
+    )
+    for dense, conv in pairs:
+        ((kernel, bias),) = split(conv, 1)
+        dense.kernel.assign(kernel)
+        dense.bias.assign(bias)
+    for add_norm, norm in (
+        (block.self_attention_add_norm, layer.ln_1),
+        (block.feed_forward_add_norm, layer.ln_2),
+    ):
+        add_norm.norm.gamma.assign(norm.weight.detach().numpy())
+        add_norm.norm.beta.assign(norm.bias.detach().numpy())
+    outputs = to_numpy(block(x, decoder_padding_mask=padding(lengths, length)))
+    assert_real_positions_close(outputs, expected.numpy(), lengths, 2e-5)
+
+
+def test_cached_steps_equal_full_pass_with_architecture_options():
+    block = TransformerDecoderBlock(
+        num_heads=4,
+        intermediate_dim=32,
+        dropout=0.0,
+        norm_first=True,
+        normalization="rms",
+        gated=True,
+        activation="silu",
+        position="rotary",
+        cross_attention=False,
+        head_dim=6,
+        num_key_value_heads=2,
+        attention_bias=False,
+        feed_forward_bias=False,
+        query_key_norm=True,
+        sliding_window=3,
+        rope_scaling={"rope_type": "linear", "factor": 2.0},
+    )
+    x = random_inputs(length=8, dim=DIM)
+    full = to_numpy(block(x))
+    cache = block.empty_cache(BATCH, 8)
+    assert tuple(cache.shape) == (BATCH, 2, 2, 8, 6)
+    steps = []
+    for index in range(8):
+        step, cache = block(
+            x[:, index : index + 1], cache=cache, cache_index=index
+        )
+        steps.append(to_numpy(step))
+    np.testing.assert_allclose(
+        np.concatenate(steps, axis=1), full, atol=1e-5, rtol=0
+    )
+
+
+def test_architecture_options_pass_the_layer_checks():
+    init_kwargs = block_kwargs(
+        norm_first=True,
+        normalization="rms",
+        gated=True,
+        activation="silu",
+        position="rotary",
+        cross_attention=False,
+        head_dim=6,
+        num_key_value_heads=1,
+        attention_bias=True,
+        attention_output_bias=False,
+        feed_forward_bias=False,
+        query_key_norm=True,
+        sliding_window=3,
+        rope_scaling={"rope_type": "linear", "factor": 2.0},
+    )
+    x = random_inputs()
+    block = TransformerDecoderBlock(**init_kwargs)
+    block(x)
+    attention = block.self_attention
+    assert attention.key_dim == 6
+    assert tuple(attention.key_dense.kernel.shape) == (DIM, 6)
+    assert attention.query_dense.use_bias
+    assert not attention.output_dense.use_bias
+    assert not block.feed_forward.use_bias
+    assert tuple(attention.query_norm.scale.shape) == (6,)
+    assert attention.sliding_window == 3
+    config = block.get_config()
+    for name in (
+        "head_dim",
+        "num_key_value_heads",
+        "attention_bias",
+        "attention_output_bias",
+        "feed_forward_bias",
+        "query_key_norm",
+        "sliding_window",
+        "rope_scaling",
+    ):
+        assert config[name] == init_kwargs[name]
+    run_layer_test(
+        TransformerDecoderBlock,
+        init_kwargs,
+        x,
+        expected_output_shape=x.shape,
+        input_mask=padding([LENGTH, 3]),
+        # q, k, v kernels and biases, output kernel, two query/key norm
+        # scales, three FFN kernels, two RMS scales.
+        num_trainable_weights=14,
+    )
+
+
+def test_cross_attention_takes_the_head_options():
+    block = TransformerDecoderBlock(
+        **block_kwargs(head_dim=4, num_key_value_heads=1, attention_bias=False)
+    )
+    block(random_inputs(), random_inputs(length=5))
+    cross = block.cross_attention_layer
+    assert (cross.key_dim, cross.num_key_value_heads) == (4, 1)
+    assert not cross.use_bias and cross.sliding_window is None
+
+
+def test_heads_and_widths_are_keyword_only():
+    with pytest.raises(TypeError):
+        TransformerDecoderBlock(2, 32)
+    with pytest.raises(TypeError):
+        TransformerEncoderBlock(2, 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"head_dim": 0}, "head_dim"),
+        ({"num_key_value_heads": 3}, "num_key_value_heads"),
+        ({"attention_bias": None}, "attention_bias"),
+        ({"attention_output_bias": 0}, "attention_output_bias"),
+        ({"feed_forward_bias": "yes"}, "feed_forward_bias"),
+        ({"query_key_norm": None}, "query_key_norm"),
+        ({"sliding_window": -1}, "sliding_window"),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 2}}, "position"),
+        (
+            {"position": "rotary", "rope_scaling": {"type": "dynamic"}},
+            "rope_scaling.*dynamic",
+        ),
+    ],
+)
+def test_bad_architecture_arguments_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        TransformerDecoderBlock(**block_kwargs(**kwargs))
+
+
+def _copy_layer_norm(add_norm, norm):
+    add_norm.norm.gamma.assign(norm.weight.detach().numpy())
+    add_norm.norm.beta.assign(norm.bias.detach().numpy())
+
+
+def _copy_bart_attention(ours, theirs):
+    for dense, linear in (
+        (ours.query_dense, theirs.q_proj),
+        (ours.key_dense, theirs.k_proj),
+        (ours.value_dense, theirs.v_proj),
+        (ours.output_dense, theirs.out_proj),
+    ):
+        copy_linear(dense, linear)
+
+
+def test_matches_transformers_bart_decoder_layer():
+    import transformers
+    from transformers.models.bart import modeling_bart
+
+    config = transformers.BartConfig(
+        d_model=32,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=48,
+        activation_function="gelu",
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    )
+    config._attn_implementation = "eager"
+    layer = modeling_bart.BartDecoderLayer(config, layer_idx=0).eval()
+    randomize_torch(layer, seed=4, scale=0.1)
+    with torch.no_grad():
+        for name, parameter in layer.named_parameters():
+            if "layer_norm.weight" in name:
+                parameter.add_(1.0)
+    length, lengths, source_lengths = 6, [6, 4], [7, 5]
+    x = random_inputs(length=length, dim=32)
+    source = random_inputs(seed=1, length=7, dim=32)
+    additive, _ = hf_mask(length, None, lengths)
+    source_allowed = padding(source_lengths, 7)[:, None, None, :]
+    source_additive = np.where(source_allowed, 0.0, np.finfo("float32").min)
+    with torch.no_grad():
+        expected = layer(
+            torch.from_numpy(x),
+            attention_mask=torch.from_numpy(additive),
+            encoder_hidden_states=torch.from_numpy(source),
+            encoder_attention_mask=torch.from_numpy(
+                source_additive.astype("float32")
+            ),
+            use_cache=False,
+        )
+        expected = expected[0] if isinstance(expected, tuple) else expected
+    block = TransformerDecoderBlock(
+        num_heads=4,
+        intermediate_dim=48,
+        dropout=0.0,
+        activation="gelu",
+        layer_norm_epsilon=1e-5,
+    )
+    block(x, source)
+    _copy_bart_attention(block.self_attention, layer.self_attn)
+    _copy_bart_attention(block.cross_attention_layer, layer.encoder_attn)
+    _copy_layer_norm(block.self_attention_add_norm, layer.self_attn_layer_norm)
+    _copy_layer_norm(
+        block.cross_attention_add_norm, layer.encoder_attn_layer_norm
+    )
+    _copy_layer_norm(block.feed_forward_add_norm, layer.final_layer_norm)
+    copy_linear(block.feed_forward.intermediate_dense, layer.fc1)
+    copy_linear(block.feed_forward.output_dense, layer.fc2)
+    outputs = block(
+        x,
+        source,
+        decoder_padding_mask=padding(lengths, length),
+        encoder_padding_mask=padding(source_lengths, 7),
+    )
+    assert_real_positions_close(
+        to_numpy(outputs), expected.numpy(), lengths, 2e-5
+    )

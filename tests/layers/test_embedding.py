@@ -433,3 +433,141 @@ def test_the_previous_layers_config_and_weights_load():
     np.testing.assert_allclose(
         ops.convert_to_numpy(layer(IDS)), table[IDS] * 2.0, rtol=1e-6
     )
+
+
+# --------------------------------------------- segments, norm (BERT, BART)
+
+SEGMENTS = np.array([[0, 0, 1, 1], [0, 1, 1, 0]], "int32")
+
+
+@keras.saving.register_keras_serializable(package="keras_tfm_tests")
+class SegmentedEmbedding(TokenAndPositionEmbedding):
+    """Takes `[token_ids, segment_ids]`, the form `run_layer_test` calls."""
+
+    def build(self, input_shape):
+        super().build(input_shape[0])
+
+    def call(self, inputs, training=None):
+        ids, segment_ids = inputs
+        return super().call(ids, segment_ids=segment_ids, training=training)
+
+    def compute_mask(self, inputs, mask=None):
+        return super().compute_mask(inputs[0])
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(input_shape[0])
+
+
+@pytest.mark.parametrize("normalization", ["layer", "rms"])
+def test_segments_and_norm_layer_checks(normalization):
+    run_layer_test(
+        SegmentedEmbedding,
+        {
+            "vocabulary_size": 10,
+            "sequence_length": 8,
+            "embedding_dim": 8,
+            "position": "learned",
+            "scale": False,
+            "segment_vocabulary_size": 2,
+            "normalization": normalization,
+            "normalization_epsilon": 1e-12,
+        },
+        [IDS, SEGMENTS],
+        num_trainable_weights=5 if normalization == "layer" else 4,
+        expected_output_shape=(2, 4, 8),
+    )
+
+
+def test_matches_transformers_bert_embeddings():
+    import torch
+    import transformers
+    from transformers.models.bert import modeling_bert
+
+    from tests.helpers import randomize_torch
+
+    config = transformers.BertConfig(
+        vocab_size=10,
+        hidden_size=8,
+        max_position_embeddings=8,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.0,
+    )
+    theirs = modeling_bert.BertEmbeddings(config).eval()
+    randomize_torch(theirs, seed=3)
+    with torch.no_grad():
+        expected = theirs(
+            input_ids=torch.from_numpy(IDS).long(),
+            token_type_ids=torch.from_numpy(SEGMENTS).long(),
+        ).numpy()
+    ours = TokenAndPositionEmbedding(
+        10,
+        8,
+        8,
+        position="learned",
+        mask_zero=False,
+        scale=False,
+        segment_vocabulary_size=2,
+        normalization="layer",
+        normalization_epsilon=1e-12,
+    )
+    ours(IDS, segment_ids=SEGMENTS)
+    pairs = (
+        (ours.token_embedding.embeddings, theirs.word_embeddings.weight),
+        (ours.position_embedding.embeddings, theirs.position_embeddings.weight),
+        (
+            ours.segment_embedding.embeddings,
+            theirs.token_type_embeddings.weight,
+        ),
+        (ours.norm.gamma, theirs.LayerNorm.weight),
+        (ours.norm.beta, theirs.LayerNorm.bias),
+    )
+    for variable, parameter in pairs:
+        variable.assign(parameter.detach().numpy())
+    outputs = ops.convert_to_numpy(ours(IDS, segment_ids=SEGMENTS))
+    np.testing.assert_allclose(outputs, expected, atol=1e-5, rtol=0)
+
+
+def test_norm_comes_before_dropout_and_after_the_sum():
+    layer = TokenAndPositionEmbedding(
+        10, None, 8, position="none", scale=False, normalization="rms"
+    )
+    vectors = ops.convert_to_numpy(layer(IDS))
+    table = ops.convert_to_numpy(layer.token_embedding.embeddings)[IDS]
+    rms = np.sqrt((table**2).mean(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(vectors, table / rms, atol=1e-5)
+
+
+def test_segment_ids_errors():
+    segmented = TokenAndPositionEmbedding(10, 8, 8, segment_vocabulary_size=2)
+    with pytest.raises(ValueError, match="segment_ids=None"):
+        segmented(IDS)
+    plain = TokenAndPositionEmbedding(10, 8, 8)
+    with pytest.raises(ValueError, match="segment_vocabulary_size"):
+        plain(IDS, segment_ids=SEGMENTS)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"sequence_length": None, "position": "learned"}, "sequence_length"),
+        ({"sequence_length": 0}, "sequence_length"),
+        ({"segment_vocabulary_size": 0}, "segment_vocabulary_size"),
+        ({"normalization": "batch"}, "normalization"),
+        ({"normalization_epsilon": 0.0}, "normalization_epsilon"),
+    ],
+)
+def test_new_embedding_arguments_raise(kwargs, name):
+    arguments = {"vocabulary_size": 10, "sequence_length": 8}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        TokenAndPositionEmbedding(embedding_dim=8, **arguments)
+
+
+@pytest.mark.parametrize("position", ["none", "rotary", "sinusoidal"])
+def test_sequence_length_may_be_none_without_a_table(position):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = TokenAndPositionEmbedding(10, None, 8, position=position)
+    assert layer.get_config()["sequence_length"] is None
+    assert tuple(layer(IDS).shape) == (2, 4, 8)

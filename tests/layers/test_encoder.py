@@ -318,3 +318,63 @@ def test_fit_step_under_jit_compile():
         if np.allclose(a, to_numpy(w))
     ]
     assert unchanged == ["encoder/self_attention/key_dense/bias"]
+
+
+def test_matches_transformers_bert_layer():
+    import transformers
+    from transformers.models.bert import modeling_bert
+
+    from tests.helpers import copy_linear, randomize_torch
+
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=48,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    config._attn_implementation = "eager"
+    layer = modeling_bert.BertLayer(config).eval()
+    randomize_torch(layer, seed=5, scale=0.1)
+    lengths = [6, 3]
+    x = random_inputs(length=6, dim=32)
+    allowed = padding(lengths, 6)[:, None, None, :]
+    additive = np.where(allowed, 0.0, np.finfo("float32").min)
+    block = TransformerEncoderBlock(
+        num_heads=4,
+        intermediate_dim=48,
+        dropout=0.0,
+        activation="gelu",
+        layer_norm_epsilon=1e-12,
+    )
+    block(x)
+    attention = layer.attention
+    for dense, linear in (
+        (block.self_attention.query_dense, attention.self.query),
+        (block.self_attention.key_dense, attention.self.key),
+        (block.self_attention.value_dense, attention.self.value),
+        (block.self_attention.output_dense, attention.output.dense),
+        (block.feed_forward.intermediate_dense, layer.intermediate.dense),
+        (block.feed_forward.output_dense, layer.output.dense),
+    ):
+        copy_linear(dense, linear)
+    for add_norm, norm in (
+        (block.self_attention_add_norm, attention.output.LayerNorm),
+        (block.feed_forward_add_norm, layer.output.LayerNorm),
+    ):
+        add_norm.norm.gamma.assign(norm.weight.detach().numpy() + 1.0)
+        add_norm.norm.beta.assign(norm.bias.detach().numpy())
+        with torch.no_grad():
+            norm.weight.add_(1.0)
+    with torch.no_grad():
+        expected = layer(
+            torch.from_numpy(x),
+            attention_mask=torch.from_numpy(additive.astype("float32")),
+        )
+        expected = expected[0] if isinstance(expected, tuple) else expected
+    outputs = block(x, padding_mask=padding(lengths, 6))
+    assert_real_positions_close(
+        to_numpy(outputs), expected.numpy(), lengths, 2e-5
+    )

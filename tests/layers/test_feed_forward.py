@@ -116,3 +116,60 @@ def test_quantized_feed_forward_saves_and_loads(tmp_path):
         ops.convert_to_numpy(model(X)),
         atol=1e-6,
     )
+
+
+# ------------------------------------------------------ gelu_approximate
+
+
+def test_gelu_approximate_is_gpt2_gelu_new():
+    import torch
+    from transformers.activations import NewGELUActivation
+
+    from keras_tfm.activations import gelu_approximate
+
+    x = np.linspace(-6, 6, 101).astype("float32")
+    expected = NewGELUActivation()(torch.from_numpy(x)).numpy()
+    got = ops.convert_to_numpy(gelu_approximate(x))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    exact = ops.convert_to_numpy(keras.activations.gelu(x))
+    assert not np.allclose(got, exact, atol=1e-5)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_gelu_approximate_round_trips(gated):
+    outputs = run_layer_test(
+        FeedForward,
+        {
+            "intermediate_dim": 16,
+            "activation": "gelu_approximate",
+            "gated": gated,
+        },
+        np.random.default_rng(0).normal(size=(2, 3, 8)).astype("float32"),
+        expected_output_shape=(2, 3, 8),
+        num_trainable_weights=6 if gated else 4,
+    )
+    layer = FeedForward(16, activation="gelu_approximate")
+    assert layer.get_config()["activation"] == "gelu_approximate"
+    assert outputs
+
+
+def test_gelu_approximate_in_blocks_round_trips(tmp_path):
+    from keras_tfm.layers import TransformerDecoderBlock
+
+    block = TransformerDecoderBlock(
+        num_heads=2,
+        intermediate_dim=16,
+        activation="gelu_approximate",
+        cross_attention=False,
+        norm_first=True,
+    )
+    inputs = keras.Input((4, 8))
+    model = keras.Model(inputs, block(inputs))
+    x = np.random.default_rng(0).normal(size=(2, 4, 8)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "block.keras")
+    loaded = keras.saving.load_model(tmp_path / "block.keras")
+    assert loaded.layers[-1].get_config()["activation"] == "gelu_approximate"
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), expected, atol=1e-6
+    )

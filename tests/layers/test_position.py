@@ -580,3 +580,92 @@ def test_learned_overflow_with_a_start_index_known_only_at_run_time(mode):
     with pytest.raises(Exception) as info:
         call(tf.constant(6))
     check_overflow_error(info, mode, needed=10)
+
+
+# ------------------------------------------------------- rope scaling
+
+ROPE_SCALINGS = [
+    None,
+    {"rope_type": "default"},
+    {"rope_type": "linear", "factor": 4.0},
+    {"type": "linear", "factor": 2.5},
+    {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    },
+]
+
+
+@pytest.mark.parametrize("scaling", ROPE_SCALINGS)
+def test_rotary_scaling_matches_transformers(scaling):
+    import torch
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    parameters = {"rope_theta": 500000.0, **(scaling or {})}
+    parameters.setdefault("rope_type", parameters.pop("type", "default"))
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        rope_parameters=parameters,
+    )
+    rope_type = parameters["rope_type"]
+    if rope_type == "default":
+        dim = 32
+        inverse = (
+            1.0 / (500000.0 ** (torch.arange(0, dim, 2).float() / dim)).numpy()
+        )
+    else:
+        inverse = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")[0].numpy()
+    # The transformers rotation: x * cos + rotate_half(x) * sin.
+    positions = np.arange(40)
+    angles = positions[:, None] * inverse[None, :].astype("float64")
+    angles = np.concatenate([angles, angles], axis=-1)
+    x = np.random.default_rng(0).normal(size=(1, 40, 2, 32))
+    first, second = x[..., :16], x[..., 16:]
+    rotated = np.concatenate([-second, first], axis=-1)
+    expected = (
+        x * np.cos(angles)[None, :, None]
+        + rotated * np.sin(angles)[None, :, None]
+    )
+    layer = RotaryEmbedding(500000.0, scaling=scaling)
+    got = ops.convert_to_numpy(layer(x.astype("float32")))
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert layer.get_config()["scaling"] == scaling
+    revived = RotaryEmbedding.from_config(layer.get_config())
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(revived(x.astype("float32"))), got
+    )
+
+
+def test_rotary_scaling_changes_the_rotation():
+    x = np.random.default_rng(1).normal(size=(1, 12, 8)).astype("float32")
+    plain = ops.convert_to_numpy(RotaryEmbedding()(x))
+    linear = RotaryEmbedding(scaling={"rope_type": "linear", "factor": 2.0})
+    # Linear scaling is position interpolation: position p acts as p / 2.
+    halved = RotaryEmbedding()(x[:, ::2], positions=np.arange(0, 12, 2)[None])
+    doubled = linear(x[:, ::2], positions=2 * np.arange(0, 12, 2)[None])
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(doubled), ops.convert_to_numpy(halved), atol=1e-5
+    )
+    assert not np.allclose(ops.convert_to_numpy(linear(x)), plain)
+
+
+@pytest.mark.parametrize(
+    "scaling, match",
+    [
+        ({"rope_type": "yarn", "factor": 2.0}, "scaling.*yarn"),
+        ({"rope_type": "dynamic", "factor": 2.0}, "scaling.*dynamic"),
+        ({"rope_type": "linear"}, "factor"),
+        ({"rope_type": "linear", "factor": -1.0}, "factor"),
+        ({"rope_type": "llama3", "factor": 8.0}, "low_freq_factor"),
+        ("linear", "scaling"),
+    ],
+)
+def test_rotary_bad_scaling(scaling, match):
+    with pytest.raises(ValueError, match=match):
+        RotaryEmbedding(scaling=scaling)
