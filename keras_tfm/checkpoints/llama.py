@@ -86,7 +86,7 @@ def build(config, names, dtype):
         config["vocab_size"],
         None,
         width,
-        position="rotary",
+        position="none",  # rotary: the blocks rotate queries and keys
         mask_zero=False,
         scale=False,
         dtype=dtype,
