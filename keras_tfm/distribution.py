@@ -490,16 +490,24 @@ def layout_map(model, device_mesh, model_dim="model", batch_dim="batch"):
     >>> import keras
     >>> from keras_tfm.models import decoder_lm
     >>> mesh = keras.distribution.DeviceMesh(
-    ...     (1, 1), ("batch", "model"), keras.distribution.list_devices()[:1]
+    ...     (2, 4), ("batch", "model"), [f"cpu:{i}" for i in range(8)]
     ... )
     >>> def build():
     ...     return decoder_lm(64, 8, num_layers=1, embedding_dim=16,
-    ...                       num_heads=2, intermediate_dim=32)
+    ...                       num_heads=4, intermediate_dim=32)
     >>> layouts = layout_map(build(), mesh)
     >>> layouts["decoder_layer_0/feed_forward/output_dense/kernel"].axes
     ('model', None)
-    >>> with keras.distribution.ModelParallel(layout_map=layouts).scope():
+    >>> layouts["decoder_embedding/token_embedding/embeddings"].axes
+    ('model', None)
+
+    On JAX with 8 devices (`tests/test_model_parallel.py` runs it):
+
+    >>> distribution = keras.distribution.ModelParallel(layout_map=layouts)
+    >>> with distribution.scope():  # doctest: +SKIP
     ...     model = build()
+    ...     model.compile("adam", "sparse_categorical_crossentropy")
+    ...     model.fit(...)
     """
     axis_names = tuple(device_mesh.axis_names)
     if model_dim not in axis_names:
