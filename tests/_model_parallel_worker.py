@@ -217,9 +217,11 @@ def checks(out):
         sharded = build_lm()
         sharded.set_weights(initial_weights(sharded))
         tokens = Generator(sharded).generate(prompts, LENGTH)
+        cache = sharded.init_cache(2, LENGTH)[0]
     result["generate"] = {
         "single": np.asarray(expected).tolist(),
         "sharded": np.asarray(tokens).tolist(),
+        "cache_spec": list(cache.sharding.spec),
         "query_spec": list(
             sharded.get_layer(
                 "decoder_layer_0"

@@ -110,6 +110,8 @@ def test_greedy_generation_matches_one_device(runs):
     generated = checks["generate"]
     assert generated["sharded"] == generated["single"]
     assert generated["query_spec"] == [None, "model"]
+    # (batch, 2, heads, length, head_dim): split over heads as the keys.
+    assert generated["cache_spec"][:3] == [None, None, "model"]
 
 
 def test_two_processes_match_one(runs):
