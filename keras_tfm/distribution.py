@@ -15,14 +15,23 @@ This module holds the two things that are not already Keras's job:
   local sum and count already are global.
 - `strategy_scope(name)` and `resolve_jit_compile`, used by the example
   scripts' `--distribute {none,mirrored,multi-worker,data-parallel}` flag.
+
+It also holds `layout_map`, the `keras.distribution.LayoutMap` that shards
+a model built from our layers Megatron-style under
+`keras.distribution.ModelParallel` (JAX backend).
 """
 
 import contextlib
 import json
 import os
+import re
 
 import keras
 from keras import ops
+
+from keras_tfm.layers.attention import MultiHeadAttention
+from keras_tfm.layers.embedding import TokenEmbedding
+from keras_tfm.layers.feed_forward import FeedForward
 
 DISTRIBUTE_CHOICES = ("none", "mirrored", "multi-worker", "data-parallel")
 
@@ -291,3 +300,261 @@ def resolve_jit_compile(name, jit_compile):
     if name in ("mirrored", "multi-worker") and jit_compile is True:
         return False, XLA_NOTE
     return jit_compile, None
+
+
+# --- model parallelism: keras.distribution.ModelParallel ---------------------
+
+
+def _snake_case(name):
+    # Keras's own rule for a layer's default name (`Dense` -> `dense`).
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _auto_names(layers):
+    """`{name: default name}` of the layers that kept a Keras default name.
+
+    Keras names an unnamed layer after its class and numbers the second
+    and later ones (`dense`, `dense_1`, ...), so these names differ from
+    one instance of a model to the next; chosen names do not.
+    """
+    names = {}
+    for layer in layers:
+        base = _snake_case(type(layer).__name__)
+        if re.fullmatch(re.escape(base) + r"(_\d+)?", layer.name):
+            names[layer.name] = base
+    return names
+
+
+def _pattern(path, auto_names):
+    """A regex for `path` in which default layer names match any number."""
+    parts = []
+    for part in path.split("/"):
+        base = auto_names.get(part)
+        if base is None:
+            parts.append(re.escape(part))
+        else:
+            parts.append(re.escape(base) + r"(?:_\d+)?")
+    return "/".join(parts)
+
+
+def _shardable(size, parts):
+    return size is not None and parts > 0 and size % parts == 0
+
+
+def _dense_specs(dense, axis, column):
+    """Specs of a Dense layer's kernel (in, units) and bias (units,)."""
+    layouts = {
+        "kernel": (None, axis) if column else (axis, None),
+        "bias": (axis,) if column else (None,),
+    }
+    return {
+        id(weight): layouts[weight.name]
+        for weight in dense.weights
+        if weight.name in layouts
+    }
+
+
+def _attention_specs(layer, axis, parts):
+    # Heads are split whole: a projection is sharded when the model axis
+    # divides its head count, so no head straddles two devices.
+    specs = {}
+    heads = layer.num_heads
+    key_value_heads = getattr(layer, "num_key_value_heads", None) or heads
+    shard_query = _shardable(heads, parts)
+    shard_key_value = _shardable(key_value_heads, parts)
+    for name, shard in (
+        ("query_dense", shard_query),
+        ("key_dense", shard_key_value),
+        ("value_dense", shard_key_value),
+    ):
+        dense = getattr(layer, name, None)
+        if dense is not None:
+            specs.update(_dense_specs(dense, axis if shard else None, True))
+    output = getattr(layer, "output_dense", None)
+    if output is not None:
+        specs.update(_dense_specs(output, axis if shard_query else None, False))
+    return specs
+
+
+def _feed_forward_specs(layer, axis, parts):
+    shard = axis if _shardable(layer.intermediate_dim, parts) else None
+    specs = {}
+    for name in ("intermediate_dense", "gate_dense"):
+        dense = getattr(layer, name, None)
+        if dense is not None:
+            specs.update(_dense_specs(dense, shard, True))
+    specs.update(_dense_specs(layer.output_dense, shard, False))
+    return specs
+
+
+def _embedding_specs(layer, axis, parts):
+    # (vocabulary, dim): split over the vocabulary, or over the width when
+    # the model axis does not divide the vocabulary.
+    vocabulary, dim = layer.input_dim, layer.output_dim
+    if _shardable(vocabulary, parts):
+        spec = (axis, None)
+    elif _shardable(dim, parts):
+        spec = (None, axis)
+    else:
+        spec = (None, None)
+    specs = {id(layer.embeddings): spec}
+    reverse = getattr(layer, "reverse_embeddings", None)
+    if reverse is not None:
+        # Untied output table (dim, vocabulary).
+        specs[id(reverse)] = (spec[1], spec[0])
+    return specs
+
+
+def _layer_specs(layers, axis, parts):
+    """`{id(variable): spec}` for the variables our sharding rules cover."""
+    specs = {}
+    for layer in layers:
+        if isinstance(layer, MultiHeadAttention) and layer.built:
+            specs.update(_attention_specs(layer, axis, parts))
+        elif isinstance(layer, FeedForward) and layer.built:
+            specs.update(_feed_forward_specs(layer, axis, parts))
+        elif isinstance(
+            layer, (TokenEmbedding, keras.layers.ReversibleEmbedding)
+        ):
+            specs.update(_embedding_specs(layer, axis, parts))
+    # Any other Dense (an untied head, a classifier): column-parallel.
+    for layer in layers:
+        if isinstance(layer, keras.layers.Dense) and layer.built:
+            shard = axis if _shardable(layer.units, parts) else None
+            for key, spec in _dense_specs(layer, shard, True).items():
+                specs.setdefault(key, spec)
+    return specs
+
+
+def _is_seed_state(variable):
+    return variable.path.endswith("seed_generator_state")
+
+
+def layout_map(model, device_mesh, model_dim="model", batch_dim="batch"):
+    """A `keras.distribution.LayoutMap` that shards a model's weights.
+
+    Megatron-style tensor parallelism over the `model_dim` axis of
+    `device_mesh`, for any model built from keras_tfm layers (the builders,
+    `CausalLM`, `Seq2SeqLM`, encoder models, checkpoints). The rules follow
+    the layer classes found by walking `model`, not one model type:
+
+    - `MultiHeadAttention`: `query_dense`, `key_dense`, `value_dense`
+      column-parallel (kernel `(None, model)`, bias `(model,)`),
+      `output_dense` row-parallel (kernel `(model, None)`, bias
+      replicated), so attention runs on each device's own heads and one
+      all-reduce follows the output projection. A projection is sharded
+      only when the model axis divides its head count (`num_heads` for
+      queries and the output, `num_key_value_heads` for grouped-query keys
+      and values); otherwise it is replicated. With 2 key/value heads on a
+      model axis of 8, keys and values are replicated and queries sharded.
+    - `FeedForward`: `intermediate_dense` and `gate_dense` column-parallel,
+      `output_dense` row-parallel, when the model axis divides
+      `intermediate_dim` (else replicated).
+    - `TokenEmbedding` (tied or not, inside `TokenAndPositionEmbedding`
+      too): the `(vocabulary, dim)` table split over the vocabulary; when
+      the model axis does not divide the vocabulary, over the width.
+    - Any other `Dense` (an untied head, a classifier): column-parallel
+      when the model axis divides its units.
+    - Replicated on purpose: norms (`gamma`, `beta`), position tables,
+      row-parallel biases and everything else; every such variable gets an
+      explicit replicated entry. Seed generator states are left to Keras
+      (replicated).
+
+    JAX needs every sharded dimension to divide evenly, hence the
+    divisibility rules. Weights are replicated over `batch_dim`, which
+    `keras.distribution.ModelParallel(layout_map=..., batch_dim_name=...)`
+    splits the batch over.
+
+    The keys are regexes that Keras matches with `re.fullmatch` against
+    each variable's path. Layers that kept a Keras default name (`dense`,
+    `dense_1`, `transformer_decoder_block_3`) match with any number, so a
+    map made from one instance fits the next one, built inside
+    `ModelParallel(...).scope()` (where default names are numbered anew).
+
+    Args:
+        model: a built model (or layer) made of keras_tfm layers; typically
+            a first instance, or the same builder call with the same
+            arguments.
+        device_mesh: a `keras.distribution.DeviceMesh`.
+        model_dim: the mesh axis the weights are split over.
+        batch_dim: the mesh axis the batch is split over (checked to be a
+            mesh axis when the mesh has more than one axis), or None.
+
+    Returns:
+        A `keras.distribution.LayoutMap` over `device_mesh`.
+
+    Example:
+
+    >>> import keras
+    >>> from keras_tfm.models import decoder_lm
+    >>> mesh = keras.distribution.DeviceMesh(
+    ...     (2, 4), ("batch", "model"), [f"cpu:{i}" for i in range(8)]
+    ... )
+    >>> def build():
+    ...     return decoder_lm(64, 8, num_layers=1, embedding_dim=16,
+    ...                       num_heads=4, intermediate_dim=32)
+    >>> layouts = layout_map(build(), mesh)
+    >>> layouts["decoder_layer_0/feed_forward/output_dense/kernel"].axes
+    ('model', None)
+    >>> layouts["decoder_embedding/token_embedding/embeddings"].axes
+    ('model', None)
+
+    On JAX with 8 devices (`tests/test_model_parallel.py` runs it):
+
+    >>> distribution = keras.distribution.ModelParallel(layout_map=layouts)
+    >>> with distribution.scope():  # doctest: +SKIP
+    ...     model = build()
+    ...     model.compile("adam", "sparse_categorical_crossentropy")
+    ...     model.fit(...)
+    """
+    axis_names = tuple(device_mesh.axis_names)
+    if model_dim not in axis_names:
+        raise ValueError(
+            f"`model_dim` must be an axis of `device_mesh` {axis_names}. "
+            f"Received: model_dim={model_dim!r}"
+        )
+    if len(axis_names) > 1 and batch_dim not in axis_names:
+        raise ValueError(
+            f"`batch_dim` must be an axis of `device_mesh` {axis_names}. "
+            f"Received: batch_dim={batch_dim!r}"
+        )
+    if not model.built or not model.variables:
+        raise ValueError(
+            "`layout_map` reads the weights of a built model; call it on "
+            f"a model with weights. Received: model={model.name!r} "
+            f"(built={model.built})"
+        )
+    parts = device_mesh.shape[axis_names.index(model_dim)]
+    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    specs = _layer_specs(layers, model_dim, parts)
+    auto_names = _auto_names(layers)
+    groups = {}
+    for variable in model.variables:
+        if _is_seed_state(variable):
+            continue
+        spec = specs.get(id(variable), (None,) * len(variable.shape))
+        pattern = _pattern(variable.path, auto_names)
+        groups.setdefault(pattern, []).append((variable.path, spec))
+    layouts = keras.distribution.LayoutMap(device_mesh)
+    for pattern, entries in groups.items():
+        if len({spec for _, spec in entries}) == 1:
+            layouts[pattern] = entries[0][1]
+        else:
+            # Default-named layers that need different layouts: keep their
+            # exact paths (another instance gets them replicated).
+            for path, spec in entries:
+                layouts[re.escape(path)] = spec
+    for variable in model.variables:
+        if _is_seed_state(variable):
+            continue
+        got = layouts[variable.path]
+        want = specs.get(id(variable), (None,) * len(variable.shape))
+        if got is None or tuple(got.axes) != tuple(want):
+            raise ValueError(
+                f"The layout map gives {variable.path!r} the layout "
+                f"{None if got is None else got.axes}, not {want}; rename "
+                "the layers whose default names collide."
+            )
+    return layouts

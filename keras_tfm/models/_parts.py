@@ -161,8 +161,34 @@ def empty_caches(blocks, batch_size, max_length):
                 f"blocks. Received: block {index} of type "
                 f"{type(block).__name__}"
             )
-        caches.append(block.empty_cache(batch_size, max_length))
+        cache = block.empty_cache(batch_size, max_length)
+        caches.append(_lay_out_cache(block, cache))
     return tuple(caches)
+
+
+def _lay_out_cache(block, cache):
+    """Split a cache over heads as its block's keys are, under ModelParallel.
+
+    The cache `(batch, 2, heads, length, head_dim)` follows the layout of
+    the key projection's kernel `(dim, heads * head_dim)`: sharded over
+    heads where `keras_tfm.distribution.layout_map` sharded the keys, so
+    each device keeps the keys and values of its own heads.
+    """
+    distribution = keras.distribution.distribution()
+    attention = getattr(block, "self_attention", None)
+    key_dense = getattr(attention, "key_dense", None)
+    if not isinstance(distribution, keras.distribution.ModelParallel) or (
+        key_dense is None or len(cache.shape) != 5
+    ):
+        return cache
+    kernel_layout = distribution.get_variable_layout(key_dense.kernel)
+    axis = None if kernel_layout is None else kernel_layout.axes[-1]
+    if axis is None:
+        return cache
+    layout = keras.distribution.TensorLayout(
+        (None, None, axis, None, None), distribution.device_mesh
+    )
+    return keras.distribution.distribute_tensor(cache, layout)
 
 
 def check_cache(caches, blocks):
