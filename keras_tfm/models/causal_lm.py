@@ -41,6 +41,10 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
             its own segment and positions restart in each segment. The
             weights are those of the unpacked model (`set_weights` moves
             between the two) and the cached step is the same.
+        pad_id: the id that pads prompts and generated rows, or None
+            (the default) when every id is a real token: GPT-2's and
+            Llama's id `0` is. With None and an embedding built with
+            `mask_zero=True`, the `pad_id` property is `0`.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -71,6 +75,7 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
         final_norm=None,
         head=None,
         packed=False,
+        pad_id=None,
         **kwargs,
     ):
         _parts.check_layer("embedding", embedding)
@@ -81,6 +86,7 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
             _parts.token_table("embedding", embedding)
         _parts.check_positions("embedding", embedding, "blocks", blocks)
         _parts.check_packed(packed)
+        _parts.check_pad_id(pad_id, [embedding])
         self.embedding = embedding
         self.blocks = blocks
         self.final_norm = final_norm
@@ -94,6 +100,7 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
         self.keras_init_starts()
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.track_early_attributes()
+        self._pad_id = pad_id
 
     def build_graph(self, token_ids):
         """The functional graph: symbolic `token_ids` (a dict of packed
@@ -119,6 +126,23 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
         return _parts.project(
             x, self.final_norm, self.head, "embedding", self.embedding
         )
+
+    @property
+    def pad_id(self):
+        """The padding id: the `pad_id` argument, else `0` when the
+        embedding has `mask_zero=True`, else None (every id is real)."""
+        return _parts.pad_id(self._pad_id, [self.embedding])
+
+    @property
+    def vocabulary_size(self):
+        """The size of the output logits' last axis."""
+        return _parts.output_size(self)
+
+    @property
+    def max_length(self):
+        """The longest sequence the model embeds (a learned position
+        table's length), or None when unbounded."""
+        return _parts.position_limit(self.embedding)
 
     def init_cache(self, batch_size, max_length):
         """Empty key/value caches, one per block, for `max_length` tokens."""
@@ -158,6 +182,7 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
             "final_norm": _parts.serialize(self.final_norm),
             "head": _parts.serialize(self.head),
             "packed": self.packed,
+            "pad_id": self._pad_id,
         }
 
     @classmethod
