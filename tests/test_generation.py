@@ -663,3 +663,217 @@ def test_beam_search_returns_every_beam_best_first():
     )
     np.testing.assert_array_equal(ids[:, 0], best)
     assert len({tuple(row) for row in ids[0]}) == 3
+
+
+# ------------------------------------------------ explicit padding (pad_id)
+
+
+def real_zero_lm(pad_id=None, bias_on=None, seed=50):
+    """A decoder-only model where id 0 is a real token (`mask_zero=False`),
+    with an untied head whose bias can force one id to win."""
+    model = CausalLM(
+        tfm_layers.TokenAndPositionEmbedding(VOCAB, SEQ, 16, mask_zero=False),
+        [
+            tfm_layers.TransformerDecoderBlock(
+                2, 32, dropout=0.0, cross_attention=False
+            )
+        ],
+        head=keras.layers.Dense(VOCAB, name="head"),
+        pad_id=pad_id,
+    )
+    randomize(model, seed)
+    if bias_on is not None:
+        bias = np.zeros(VOCAB, "float32")
+        bias[bias_on] = 1e4
+        model.get_layer("head").bias.assign(bias)
+    return model
+
+
+def real_zero_seq2seq(pad_id=None, seed=51):
+    def embedding():
+        return tfm_layers.TokenAndPositionEmbedding(
+            VOCAB, SEQ, 16, mask_zero=False
+        )
+
+    model = Seq2SeqLM(
+        embedding(),
+        [tfm_layers.TransformerEncoderBlock(2, 32, dropout=0.0)],
+        embedding(),
+        [tfm_layers.TransformerDecoderBlock(2, 32, dropout=0.0)],
+        head=keras.layers.Dense(VOCAB),
+        pad_id=pad_id,
+    )
+    return randomize(model, seed)
+
+
+def argmax_all_ids(model, prompts, max_length):
+    """Greedy decoding by full passes, every id allowed (no padding)."""
+    out = []
+    for prompt in prompts:
+        ids = list(prompt)
+        while len(ids) < max_length:
+            logits = model(np.array([ids], "int32"), training=False)
+            ids.append(int(np.argmax(ops.convert_to_numpy(logits)[0, -1])))
+        out.append(ids)
+    return np.array(out, "int32")
+
+
+def test_protocol_properties_and_pad_id_argument():
+    model = real_zero_lm()
+    assert (model.pad_id, model.vocabulary_size, model.max_length) == (
+        None,
+        VOCAB,
+        None,
+    )
+    assert real_zero_lm(pad_id=3).pad_id == 3
+    learned = make_model("decoder_lm", "learned")
+    assert (learned.pad_id, learned.max_length) == (0, SEQ)
+    seq2seq = make_model("seq2seq", "learned", target_vocabulary_size=17)
+    assert (seq2seq.pad_id, seq2seq.vocabulary_size) == (0, 17)
+    assert (seq2seq.encoder_vocabulary_size, seq2seq.encoder_max_length) == (
+        VOCAB,
+        SEQ,
+    )
+    clone = CausalLM.from_config(real_zero_lm(pad_id=3).get_config())
+    assert clone.get_config()["pad_id"] == 3 and clone.pad_id == 3
+    parts = lm_parts()
+    for bad in (-1, 1.5, True, "0"):
+        with pytest.raises(ValueError, match="pad_id"):
+            CausalLM(parts["embedding"], parts["blocks"], pad_id=bad)
+    with pytest.raises(ValueError, match="mask_zero=True.*pad_id=2"):
+        CausalLM(parts["embedding"], parts["blocks"], pad_id=2)
+
+
+def test_prompts_holding_id_zero_decode_exactly_without_pad_id():
+    model = real_zero_lm()
+    generator = make_generator(model)
+    prompts = [[5, 0, 7, 8], [0, 3]]
+    expected = argmax_all_ids(model, prompts, 7)
+    np.testing.assert_array_equal(generator.generate(prompts, 7), expected)
+    np.testing.assert_array_equal(
+        generator.generate(prompts, 7, use_cache=False), expected
+    )
+    # A rectangular array: every position is a real token.
+    array = np.array([[5, 0, 7, 8]])
+    np.testing.assert_array_equal(
+        generator.generate(array, 7), argmax_all_ids(model, array, 7)
+    )
+
+
+def test_list_dict_and_array_prompts_give_the_same_tokens():
+    generator = make_generator(make_model("decoder_lm", seed=52))
+    array = generator.generate(PROMPTS, 7)
+    ragged = generator.generate([[3, 4], [5, 6, 7]], 7)
+    masked = generator.generate(
+        {"token_ids": PROMPTS, "padding_mask": PROMPTS != 0}, 7
+    )
+    np.testing.assert_array_equal(ragged, array)
+    np.testing.assert_array_equal(masked, array)
+    # Without a pad id the mask says where prompts end, any ids inside.
+    free = make_generator(real_zero_lm())
+    ids = np.array([[5, 0, 9], [0, 3, 9]])
+    mask = np.array([[True, True, False], [True, True, True]])
+    dict_ids = free.generate({"token_ids": ids, "padding_mask": mask}, 6)
+    list_ids = free.generate([[5, 0], [0, 3, 9]], 6)
+    np.testing.assert_array_equal(dict_ids, list_ids)
+    with pytest.raises(ValueError, match="padding mask"):
+        free.generate({"token_ids": ids, "padding_mask": ~mask}, 6)
+    with pytest.raises(ValueError, match="padding id 0"):
+        generator.generate([[3, 0], [5, 6, 7]], 6)
+
+
+def test_seq2seq_dict_inputs_and_decoder_prompts():
+    model = real_zero_seq2seq()
+    generator = make_generator(model)
+    source = np.array([[3, 0, 5], [6, 7, 0]])
+    plain = generator.generate(source, 5, start_id=START_ID)
+    as_dict = generator.generate(
+        {
+            "encoder_token_ids": source,
+            "encoder_padding_mask": np.ones(source.shape, bool),
+        },
+        5,
+        start_id=START_ID,
+    )
+    np.testing.assert_array_equal(as_dict, plain)
+    prompted = generator.generate(
+        {
+            "encoder_token_ids": source,
+            "encoder_padding_mask": np.ones(source.shape, bool),
+            "decoder_token_ids": np.full((2, 1), START_ID),
+            "decoder_padding_mask": np.ones((2, 1), bool),
+        },
+        6,
+    )
+    assert (prompted[:, 0] == START_ID).all()
+    np.testing.assert_array_equal(prompted[:, 1:], plain)
+    uncached = generator.generate(source, 5, start_id=START_ID, use_cache=False)
+    np.testing.assert_array_equal(uncached, plain)
+    with pytest.raises(ValueError, match="start_id.*decoder prompts"):
+        generator.generate(
+            {
+                "encoder_token_ids": source,
+                "encoder_padding_mask": np.ones(source.shape, bool),
+                "decoder_token_ids": np.full((2, 1), START_ID),
+                "decoder_padding_mask": np.ones((2, 1), bool),
+            },
+            6,
+            start_id=START_ID,
+        )
+
+
+SAMPLERS = (
+    {},
+    {"sampler": "top_k", "top_k": 3, "seed": 1},
+    {"sampler": "top_p", "top_p": 0.9, "seed": 2},
+    {"sampler": "beam", "num_beams": 2},
+)
+
+
+@pytest.mark.parametrize("options", SAMPLERS)
+def test_the_pad_id_is_never_generated_and_zero_can_be(options):
+    # The head's bias makes id 5 win by far: with pad_id=5 it never comes.
+    padded = make_generator(real_zero_lm(pad_id=5, bias_on=5))
+    ids = padded.generate([[3, 4], [6]], 6, **options)
+    assert not (ids == 5).any()
+    # With pad_id=None, id 0 is a token like any other.
+    free = make_generator(real_zero_lm(bias_on=0))
+    ids = free.generate([[3, 4], [6]], 6, **options)
+    assert (ids[0, 2:] == 0).all() and (ids[1, 1:] == 0).all()
+
+
+def test_rows_end_padded_with_the_pad_id():
+    model = real_zero_lm(pad_id=5)
+    generator = make_generator(model)
+    free = generator.generate([[3, 4]], 8)
+    stop = int(free[0, 3])
+    stopped = generator.generate([[3, 4]], 8, stop_ids=[stop])
+    end = 2 + int(np.flatnonzero(free[0, 2:] == stop)[0]) + 1
+    np.testing.assert_array_equal(stopped[0, :end], free[0, :end])
+    assert (stopped[0, end:] == 5).all()
+
+
+def test_options_that_do_not_apply_are_errors(lm_generator):
+    with pytest.raises(ValueError, match="start_id.*decoder-only"):
+        lm_generator.generate(PROMPTS, 6, start_id=1)
+    with pytest.raises(ValueError, match="does not use seed"):
+        lm_generator.generate(PROMPTS, 6, seed=1)
+    with pytest.raises(ValueError, match="does not use seed"):
+        lm_generator.generate(PROMPTS, 6, sampler="beam", seed=1)
+    with pytest.raises(TypeError, match="top_n"):
+        lm_generator.generate(PROMPTS, 6, top_n=3)
+    with pytest.raises(TypeError, match="top_n"):
+        next(lm_generator.stream(PROMPTS, 6, top_n=3))
+
+
+def test_search_function_is_the_generate_search():
+    model = make_model("decoder_lm", seed=53)
+    generator = make_generator(model)
+    search = generator.search_function(6, sampler="beam", num_beams=2)
+    inputs = {
+        "token_ids": np.pad(PROMPTS, [(0, 0), (0, 3)]),
+        "padding_mask": np.pad(PROMPTS != 0, [(0, 0), (0, 3)]),
+    }
+    ids = ops.convert_to_numpy(search(inputs))
+    expected = generator.generate(PROMPTS, 6, sampler="beam", num_beams=2)
+    np.testing.assert_array_equal(ids, expected)
