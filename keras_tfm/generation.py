@@ -304,7 +304,9 @@ class Generator:
         if not self.seq2seq:
             prompts, mask = inputs["token_ids"], inputs["padding_mask"]
         elif plan.start:
-            prompts = ops.zeros_like(source[:, :1]) + settings.start_id
+            # (batch, 1), static width even where the source's is not.
+            first = ops.zeros_like(ops.cast(source[:, 0], "int32"))
+            prompts = ops.expand_dims(first + settings.start_id, 1)
             mask = ops.ones_like(prompts, dtype="bool")
         else:
             prompts = inputs["decoder_token_ids"]
