@@ -210,8 +210,9 @@ class GreedySampler(Sampler):
     >>> logits = np.array([[9.0, 1.0, 3.0, 2.0]], "float32")
     >>> ops.convert_to_numpy(GreedySampler().choose(logits, 0, 0)).tolist()
     [2]
-    >>> ops.convert_to_numpy(GreedySampler().choose(logits, 0, 0, None))
-    array([0])
+    >>> no_padding = GreedySampler().choose(logits, 0, 0, pad_id=None)
+    >>> ops.convert_to_numpy(no_padding).tolist()
+    [0]
     """
 
 
