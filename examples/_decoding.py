@@ -176,7 +176,8 @@ def generate(
         generator: a `keras_tfm.generation.Generator`.
         inputs: int array `(count, length)`: sources or prompts.
         max_length: `max_length` of `Generator.generate`.
-        seed: seed of the first batch; batch `i` uses `seed + i`.
+        seed: seed of the first batch of a random sampler (`"top_k"`,
+            `"top_p"`); batch `i` uses `seed + i`.
         batch_size: rows decoded at once.
         **options: the other `Generator.generate` arguments (`sampler`,
             `num_beams`, `start_id`, `end_id`, ...).
@@ -192,9 +193,10 @@ def generate(
         chunk = inputs[first : first + size]
         count = len(chunk)
         chunk = np.concatenate([chunk, np.repeat(chunk[:1], size - count, 0)])
-        ids = generator.generate(
-            chunk, max_length, seed=seed + number, **options
-        )
+        if options.get("sampler") in ("top_k", "top_p"):
+            # Only the random samplers take a seed (others refuse one).
+            options = {**options, "seed": seed + number}
+        ids = generator.generate(chunk, max_length, **options)
         results.append(ids[:count])
     return np.concatenate(results)
 

@@ -166,19 +166,26 @@ def loop_index(index):
     return index
 
 
-def while_loop(cond, body, loop_vars):
-    """`keras.ops.while_loop` over a tuple; a plain Python loop on PyTorch.
+def while_loop(cond, body, state):
+    """`keras.ops.while_loop` over a NamedTuple state; a plain Python loop
+    on PyTorch.
 
-    PyTorch runs eagerly, so the loop is Python control flow around the
-    same `body`: the state stays on its device, and nothing converts it
-    between steps.
+    `cond(state)` and `body(state)` take (and `body` returns) the state
+    as its NamedTuple, read by field. PyTorch runs eagerly, so the loop is
+    Python control flow around the same `body`: the state stays on its
+    device, and nothing converts it between steps.
     """
+    kind = type(state)
     if keras.backend.backend() != "torch":
-        return keras.ops.while_loop(cond, body, tuple(loop_vars))
-    loop_vars = tuple(loop_vars)
-    while bool(cond(*loop_vars)):
-        loop_vars = tuple(body(*loop_vars))
-    return loop_vars
+        fields = keras.ops.while_loop(
+            lambda *fields: cond(kind(*fields)),
+            lambda *fields: tuple(body(kind(*fields))),
+            tuple(state),
+        )
+        return kind(*fields)
+    while bool(cond(state)):
+        state = kind(*body(state))
+    return state
 
 
 def column(x, index):

@@ -16,10 +16,17 @@ result is also available as a `keras.utils.PyDataset` (`PackedDataset`,
 `BucketedDataset`) that `model.fit` takes directly, yielding
 `(inputs, labels)` batches.
 
-Conventions: token id `0` is padding (as for `mask_zero=True`), so real
-tokens should use ids `>= 1`; label `0` means "no target here", which
-`loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=0)` or the
-library's masked loss ignores.
+Padding, one rule: `segment_ids` say which slots are real (`0` at
+padding), and `pad_id` is only the id written into the slots that hold
+nothing: the padding of `token_ids` and the labels with no target. With
+`pad_id=0` (the default, for models trained from scratch with
+`mask_zero=True`, whose loss takes `ignore_class=0` or the library's
+masked loss) or any other id, that id is padding and a sequence holding
+it is an error. With `pad_id=None` (pretrained vocabularies, where GPT-2's
+and Llama's id `0` is a real token) every id is a real token: padding
+slots of `token_ids` hold `0`, read as padding by nothing but
+`segment_ids`, and labels with no target hold `-1`
+(`SparseCategoricalCrossentropy(ignore_class=-1)`).
 
 Example:
 
@@ -65,7 +72,27 @@ def _check_length(name, value):
     return int(value)
 
 
-def _as_sequences(sequences, name, max_length, truncate, length_name):
+def _check_pad_id(pad_id):
+    if pad_id is not None and (
+        isinstance(pad_id, bool)
+        or not isinstance(pad_id, (int, np.integer))
+        or pad_id < 0
+    ):
+        raise ValueError(
+            "`pad_id` must be None or a non-negative integer. Received: "
+            f"pad_id={pad_id!r}"
+        )
+    return None if pad_id is None else int(pad_id)
+
+
+def _fills(pad_id):
+    """What the empty slots hold: `(token, label)`."""
+    return (0, -1) if pad_id is None else (pad_id, pad_id)
+
+
+def _as_sequences(
+    sequences, name, max_length, truncate, length_name, pad_id=None
+):
     """Validate sequences of token ids; return a list of int32 arrays.
 
     Every problem names the sequence by its index: `sequences[3]`.
@@ -110,6 +137,13 @@ def _as_sequences(sequences, name, max_length, truncate, length_name):
             raise ValueError(
                 f"`{label}` must hold token ids that fit in int32. Received: "
                 f"{label} with maximum {array.max()}"
+            )
+        if pad_id is not None and (array == pad_id).any():
+            raise ValueError(
+                f"`{label}` holds the padding id {pad_id}, which marks "
+                "empty slots only; pass the id that pads (`pad_id=None` "
+                f"when every id is a real token). Received: {label} with "
+                f"{pad_id} at position {int(np.argmax(array == pad_id))}"
             )
         if max_length is not None and array.size > max_length:
             if not truncate:
@@ -235,9 +269,9 @@ def _first_fit_decreasing(sizes, capacities):
     return rows, order
 
 
-def _layout(arrays, rows, order, num_rows, length):
+def _layout(arrays, rows, order, num_rows, length, fill=0):
     """Write the packed arrays of one side (tokens, segments, positions)."""
-    token_ids = np.zeros((num_rows, length), "int32")
+    token_ids = np.full((num_rows, length), fill, "int32")
     segment_ids = np.zeros((num_rows, length), "int32")
     positions = np.zeros((num_rows, length), "int32")
     filled = np.zeros(num_rows, "int64")
@@ -253,11 +287,12 @@ def _layout(arrays, rows, order, num_rows, length):
     return token_ids, segment_ids, positions
 
 
-def next_token_labels(token_ids, segment_ids):
+def next_token_labels(token_ids, segment_ids, pad_id=0):
     """Return language-model labels: the next token of the same segment.
 
     `labels[b, t] = token_ids[b, t + 1]` when token `t + 1` is in the same
-    (non-padding) segment as token `t`, and `0` otherwise: at the last token
+    (non-padding) segment as token `t`, and `pad_id` otherwise (`-1` when
+    `pad_id` is None; see the module's padding rule): at the last token
     of every segment and at padding. A label therefore never crosses from
     one packed sequence into the next. End each sequence with an end token
     if the model should learn to stop: its last real target is then that
@@ -266,9 +301,11 @@ def next_token_labels(token_ids, segment_ids):
     Args:
         token_ids: integer array `(batch, seq)`.
         segment_ids: integer array `(batch, seq)`, `0` at padding.
+        pad_id: the label where there is no target (None: `-1`).
 
     Returns:
-        int32 array `(batch, seq)`; `0` where there is no target.
+        int32 array `(batch, seq)`; the no-target label where there is no
+        target.
 
     Example:
 
@@ -286,15 +323,23 @@ def next_token_labels(token_ids, segment_ids):
             f"{token_ids.shape} and segment_ids with shape "
             f"{segment_ids.shape}"
         )
-    labels = np.zeros(token_ids.shape, "int32")
+    empty = _fills(_check_pad_id(pad_id))[1]
+    labels = np.full(token_ids.shape, empty, "int32")
     same = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (
         segment_ids[:, :-1] != 0
     )
-    labels[:, :-1] = np.where(same, token_ids[:, 1:], 0)
+    labels[:, :-1] = np.where(same, token_ids[:, 1:], empty)
     return labels
 
 
-def pack(sequences, sequence_length, *, truncate=False, return_labels=False):
+def pack(
+    sequences,
+    sequence_length,
+    *,
+    truncate=False,
+    return_labels=False,
+    pad_id=0,
+):
     """Pack whole sequences into rows of `sequence_length` slots.
 
     Sequences are placed by first-fit decreasing: from the longest to the
@@ -313,6 +358,8 @@ def pack(sequences, sequence_length, *, truncate=False, return_labels=False):
             default) it raises a `ValueError`.
         return_labels: also return `labels`, the next token within each
             segment (see `next_token_labels`), for a language model.
+        pad_id: the id of empty slots, `0` by default; None when every id
+            is a real token (see the module's padding rule).
 
     Returns:
         A dict of int32 arrays `(rows, sequence_length)`: `token_ids`,
@@ -320,7 +367,7 @@ def pack(sequences, sequence_length, *, truncate=False, return_labels=False):
 
     Raises:
         ValueError: naming the sequence (`sequences[i]`) that is empty, too
-            long, or holds non-integer or negative ids.
+            long, or holds non-integer or negative ids or the pad id.
 
     Example:
 
@@ -331,15 +378,21 @@ def pack(sequences, sequence_length, *, truncate=False, return_labels=False):
     [[2, 3, 0, 0], [5, 0, 0, 0]]
     """
     sequence_length = _check_length("sequence_length", sequence_length)
+    pad_id = _check_pad_id(pad_id)
     arrays = _as_sequences(
-        sequences, "sequences", sequence_length, truncate, "sequence_length"
+        sequences,
+        "sequences",
+        sequence_length,
+        truncate,
+        "sequence_length",
+        pad_id,
     )
     rows, order = _first_fit_decreasing(
         [(a.size,) for a in arrays], (sequence_length,)
     )
     num_rows = max(rows) + 1
     token_ids, segment_ids, positions = _layout(
-        arrays, rows, order, num_rows, sequence_length
+        arrays, rows, order, num_rows, sequence_length, _fills(pad_id)[0]
     )
     packed = {
         "token_ids": token_ids,
@@ -347,7 +400,7 @@ def pack(sequences, sequence_length, *, truncate=False, return_labels=False):
         "positions": positions,
     }
     if return_labels:
-        packed["labels"] = next_token_labels(token_ids, segment_ids)
+        packed["labels"] = next_token_labels(token_ids, segment_ids, pad_id)
     return packed
 
 
@@ -359,6 +412,7 @@ def pack_pairs(
     *,
     truncate=False,
     return_labels=True,
+    pad_id=0,
 ):
     """Pack (source, target) pairs for an encoder-decoder, side by side.
 
@@ -384,6 +438,8 @@ def pack_pairs(
         truncate: cut a too long source or target to its row length instead
             of raising a `ValueError`.
         return_labels: include `labels`. Defaults to `True`.
+        pad_id: the id of empty slots, `0` by default; None when every id
+            is a real token (see the module's padding rule).
 
     Returns:
         A dict of int32 arrays: `encoder_token_ids`, `encoder_segment_ids`,
@@ -403,11 +459,12 @@ def pack_pairs(
     """
     source_length = _check_length("source_length", source_length)
     target_length = _check_length("target_length", target_length)
+    pad_id = _check_pad_id(pad_id)
     sources = _as_sequences(
-        sources, "sources", source_length, truncate, "source_length"
+        sources, "sources", source_length, truncate, "source_length", pad_id
     )
     targets = _as_sequences(
-        targets, "targets", target_length, truncate, "target_length"
+        targets, "targets", target_length, truncate, "target_length", pad_id
     )
     if len(sources) != len(targets):
         raise ValueError(
@@ -425,14 +482,14 @@ def pack_pairs(
         ("decoder", targets, target_length),
     ):
         token_ids, segment_ids, positions = _layout(
-            arrays, rows, order, num_rows, length
+            arrays, rows, order, num_rows, length, _fills(pad_id)[0]
         )
         packed[f"{side}_token_ids"] = token_ids
         packed[f"{side}_segment_ids"] = segment_ids
         packed[f"{side}_positions"] = positions
     if return_labels:
         packed["labels"] = next_token_labels(
-            packed["decoder_token_ids"], packed["decoder_segment_ids"]
+            packed["decoder_token_ids"], packed["decoder_segment_ids"], pad_id
         )
     return packed
 

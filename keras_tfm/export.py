@@ -58,33 +58,23 @@ def _fixed_sampler(sampler):
     )
 
 
-def export_generator(
-    model,
-    path,
-    max_length,
-    *,
-    sampler="greedy",
-    num_beams=None,
-    length_penalty=None,
-    start_id=None,
-    stop_ids=None,
-    end_id=None,
-    jit_compile=False,
-):
+def export_generator(model, path, max_length, *, jit_compile=False, **options):
     """Write a SavedModel whose serving signature generates token ids.
 
     The signature `serving_default` takes `token_ids`, int32 `(batch,
-    length)` with batch and length free: right-padded prompts (`0` is
-    padding; each row holds at least one token) for a decoder-only model,
-    source ids for an encoder-decoder model. It returns `{"token_ids":
-    ids}`, int32 `(batch, max_length)`, equal to
+    length)` with batch and length free: right-padded prompts for a
+    decoder-only model, source ids for an encoder-decoder model. Padding
+    is the model's `pad_id`; a model whose `pad_id` is None reads every
+    id as a real token (each prompt is then the whole row). It returns
+    `{"token_ids": ids}`, int32 `(batch, max_length)`, equal to
     `Generator(model).generate(token_ids, max_length, ...)` with the same
     options: the prompts followed by the generated tokens (decoder-only)
-    or the generated tokens after `start_id` (encoder-decoder), `0` after
-    a row's stop id. The prompts' lengths are found in the graph (`ids !=
-    0`); a prompt longer than `max_length`, an empty row or a `0` before a
-    token of a prompt fails the call with `InvalidArgumentError`, as does
-    a source longer than a learned position table.
+    or the generated tokens after `start_id` (encoder-decoder), the pad id
+    (`0` without one) after a row's stop id. The prompts' lengths are
+    found in the graph; a prompt longer than `max_length`, an empty row or
+    a pad id before a token of a prompt fails the call with
+    `InvalidArgumentError`, as does a source longer than a learned
+    position table.
 
     Greedy decoding runs the whole batch at once. Beam search decodes row
     by row (`tf.map_fn`), so the batch size stays free; each row's beams
@@ -99,15 +89,14 @@ def export_generator(
             `keras_tfm.models.decoder_lm` or `seq2seq_transformer`.
         path: directory to write the SavedModel to.
         max_length: output length, as for `Generator.generate`.
-        sampler: `"greedy"`, `"beam"`, or a `keras_tfm.sampling`
-            `GreedySampler` or `BeamSampler`.
-        num_beams, length_penalty: options of `"beam"`.
-        start_id: first decoder token of an encoder-decoder model.
-        stop_ids: ids that end a row, or None.
-        end_id: one more stop id.
         jit_compile: whether the saved function is compiled with XLA when
             it runs (the serving runtime then needs XLA, and XLA drops the
             prompt checks above: bad prompts give unspecified ids).
+        **options: the options of `Generator.generate`
+            (`keras_tfm.generation.Options`): `sampler` (`"greedy"`,
+            `"beam"`, or a `GreedySampler` or `BeamSampler`),
+            `num_beams`, `length_penalty`, `start_id`, `stop_ids`,
+            `end_id`.
 
     Returns:
         The `keras.export.ExportArchive` that was written; its endpoint
@@ -137,43 +126,26 @@ def export_generator(
     import tensorflow as tf
 
     generator = Generator(model, jit_compile=jit_compile)
-    options = dict(
-        sampler=sampler,
-        start_id=start_id,
-        stop_ids=stop_ids,
-        end_id=end_id,
-        num_beams=num_beams,
-        length_penalty=length_penalty,
-        top_k=None,
-        top_p=None,
-        temperature=None,
-        seed=None,
-        use_cache=True,
-    )
-    # Validate the options (and find the constants) on a one-token probe.
-    probe = np.ones((1, 1), dtype="int32")
-    static, _, tensors, sampler = generator._setup(probe, max_length, options)
-    sampler = _fixed_sampler(sampler)
-    _, length, _, use_cache, stop_count = static
-    floats, integers, stops = (t.numpy() for t in tensors[2:])
-    stops = stops if stop_count else None
+    search = generator.search_function(max_length, **options)
+    plan = search.plan
+    _fixed_sampler(plan.sampler)
     seq2seq = generator.seq2seq
-    beam = isinstance(sampler, sampling.BeamSampler)
+    beam = isinstance(plan.sampler, sampling.BeamSampler)
+    pad_id = generator.pad_id
+    fill = 0 if pad_id is None else pad_id
+    names = (
+        ("encoder_token_ids", "encoder_padding_mask")
+        if seq2seq
+        else ("token_ids", "padding_mask")
+    )
 
-    def search(inputs, lengths):
-        batch = 1 if beam else tf.shape(inputs)[0]
-        config = (batch, length, sampler, use_cache, stop_count)
-        return generator._search(
-            config,
-            inputs,
-            lengths,
-            tf.constant(floats),
-            tf.constant(integers),
-            None if stops is None else tf.constant(stops),
-        )
+    def real_tokens(token_ids):
+        if pad_id is None:
+            return tf.ones_like(token_ids, dtype=tf.bool)
+        return token_ids != pad_id
 
     def prompts(token_ids):
-        real = token_ids != 0
+        real = real_tokens(token_ids)
         lengths = tf.reduce_sum(tf.cast(real, "int32"), axis=1)
         width = tf.shape(token_ids)[1]
         before = tf.range(width)[None, :] < lengths[:, None]
@@ -184,7 +156,7 @@ def export_generator(
             tf.debugging.assert_equal(
                 real,
                 before,
-                message="Prompts must be right-padded with 0",
+                message=f"Prompts must be right-padded with {pad_id}",
             ),
             tf.debugging.assert_less_equal(
                 lengths,
@@ -195,29 +167,34 @@ def export_generator(
         ]
         with tf.control_dependencies(checks):
             ids = token_ids[:, :max_length]
-        ids = tf.pad(ids, [[0, 0], [0, max_length - tf.shape(ids)[1]]])
-        return tf.ensure_shape(ids, (None, max_length)), lengths
+        ids = tf.pad(
+            ids,
+            [[0, 0], [0, max_length - tf.shape(ids)[1]]],
+            constant_values=fill,
+        )
+        ids = tf.ensure_shape(ids, (None, max_length))
+        return ids, tf.range(max_length)[None, :] < lengths[:, None]
 
     def serve(token_ids):
         if seq2seq:
-            lengths = tf.ones_like(token_ids[:, 0])
+            mask = real_tokens(token_ids)
         else:
-            token_ids, lengths = prompts(token_ids)
+            token_ids, mask = prompts(token_ids)
         if beam:
 
             def one_row(row):
-                ids, row_length = row
-                return search(ids[None], row_length[None])[0]
+                ids, row_mask = row
+                inputs = {names[0]: ids[None], names[1]: row_mask[None]}
+                return search(inputs)[0]
 
             ids = tf.map_fn(
                 one_row,
-                (token_ids, lengths),
-                fn_output_signature=tf.TensorSpec((length,), tf.int32),
+                (token_ids, mask),
+                fn_output_signature=tf.TensorSpec((max_length,), tf.int32),
             )
         else:
-            ids = search(token_ids, lengths)
-        ids = tf.cast(ids, "int32")
-        return {"token_ids": ids[:, 1:] if seq2seq else ids}
+            ids = search({names[0]: token_ids, names[1]: mask})
+        return {"token_ids": tf.cast(ids, "int32")}
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -3,10 +3,16 @@
 A generation model owns its cached step (`keras_tfm.models.CausalLM`,
 `keras_tfm.models.Seq2SeqLM`, or any model with the same methods):
 
-- `init_cache(batch_size, max_length)` -> the empty cache;
-- `call_with_cache(token_ids, cache, cache_index)` -> `(logits, cache)`
-  (encoder-decoder models take a fourth argument, what `encode` returned);
-- `encode(encoder_token_ids)`, for encoder-decoder models only;
+- `call_with_cache(token_ids, cache, cache_index)` -> `(logits, cache)`,
+  the same for both kinds of model;
+- the initial cache: `init_cache(batch_size, max_length)` for a
+  decoder-only model; `encode(encoder_token_ids, max_length,
+  padding_mask=None)` for an encoder-decoder model, which runs the
+  encoder once and returns the cache that carries its outputs;
+- the properties `pad_id` (the padding id, or None when every id is a
+  real token), `vocabulary_size` (the logits' size) and `max_length`
+  (the longest position the model embeds, or None); an encoder-decoder
+  model also has `encoder_vocabulary_size` and `encoder_max_length`;
 - calling the model itself: `model(token_ids)`, or for encoder-decoder
   models `model({"encoder_token_ids": ..., "decoder_token_ids": ...})`.
 
@@ -19,11 +25,12 @@ that changed the graph but not `call_with_cache`) cannot go unnoticed.
 The whole search (encoder, prompt, loop) is one function over fixed-shape
 state, compiled once per input shape and search configuration (`jax.jit`
 on JAX, `tf.function` on TensorFlow, eager under `torch.inference_mode()`
-on PyTorch, where the loop is plain Python) and reused. Token `0` is padding
-and is never generated.
+on PyTorch, where the loop is plain Python) and reused. The model's
+`pad_id` is never generated; with `pad_id=None` every id can be.
 """
 
-import inspect
+import collections
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -32,34 +39,134 @@ from keras import ops
 from keras_tfm import _backend, sampling, search
 from keras_tfm._validation import check_positive_int
 
-PROTOCOL = ("init_cache", "call_with_cache")
+PROPERTIES = ("pad_id", "vocabulary_size", "max_length")
+ENCODER_PROPERTIES = ("encoder_vocabulary_size", "encoder_max_length")
+
+# The generation options, defined once: these and the sampler options
+# (`keras_tfm.sampling.SamplerOptions`). `generate`, `stream`,
+# `search_function` and `keras_tfm.export.export_generator` take them as
+# keywords.
+_OWN_OPTIONS = {
+    "sampler": "greedy",
+    "start_id": None,
+    "stop_ids": None,
+    "end_id": None,
+    "use_cache": True,
+}
+Options = collections.namedtuple(
+    "Options",
+    [*_OWN_OPTIONS, *sampling.SamplerOptions._fields],
+    defaults=[
+        *_OWN_OPTIONS.values(),
+        *sampling.SamplerOptions._field_defaults.values(),
+    ],
+)
+Options.__doc__ = """The keyword options of `Generator.generate`.
+
+Attributes:
+    sampler: a `keras_tfm.sampling` sampler, or `"greedy"`, `"beam"`,
+        `"top_k"`, `"top_p"` with the sampler options below.
+    start_id: first decoder token of an encoder-decoder model given
+        sources only (required there; an error anywhere else).
+    stop_ids: ids that end a row (a row stops at the first of them), or
+        None: then every row runs to `max_length`.
+    end_id: one more stop id (the common single end token).
+    use_cache: decode with the key/value cache. With False every step
+        runs the whole model over the full fixed-shape buffer (quadratic
+        cost; for comparisons).
+    num_beams, length_penalty: options of `"beam"`.
+    top_k, top_p, temperature, seed: options of `"top_k"` and `"top_p"`
+        (see `keras_tfm.sampling`).
+
+An option that does not apply (a sampler option the sampler does not use,
+`start_id` where the decoder's prompt is given) is a `ValueError`.
+"""
+
+
+def _options(function, options):
+    unknown = sorted(set(options) - set(Options._fields))
+    if unknown:
+        raise TypeError(f"{function}() got unexpected arguments {unknown}")
+    return Options(**options)
+
+
+class Plan(NamedTuple):
+    """What a compiled search depends on (its cache key, with the shapes).
+
+    Attributes:
+        length: the token buffer's length.
+        sampler: the sampler (its `static()` goes into the key).
+        use_cache: whether the search uses the key/value cache.
+        stops: whether any stop ids were given.
+        start: whether the decoder starts from `start_id` (dropped from
+            the output).
+    """
+
+    length: int
+    sampler: Any
+    use_cache: bool
+    stops: bool
+    start: bool
+
+    def key(self):
+        return (
+            self.length,
+            self.sampler.static(),
+            self.use_cache,
+            self.stops,
+            self.start,
+        )
+
+
+class Settings(NamedTuple):
+    """What a compiled search takes as tensors: changing it does not
+    compile again.
+
+    Attributes:
+        seed: int32 scalar seed of the sampling samplers.
+        start_id: int32 scalar first decoder token (0 when unused).
+        stop_ids: int32 `(count,)` stop ids (one unused 0 when none).
+        sampler: the sampler's `settings()`, float32 scalars by name.
+    """
+
+    seed: Any
+    start_id: Any
+    stop_ids: Any
+    sampler: Any
 
 
 def _as_numpy(x):
     return np.asarray(ops.convert_to_numpy(x))
 
 
-def _probe_ids(vocabulary, count):
-    """Varied ids in [1, vocabulary) (none is padding)."""
-    high = max((vocabulary or 4) - 1, 1)
-    return (np.arange(count, dtype="int32") * 7) % high + 1
+def _tensors(tree):
+    return keras.tree.map_structure(ops.convert_to_tensor, tree)
 
 
 class Generator:
     """Generate from a model that owns its cached step.
 
-    Inputs:
+    Inputs of `generate` and `stream`:
 
-    - encoder-decoder: source ids `(batch, source_len)`, `0` being padding;
-      decoding starts from `start_id` and the output excludes it.
-    - decoder-only: prompts `(batch, prompt_len)`, right-padded with `0`
-      (`[[5, 6, 7], [8, 0, 0]]`), at least one token a row. The output
-      starts with each row's prompt and each row continues right after
-      its own prompt, so ragged prompts decode exactly in one batch.
+    - decoder-only: prompts, each continued right after its own last token
+      (so ragged prompts decode exactly in one batch), as
+      - a rectangular array `(batch, length)`: right-padded with the
+        model's `pad_id`, or, when it is None, every id a real token;
+      - a list of lists of ids of any lengths: every id is a real token;
+      - a dict `{"token_ids", "padding_mask"}`, the mask `True` at each
+        prompt's tokens (at the start of the row), any ids.
+      The output starts with each row's prompt.
+    - encoder-decoder: sources, in the same three forms (the dict's keys
+      `encoder_token_ids` and `encoder_padding_mask`); decoding starts
+      from `start_id` and the output excludes it. Or a dict that also
+      holds the decoder's prompts, `decoder_token_ids` and
+      `decoder_padding_mask`: decoding continues them (no `start_id`) and
+      the output starts with them.
 
-    A row stops at the first of `stop_ids` (or `end_id`) it generates and
-    is `0` after it; with no stop ids every row runs to `max_length`. The
-    model runs with `training=False`.
+    A row stops at the first of `stop_ids` (or `end_id`) it generates; the
+    positions after it hold the model's `pad_id` (`0` when the model has
+    none). With no stop ids every row runs to `max_length`. The `pad_id`
+    is never generated. The model runs with `training=False`.
 
     Args:
         model: a model with the cached-step protocol (see the module
@@ -73,7 +180,7 @@ class Generator:
     >>> model = decoder_lm(20, 8, num_layers=1, embedding_dim=16,
     ...                    num_heads=2, intermediate_dim=32)
     >>> generator = Generator(model)
-    >>> ids = generator.generate([[3, 4, 0], [5, 6, 7]], max_length=6)
+    >>> ids = generator.generate([[3, 4], [5, 6, 7]], max_length=6)
     >>> ids.shape, ids.dtype.name
     ((2, 6), 'int32')
     >>> ids[0, :2].tolist(), ids[1, :3].tolist()
@@ -81,14 +188,29 @@ class Generator:
     """
 
     def __init__(self, model, jit_compile=True):
-        missing = [m for m in PROTOCOL if not callable(getattr(model, m, None))]
+        self.seq2seq = callable(getattr(model, "encode", None))
+        methods = (
+            "call_with_cache",
+            "encode" if self.seq2seq else "init_cache",
+        )
+        missing = [m for m in methods if not callable(getattr(model, m, None))]
         if missing or not callable(model):
             raise TypeError(
                 "Generator needs a model that owns its cached step: "
-                "`init_cache`, `call_with_cache` (and `encode` for "
-                "encoder-decoder models), such as keras_tfm.models.CausalLM "
-                f"or Seq2SeqLM. Received: {type(model).__name__} without "
+                "`init_cache`, `call_with_cache` (or `encode` and "
+                "`call_with_cache` for encoder-decoder models), such as "
+                "keras_tfm.models.CausalLM or Seq2SeqLM. Received: "
+                f"{type(model).__name__} without "
                 f"{', '.join(f'`{m}`' for m in missing) or '`__call__`'}"
+            )
+        properties = PROPERTIES + (ENCODER_PROPERTIES if self.seq2seq else ())
+        missing = [p for p in properties if not hasattr(model, p)]
+        if missing:
+            raise TypeError(
+                "Generator needs the model's protocol properties "
+                f"{', '.join(f'`{p}`' for p in properties)} (None where "
+                f"unknown). Received: {type(model).__name__} without "
+                f"{', '.join(f'`{p}`' for p in missing)}"
             )
         if getattr(model, "packed", False) is True:
             raise ValueError(
@@ -98,11 +220,13 @@ class Generator:
                 f"Received: {type(model).__name__} with packed=True"
             )
         self.model = model
-        self.seq2seq = callable(getattr(model, "encode", None))
+        self.pad_id = model.pad_id
+        self.vocabulary_size = model.vocabulary_size
+        self.max_length = model.max_length
         self.jit_compile = bool(jit_compile)
         self.trace_count = 0
         self._functions = {}
-        self.vocabulary_size = self._check_cached_step()
+        self._check_cached_step()
 
     # -------------------------------------------------------------- probe
 
@@ -112,27 +236,30 @@ class Generator:
             return self.model(inputs, training=False)
         return self.model(target, training=False)
 
-    def _cached_logits(self, encoded, target, cache, index):
+    def _probe_ids(self, vocabulary, count):
+        """Varied ids in `[1, vocabulary)`, none of them the pad id."""
+        choices = [
+            i for i in range(1, max(vocabulary or 4, 2)) if i != self.pad_id
+        ] or [1]
+        ids = [choices[(i * 7) % len(choices)] for i in range(count)]
+        return ops.convert_to_tensor(np.array([ids], dtype="int32"))
+
+    def _initial_cache(self, source, source_mask, batch_size, length):
         if self.seq2seq:
-            return self.model.call_with_cache(target, cache, index, encoded)
-        return self.model.call_with_cache(target, cache, index)
+            return self.model.encode(source, length, source_mask)
+        return self.model.init_cache(batch_size, length)
 
     def _check_cached_step(self):
         """Cached logits of a 3-token probe (2 at once, then 1) must equal
-        the full model's; returns the vocabulary size."""
-        source_vocabulary = self._input_vocabulary(source=True)
-        target_vocabulary = self._input_vocabulary(source=False)
-        target = ops.convert_to_tensor(_probe_ids(target_vocabulary, 3)[None])
+        the full model's."""
+        target = self._probe_ids(self.vocabulary_size, 3)
         source = None
-        encoded = None
         if self.seq2seq:
-            source = _probe_ids(source_vocabulary, 4)[None]
-            source = ops.convert_to_tensor(source)
-            encoded = self.model.encode(source)
+            source = self._probe_ids(self.model.encoder_vocabulary_size, 4)
         full = _as_numpy(self._full_logits(source, target)).astype("float32")
-        cache = self.model.init_cache(1, 3)
-        first, cache = self._cached_logits(encoded, target[:, :2], cache, 0)
-        last, _ = self._cached_logits(encoded, target[:, 2:], cache, 2)
+        cache = self._initial_cache(source, None, 1, 3)
+        first, cache = self.model.call_with_cache(target[:, :2], cache, 0)
+        last, _ = self.model.call_with_cache(target[:, 2:], cache, 2)
         cached = np.concatenate(
             [_as_numpy(first), _as_numpy(last)], axis=1
         ).astype("float32")
@@ -141,6 +268,12 @@ class Generator:
                 "`call_with_cache` must return logits shaped like the "
                 f"model's. Received: {cached.shape} from call_with_cache, "
                 f"{full.shape} from the model"
+            )
+        if full.shape[-1] != self.vocabulary_size:
+            raise ValueError(
+                "The model's `vocabulary_size` must be its logits' size "
+                f"{full.shape[-1]}. Received: vocabulary_size="
+                f"{self.vocabulary_size}"
             )
         policy = keras.config.dtype_policy().compute_dtype
         tolerance = 1e-3 if policy == "float32" else 3e-2
@@ -155,73 +288,61 @@ class Generator:
                 "`call_with_cache` to do the same. Received: "
                 f"{type(self.model).__name__}"
             )
-        return full.shape[-1]
-
-    def _embedding(self, source):
-        name = (
-            "encoder_embedding"
-            if source
-            else ("decoder_embedding" if self.seq2seq else "embedding")
-        )
-        return getattr(self.model, name, None)
-
-    def _input_vocabulary(self, source):
-        return getattr(self._embedding(source), "vocabulary_size", None)
-
-    def _position_limit(self, source):
-        embedding = self._embedding(source)
-        if getattr(embedding, "position", None) == "learned":
-            return embedding.sequence_length
-        return None
 
     # ------------------------------------------------------------ search
 
-    def _start(self, static, inputs, lengths, integers):
-        """Initial loop state and the encoder's output (or None)."""
-        batch, length, _, use_cache = static[:4]
-        model = self.model
-        encoded = None
-        if self.seq2seq:
-            first = ops.arange(length, dtype="int32") == 0
-            ids = ops.where(first, integers[1], 0) * ops.ones(
-                (batch, 1), dtype="int32"
-            )
-            if use_cache:
-                encoded = model.encode(inputs)
-            else:
-                encoded = inputs
-            cache = model.init_cache(batch, length) if use_cache else ()
-        else:
-            ids = ops.pad(inputs, [[0, 0], [0, length - inputs.shape[1]]])
-            cache = ()
-            if use_cache:
-                cache = model.init_cache(batch, length)
-                width = inputs.shape[1]
-                if width > 1:
-                    # Prefill the keys and values of the prompts' first
-                    # `width - 1` positions in one call. The loop starts
-                    # at the shortest prompt and runs the token before
-                    # each position it fills, so it writes every later
-                    # slot itself (and rewrites the slots where shorter
-                    # rows got keys for padding before any query sees
-                    # them).
-                    _, cache = model.call_with_cache(
-                        inputs[:, : width - 1], cache, 0
-                    )
-        return search.start_state(ids, lengths, cache), encoded
+    def _start(self, plan, inputs, settings):
+        """The loop's first `DecodeState` and the prompt lengths.
 
-    def _next_logits(self, static, encoded, expand):
-        length, _, use_cache = static[1:4]
-        if encoded is not None and expand > 1:
-            encoded = keras.tree.map_structure(
-                lambda t: search.repeat_rows(t, expand), encoded
+        `inputs` holds the decoder's prompts (`token_ids`, `padding_mask`)
+        or, for an encoder-decoder, `encoder_token_ids`,
+        `encoder_padding_mask` and optionally `decoder_token_ids`,
+        `decoder_padding_mask`.
+        """
+        source = inputs.get("encoder_token_ids")
+        source_mask = inputs.get("encoder_padding_mask")
+        if not self.seq2seq:
+            prompts, mask = inputs["token_ids"], inputs["padding_mask"]
+        elif plan.start:
+            # (batch, 1), static width even where the source's is not.
+            first = ops.zeros_like(ops.cast(source[:, 0], "int32"))
+            prompts = ops.expand_dims(first + settings.start_id, 1)
+            mask = ops.ones_like(prompts, dtype="bool")
+        else:
+            prompts = inputs["decoder_token_ids"]
+            mask = inputs["decoder_padding_mask"]
+        prompts = ops.cast(prompts, "int32")
+        lengths = ops.sum(ops.cast(mask, "int32"), axis=1)
+        width = prompts.shape[1]
+        ids = ops.pad(prompts, [[0, 0], [0, plan.length - width]])
+        if not plan.use_cache:
+            # The loop state carries the sources (beams reorder them).
+            cache = {"source": source} if self.seq2seq else ()
+        else:
+            batch_size = ops.shape(prompts)[0]
+            cache = self._initial_cache(
+                source, source_mask, batch_size, plan.length
             )
-        if use_cache:
+            if width > 1:
+                # Prefill the keys and values of the prompts' first
+                # `width - 1` positions in one call. The loop starts at
+                # the shortest prompt and runs the token before each
+                # position it fills, so it writes every later slot itself
+                # (and rewrites the slots where shorter rows got keys for
+                # padding before any query sees them).
+                _, cache = self.model.call_with_cache(
+                    prompts[:, : width - 1], cache, 0
+                )
+        state = search.start_state(ids, lengths, cache, self.pad_id)
+        return state, lengths
+
+    def _next_logits(self, plan):
+        if plan.use_cache:
 
             def next_logits(ids, cache, index):
                 tokens = ops.expand_dims(_backend.column(ids, index - 1), 1)
-                logits, cache = self._cached_logits(
-                    encoded, tokens, cache, index - 1
+                logits, cache = self.model.call_with_cache(
+                    tokens, cache, index - 1
                 )
                 return logits[:, 0], cache
 
@@ -229,38 +350,48 @@ class Generator:
 
             def next_logits(ids, cache, index):
                 # The whole prefix again (quadratic; for comparisons).
-                logits = self._full_logits(encoded, ids[:, : length - 1])
+                source = cache["source"] if self.seq2seq else None
+                logits = self._full_logits(source, ids[:, : plan.length - 1])
                 return ops.take(logits, index - 1, axis=1), cache
 
         return next_logits
 
-    def _search(self, static, inputs, lengths, floats, integers, stop_ids):
-        sampler = static[2]
-        state, encoded = self._start(static, inputs, lengths, integers)
-        if isinstance(sampler, sampling.BeamSampler):
-            next_logits = self._next_logits(static, encoded, sampler.num_beams)
-            _, ids, cache, _ = state
-            return search.beam_search(
-                next_logits,
-                ids,
-                lengths,
-                cache,
-                num_beams=sampler.num_beams,
-                length_penalty=floats[0],
-                stop_ids=stop_ids,
-                return_all=sampler.return_all,
-            )
-        next_logits = self._next_logits(static, encoded, 1)
-        _, ids, _, _ = search.decode_steps(
-            next_logits,
+    def _advance(self, plan, state, lengths, settings, until=None):
+        return search.decode_steps(
+            self._next_logits(plan),
             state,
             lengths,
-            sampler=sampler,
-            stop_ids=stop_ids,
-            seed=integers[0],
-            floats=floats,
+            sampler=plan.sampler.with_settings(settings.sampler),
+            stop_ids=settings.stop_ids if plan.stops else None,
+            seed=settings.seed,
+            until=until,
+            pad_id=self.pad_id,
         )
-        return ids
+
+    def _search(self, plan, inputs, settings):
+        """The whole search, traceable: ids (or beams and scores)."""
+        state, lengths = self._start(plan, inputs, settings)
+        sampler = plan.sampler.with_settings(settings.sampler)
+        if isinstance(sampler, sampling.BeamSampler):
+            result = search.beam_search(
+                self._next_logits(plan),
+                state.ids,
+                lengths,
+                state.cache,
+                num_beams=sampler.num_beams,
+                length_penalty=sampler.length_penalty,
+                stop_ids=settings.stop_ids if plan.stops else None,
+                return_all=sampler.return_all,
+                pad_id=self.pad_id,
+            )
+        else:
+            result = self._advance(plan, state, lengths, settings).ids
+        if not plan.start:
+            return result
+        if isinstance(result, tuple):
+            ids, scores = result
+            return ids[..., 1:], scores
+        return result[..., 1:]
 
     def _compiled(self, key, function):
         compiled = self._functions.get(key)
@@ -275,172 +406,306 @@ class Generator:
             self._functions[key] = compiled
         return compiled
 
-    # ---------------------------------------------------------- generate
+    # ------------------------------------------------------------ inputs
 
-    def _prepare(self, inputs, max_length):
-        try:
-            array = np.asarray(
-                ops.convert_to_numpy(inputs)
-                if ops.is_tensor(inputs)
-                else inputs
-            )
-        except ValueError as error:
+    def _ids_and_mask(self, name, value, vocabulary, limit):
+        """Token ids and padding mask `(batch, length)` as numpy arrays
+        from an array (padding: the pad id), a list of lists (any
+        lengths, every id real) or a `(token_ids, padding_mask)` pair."""
+        if isinstance(value, tuple):
+            ids, mask = value
+            ids = np.asarray(ops.convert_to_numpy(ids))
+            mask = np.asarray(ops.convert_to_numpy(mask))
+            if mask.shape != ids.shape or mask.dtype != bool:
+                raise ValueError(
+                    f"The padding mask of `{name}` must be boolean and "
+                    f"shaped like the ids {ids.shape}. Received: mask with "
+                    f"shape {mask.shape} and dtype {mask.dtype}"
+                )
+            real = mask.sum(axis=1)
+            starts = np.arange(mask.shape[1])[None, :] < real[:, None]
+            if (mask != starts).any():
+                raise ValueError(
+                    f"The padding mask of `{name}` must be True at each "
+                    "row's tokens, at the start of the row, then False. "
+                    f"Received: {mask.tolist()}"
+                )
+        elif (
+            isinstance(value, list)
+            and all(isinstance(row, (list, tuple)) for row in value)
+            and len({len(row) for row in value}) > 1
+        ):
+            rows = [np.asarray(row) for row in value]
+            if any(row.ndim != 1 for row in rows):
+                raise ValueError(
+                    f"`{name}` must be lists of token ids. Received: {value!r}"
+                )
+            width = max(len(row) for row in rows)
+            fill = search.fill_id(self.pad_id)
+            ids = np.full((len(rows), width), fill, dtype="int64")
+            mask = np.zeros((len(rows), width), dtype=bool)
+            for index, row in enumerate(rows):
+                if row.size and not np.issubdtype(row.dtype, np.integer):
+                    raise ValueError(
+                        f"`{name}` must be integer token ids. Received: "
+                        f"a row of dtype {row.dtype}"
+                    )
+                ids[index, : len(row)] = row
+                mask[index, : len(row)] = True
+                if self.pad_id is not None and (row == self.pad_id).any():
+                    raise ValueError(
+                        f"`{name}` of different lengths hold real tokens "
+                        f"only; the padding id {self.pad_id} is not one. "
+                        f"Received: row {index} = {row.tolist()}"
+                    )
+        else:
+            try:
+                ids = np.asarray(
+                    ops.convert_to_numpy(value)
+                    if ops.is_tensor(value)
+                    else value
+                )
+            except ValueError as error:
+                raise ValueError(
+                    f"`{name}` must be a rectangular array of token ids, "
+                    "lists of ids, or a dict with a padding mask. "
+                    "Received: ragged inputs"
+                ) from error
+            mask = None
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(
-                "`inputs` must be a rectangular array of token ids; pad "
-                "rows with 0. Received: ragged inputs"
-            ) from error
-        if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(
-                "`inputs` must be integer token ids of shape (batch, "
-                f"length). Received: inputs with shape {array.shape} and "
-                f"dtype {array.dtype}"
+                f"`{name}` must be integer token ids of shape (batch, "
+                f"length). Received: {name} with shape {ids.shape} and "
+                f"dtype {ids.dtype}"
             )
-        if array.shape[0] == 0 or array.shape[1] == 0:
+        if ids.shape[0] == 0 or ids.shape[1] == 0:
             raise ValueError(
-                "`inputs` must hold at least one token per row. Received: "
-                f"inputs with shape {array.shape}"
+                f"`{name}` must hold at least one token per row. Received: "
+                f"{name} with shape {ids.shape}"
             )
-        vocabulary = (
-            self._input_vocabulary(source=True)
-            if self.seq2seq
-            else self.vocabulary_size
-        )
         if vocabulary is not None and (
-            array.min() < 0 or array.max() >= vocabulary
+            ids.min() < 0 or ids.max() >= vocabulary
         ):
             raise ValueError(
-                f"`inputs` must be token ids in [0, {vocabulary}). Received: "
-                f"ids from {array.min()} to {array.max()}"
+                f"`{name}` must be token ids in [0, {vocabulary}). Received: "
+                f"ids from {ids.min()} to {ids.max()}"
             )
-        limit = self._position_limit(source=self.seq2seq)
-        if limit is not None and array.shape[1] > limit:
+        if limit is not None and ids.shape[1] > limit:
             raise ValueError(
-                f"`inputs` of length {array.shape[1]} is longer than the "
+                f"`{name}` of length {ids.shape[1]} is longer than the "
                 f"learned position table: sequence_length={limit}"
             )
-        array = array.astype("int32")
-        if self.seq2seq:
-            return array, np.ones((array.shape[0],), dtype="int32")
-        real = array != 0
-        lengths = real.sum(axis=1).astype("int32")
+        if mask is None:
+            if self.pad_id is None:
+                mask = np.ones(ids.shape, dtype=bool)
+            else:
+                mask = ids != self.pad_id
+        return ids.astype("int32"), mask
+
+    def _check_prompts(self, name, ids, mask, max_length):
+        lengths = mask.sum(axis=1)
         if (lengths == 0).any():
+            pad = "" if self.pad_id is None else f" other than {self.pad_id}"
             raise ValueError(
-                "Every prompt needs at least one token (ids other than 0). "
+                f"Every prompt needs at least one token (ids{pad}). "
                 f"Received: empty prompts in rows "
                 f"{np.flatnonzero(lengths == 0).tolist()}"
             )
-        right_padded = real == (
-            np.arange(array.shape[1])[None, :] < lengths[:, None]
-        )
-        if not right_padded.all():
+        starts = np.arange(mask.shape[1])[None, :] < lengths[:, None]
+        if (mask != starts).any():
             raise ValueError(
-                "Prompts must be right-padded with 0 (no 0 before a token). "
-                f"Received: inputs={array.tolist()}"
+                f"Prompts must be right-padded with the pad id {self.pad_id} "
+                f"(none before a token). Received: {name}={ids.tolist()}"
             )
-        if array.shape[1] > max_length:
+        if ids.shape[1] > max_length:
             raise ValueError(
                 "`max_length` counts the prompt and must be at least the "
-                f"prompt length {array.shape[1]}. Received: "
+                f"prompt length {ids.shape[1]}. Received: "
                 f"max_length={max_length}"
             )
-        return array, lengths
+
+    def _prepare(self, inputs, max_length):
+        """The inputs as a dict of numpy ids and boolean padding masks."""
+        model = self.model
+        if not self.seq2seq:
+            if isinstance(inputs, dict):
+                _check_keys(inputs, ("token_ids", "padding_mask"), ())
+                inputs = (inputs["token_ids"], inputs["padding_mask"])
+            ids, mask = self._ids_and_mask(
+                "inputs", inputs, self.vocabulary_size, self.max_length
+            )
+            self._check_prompts("inputs", ids, mask, max_length)
+            return {"token_ids": ids, "padding_mask": mask}
+        decoder = ("decoder_token_ids", "decoder_padding_mask")
+        if isinstance(inputs, dict):
+            _check_keys(
+                inputs, ("encoder_token_ids", "encoder_padding_mask"), decoder
+            )
+            prompts = None
+            if "decoder_token_ids" in inputs:
+                prompts = (inputs[decoder[0]], inputs[decoder[1]])
+            inputs = (
+                inputs["encoder_token_ids"],
+                inputs["encoder_padding_mask"],
+            )
+        else:
+            prompts = None
+        ids, mask = self._ids_and_mask(
+            "inputs",
+            inputs,
+            model.encoder_vocabulary_size,
+            model.encoder_max_length,
+        )
+        prepared = {"encoder_token_ids": ids, "encoder_padding_mask": mask}
+        if prompts is not None:
+            ids, mask = self._ids_and_mask(
+                "decoder_token_ids",
+                prompts,
+                self.vocabulary_size,
+                self.max_length,
+            )
+            self._check_prompts("decoder_token_ids", ids, mask, max_length)
+            if len(ids) != len(prepared["encoder_token_ids"]):
+                raise ValueError(
+                    "`decoder_token_ids` must hold one prompt per source. "
+                    f"Received: {len(ids)} prompts for "
+                    f"{len(prepared['encoder_token_ids'])} sources"
+                )
+            prepared.update(decoder_token_ids=ids, decoder_padding_mask=mask)
+        return prepared
 
     def _token_id(self, name, value):
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, np.integer))
-            or not 0 < value < self.vocabulary_size
+            or not 0 <= value < self.vocabulary_size
+            or value == self.pad_id
         ):
+            pad = "" if self.pad_id is None else f", not {self.pad_id}"
             raise ValueError(
-                f"`{name}` must be a token id in [1, {self.vocabulary_size}) "
-                f"(0 is padding). Received: {name}={value!r}"
+                f"`{name}` must be a token id in [0, {self.vocabulary_size})"
+                f"{pad} (the padding id). Received: {name}={value!r}"
             )
         return int(value)
 
-    def _setup(self, inputs, max_length, options):
-        """Validate a call; return what the compiled functions take."""
+    def _plan(self, max_length, options, start):
+        """Validate the options; return the `Plan` and numpy `Settings`.
+
+        `start`: whether an encoder-decoder decodes from `start_id` (no
+        decoder prompts given).
+        """
         check_positive_int("max_length", max_length)
-        stop_ids = options.pop("stop_ids")
-        end_id = options.pop("end_id")
-        start_id = options.pop("start_id")
-        use_cache = bool(options.pop("use_cache"))
-        seed = options.pop("seed")
-        sampler = sampling.get(options.pop("sampler"), seed=seed, **options)
-        stops = [] if stop_ids is None else list(np.atleast_1d(stop_ids))
-        stops += [] if end_id is None else [end_id]
+        sampler_options = {
+            name: getattr(options, name)
+            for name in sampling.SamplerOptions._fields
+        }
+        sampler = sampling.get(options.sampler, **sampler_options)
+        stops = (
+            [] if options.stop_ids is None else list(np.ravel(options.stop_ids))
+        )
+        stops += [] if options.end_id is None else [options.end_id]
         stops = [self._token_id("stop_ids", s) for s in stops]
-        if self.seq2seq:
+        start_id = options.start_id
+        if self.seq2seq and start:
             if start_id is None:
                 raise ValueError(
-                    "An encoder-decoder model starts decoding from "
-                    "`start_id`, the id of the start token. Received: "
-                    "start_id=None"
+                    "An encoder-decoder model given sources only starts "
+                    "decoding from `start_id`, the id of the start token. "
+                    "Received: start_id=None"
                 )
             start_id = self._token_id("start_id", start_id)
-        limit = self._position_limit(source=False)
-        if limit is not None and max_length > limit:
+        elif start_id is not None:
+            where = (
+                "with decoder prompts (they start the decoder)"
+                if self.seq2seq
+                else "a decoder-only model (its prompts start it)"
+            )
+            raise ValueError(
+                f"`start_id` does not apply to {where}. Received: "
+                f"start_id={start_id!r}"
+            )
+        if self.max_length is not None and max_length > self.max_length:
             raise ValueError(
                 f"`max_length`={max_length} is longer than the learned "
-                f"position table of the decoder: sequence_length={limit}"
+                "position table of the decoder: sequence_length="
+                f"{self.max_length}"
             )
-        array, lengths = self._prepare(inputs, max_length)
-        # Buffer length: an encoder-decoder keeps the start token in front.
-        length = max_length + 1 if self.seq2seq else max_length
+        start = self.seq2seq and start
         seed = getattr(sampler, "seed", None)
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1))
-        floats = np.array(sampler.floats() or (0.0,), dtype="float32")
-        integers = np.array([seed % (2**31), start_id or 0], dtype="int32")
-        static = (array.shape[0], length, sampler, use_cache, len(stops))
-        key = (array.shape, length, sampler.static(), use_cache, len(stops))
-        tensors = (
-            ops.convert_to_tensor(array),
-            ops.convert_to_tensor(lengths),
-            ops.convert_to_tensor(floats),
-            ops.convert_to_tensor(integers),
-            ops.convert_to_tensor(np.array(stops or [0], dtype="int32")),
+        plan = Plan(
+            # An encoder-decoder keeps the start token in front.
+            length=max_length + 1 if start else max_length,
+            sampler=sampler,
+            use_cache=bool(options.use_cache),
+            stops=bool(stops),
+            start=start,
         )
-        return static, key, tensors, sampler
+        settings = Settings(
+            seed=np.int32(seed % (2**31)),
+            start_id=np.int32(start_id or 0),
+            stop_ids=np.array(stops or [0], dtype="int32"),
+            sampler=sampler.settings(),
+        )
+        return plan, settings
 
-    def generate(
-        self,
-        inputs,
-        max_length,
-        *,
-        sampler="greedy",
-        start_id=None,
-        stop_ids=None,
-        end_id=None,
-        num_beams=None,
-        length_penalty=None,
-        top_k=None,
-        top_p=None,
-        temperature=None,
-        seed=None,
-        use_cache=True,
-    ):
+    def _setup(self, function, inputs, max_length, options):
+        options = _options(function, options)
+        inputs = self._prepare(inputs, max_length)
+        plan, settings = self._plan(
+            max_length, options, "decoder_token_ids" not in inputs
+        )
+        key = (
+            tuple((k, v.shape) for k, v in sorted(inputs.items())),
+            plan.key(),
+        )
+        return plan, key, _tensors(inputs), _tensors(settings)
+
+    # ------------------------------------------------------------ public
+
+    def search_function(self, max_length, **options):
+        """The whole search as one traceable function of the inputs.
+
+        Validates the options as `generate` does (its keywords, see
+        `Options`) and returns `search(inputs)`, written with
+        `keras.ops`, which `tf.function`, `jax.jit` or a SavedModel
+        export can trace. `inputs` is the dict `generate` builds: for a
+        decoder-only model `{"token_ids", "padding_mask"}`, the prompts
+        right-aligned in a buffer of static width at most `max_length`;
+        for an encoder-decoder `{"encoder_token_ids",
+        "encoder_padding_mask"}` (the batch and source length may be
+        dynamic). Every option is a constant of the function, a random
+        sampler's seed included. It returns what `generate` returns, as
+        tensors.
+
+        Returns:
+            `search(inputs) -> ids` (or `(ids, scores)` with
+            `BeamSampler(return_all=True)`).
+        """
+        plan, settings = self._plan(
+            max_length, _options("search_function", options), True
+        )
+
+        def function(inputs):
+            return self._search(plan, inputs, _tensors(settings))
+
+        function.plan = plan
+        return function
+
+    def generate(self, inputs, max_length, **options):
         """Generate token ids.
 
         Args:
-            inputs: integer array-like `(batch, length)`: source ids for an
-                encoder-decoder model, right-padded prompts for a
-                decoder-only one (see the class docstring).
+            inputs: prompts (decoder-only) or sources (encoder-decoder),
+                as described in the class docstring.
             max_length: output length: generated tokens for an
-                encoder-decoder, prompt plus generated tokens for a
-                decoder-only model.
-            sampler: a `keras_tfm.sampling` sampler, or `"greedy"`,
-                `"beam"`, `"top_k"`, `"top_p"` with the options below.
-            start_id: first decoder token of an encoder-decoder model
-                (required there; not used by decoder-only models).
-            stop_ids: ids that end a row (a row stops at the first of
-                them), or None.
-            end_id: one more stop id (the common single end token).
-            num_beams, length_penalty: options of `"beam"`.
-            top_k, top_p, temperature, seed: options of `"top_k"` and
-                `"top_p"` (see `keras_tfm.sampling`).
-            use_cache: decode with the key/value cache. With False every
-                step runs the whole model over the full fixed-shape buffer
-                (quadratic cost; for comparisons).
+                encoder-decoder given sources only, prompt plus generated
+                tokens otherwise.
+            **options: the generation options, `Options`' fields:
+                `sampler`, `start_id`, `stop_ids`, `end_id`, `use_cache`,
+                `num_beams`, `length_penalty`, `top_k`, `top_p`,
+                `temperature`, `seed`.
 
         Returns:
             int32 numpy array `(batch, max_length)`; with
@@ -448,30 +713,24 @@ class Generator:
             `(batch, num_beams, max_length)` and float32 scores `(batch,
             num_beams)`, best first.
         """
-        static, key, tensors, sampler = self._setup(
-            inputs, max_length, _options(locals())
+        plan, key, inputs, settings = self._setup(
+            "generate", inputs, max_length, options
         )
-        if not self.seq2seq and _as_numpy(tensors[1]).min() >= static[1]:
-            # Every prompt fills the output: nothing to generate.
-            return _as_numpy(tensors[0])[:, : static[1]].astype("int32")
+        if "token_ids" in inputs:
+            lengths = _as_numpy(inputs["padding_mask"]).sum(axis=1)
+            if lengths.min() >= plan.length:
+                # Every prompt fills the output: nothing to generate.
+                ids = _as_numpy(inputs["token_ids"])[:, : plan.length]
+                return ids.astype("int32")
 
-        def function(inputs, lengths, floats, integers, stop_ids):
-            return self._search(
-                static,
-                inputs,
-                lengths,
-                floats,
-                integers,
-                stop_ids if static[-1] else None,
-            )
+        def function(inputs, settings):
+            return self._search(plan, inputs, settings)
 
-        result = self._compiled(("generate", *key), function)(*tensors)
+        result = self._compiled(("generate", *key), function)(inputs, settings)
         if isinstance(result, tuple):
             ids, scores = (_as_numpy(t) for t in result)
-            ids = ids[..., 1:] if self.seq2seq else ids
             return ids.astype("int32"), scores.astype("float32")
-        ids = _as_numpy(result).astype("int32")
-        return ids[:, 1:] if self.seq2seq else ids
+        return _as_numpy(result).astype("int32")
 
     def stream(self, inputs, max_length, *, chunk_size=8, **options):
         """Yield the output of `generate` chunk by chunk, as it is made.
@@ -481,74 +740,54 @@ class Generator:
         compiled function advances the loop by `chunk_size` positions;
         each yield is the int32 numpy array `(batch, columns)` of the
         output columns completed since the last, and the chunks
-        concatenated along axis 1 equal `generate`'s output. A decoder-only
-        model's first chunk starts with the prompts.
+        concatenated along axis 1 equal `generate`'s output. The first
+        chunk starts with the prompts (when they are part of the output).
         """
         check_positive_int("chunk_size", chunk_size)
-        options = {**_DEFAULTS, **options}
-        unknown = sorted(set(options) - set(_DEFAULTS))
-        if unknown:
-            raise TypeError(f"stream() got unexpected arguments {unknown}")
-        static, key, tensors, sampler = self._setup(inputs, max_length, options)
-        if isinstance(sampler, sampling.BeamSampler):
+        plan, key, inputs, settings = self._setup(
+            "stream", inputs, max_length, options
+        )
+        if isinstance(plan.sampler, sampling.BeamSampler):
             raise ValueError(
                 "`stream` decodes greedily or by sampling; beam search "
                 "knows its best hypothesis only at the end (use "
-                f"`generate`). Received: sampler={sampler!r}"
-            )
-        inputs, lengths, floats, integers, stop_ids = tensors
-
-        def start(inputs, lengths, integers):
-            return self._start(static, inputs, lengths, integers)
-
-        def advance(state, encoded, lengths, floats, integers, stop_ids, until):
-            next_logits = self._next_logits(static, encoded, 1)
-            return search.decode_steps(
-                next_logits,
-                state,
-                lengths,
-                sampler=sampler,
-                stop_ids=stop_ids if static[-1] else None,
-                seed=integers[0],
-                floats=floats,
-                until=until,
+                f"`generate`). Received: sampler={plan.sampler!r}"
             )
 
-        state, encoded = self._compiled(("start", *key), start)(
-            inputs, lengths, integers
+        def start(inputs, settings):
+            return self._start(plan, inputs, settings)
+
+        def advance(state, lengths, settings, until):
+            return self._advance(plan, state, lengths, settings, until)
+
+        state, lengths = self._compiled(("start", *key), start)(
+            inputs, settings
         )
         step = self._compiled(("advance", *key), advance)
-        length = static[1]
-        offset = 1 if self.seq2seq else 0
-        sent = offset
+        length = plan.length
+        sent = 1 if plan.start else 0
         while sent < length:
-            until = min(int(_as_numpy(state[0])) + chunk_size, length)
+            until = min(int(_as_numpy(state.index)) + chunk_size, length)
             state = step(
-                state,
-                encoded,
-                lengths,
-                floats,
-                integers,
-                stop_ids,
-                ops.convert_to_tensor(until, "int32"),
+                state, lengths, settings, ops.convert_to_tensor(until, "int32")
             )
-            index = int(_as_numpy(state[0]))
-            if bool(_as_numpy(state[3]).all()):
-                index = length  # every row finished: the rest is 0
+            index = int(_as_numpy(state.index))
+            if bool(_as_numpy(state.finished).all()):
+                index = length  # every row finished: the rest is filled
             if index > sent:
-                yield _as_numpy(state[1])[:, sent:index].astype("int32")
+                yield _as_numpy(state.ids)[:, sent:index].astype("int32")
                 sent = index
 
 
-# `generate`'s keyword options and their defaults, which `stream` shares.
-_DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(
-        Generator.generate
-    ).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-}
-
-
-def _options(arguments):
-    return {name: arguments[name] for name in _DEFAULTS}
+def _check_keys(inputs, required, optional):
+    keys = set(inputs)
+    missing = [k for k in required if k not in keys]
+    unknown = sorted(keys - set(required) - set(optional))
+    partial = 0 < len(keys & set(optional)) < len(optional)
+    if missing or unknown or partial:
+        expected = ", ".join(f'"{k}"' for k in required + optional)
+        both = " (the decoder's two together or neither)" if optional else ""
+        raise ValueError(
+            f"`inputs` as a dict holds {expected}{both}. Received: keys "
+            f"{sorted(keys)}"
+        )

@@ -9,10 +9,13 @@ from a counter-based integer hash of `(seed, position, row, token)`, so a
 seeded search is reproducible inside compiled loops and gives the same
 tokens on every backend.
 
-Token `0` is padding and is never chosen.
+The model's padding id (`pad_id`, see `keras_tfm.models.CausalLM`) is
+never chosen; with `pad_id=None` every id can be, `0` included.
 """
 
+import copy
 import math
+from typing import NamedTuple
 
 import numpy as np
 from keras import ops
@@ -28,11 +31,15 @@ def _int32(value):
     return ops.convert_to_tensor(np.asarray(value, dtype="int32"))
 
 
-def mask_padding(logits):
-    """Float32 logits with padding (id 0) never chosen."""
+def mask_padding(logits, pad_id=0):
+    """Float32 logits with the padding id never chosen (none when
+    `pad_id` is None)."""
+    logits = ops.cast(logits, "float32")
+    if pad_id is None:
+        return logits
     vocabulary = ops.shape(logits)[-1]
-    is_padding = ops.arange(vocabulary, dtype="int32") == 0
-    return ops.where(is_padding, NEG, ops.cast(logits, "float32"))
+    is_padding = ops.arange(vocabulary, dtype="int32") == pad_id
+    return ops.where(is_padding, NEG, logits)
 
 
 def _logical_right_shift(x, bits):
@@ -145,20 +152,39 @@ def _check_seed(seed):
 
 
 class Sampler:
-    """Base of the samplers: `choose` picks tokens, `get_config` lists the
-    constructor arguments. `static` is what the compiled search depends
-    on; `floats` are passed in as a tensor, so changing them does not
-    compile again."""
+    """Base of the samplers.
+
+    `choose` picks tokens, reading the sampler's own attributes
+    (`self.temperature`, `self.k`, ...); `get_config` lists the constructor
+    arguments. The attributes named in `SETTINGS` are numbers a compiled
+    search takes as tensors (`settings()` gives them, `with_settings`
+    returns a copy holding the tensors), so changing them does not compile
+    again; `static()` is what the compiled search depends on.
+    """
+
+    SETTINGS = ()
 
     def static(self):
         return (type(self).__name__,)
 
-    def floats(self):
-        return ()
+    def settings(self):
+        """The float32 values of the `SETTINGS` attributes, by name."""
+        return {name: np.float32(getattr(self, name)) for name in self.SETTINGS}
 
-    def choose(self, logits, index, seed, floats):
-        """Next tokens `(batch,)` int32 from logits `(batch, vocabulary)`."""
-        return ops.cast(ops.argmax(mask_padding(logits), axis=-1), "int32")
+    def with_settings(self, settings):
+        """A copy whose `SETTINGS` attributes are `settings`' values
+        (tensors inside a compiled search)."""
+        sampler = copy.copy(self)
+        for name in self.SETTINGS:
+            setattr(sampler, name, settings[name])
+        return sampler
+
+    def choose(self, logits, index, seed, pad_id=0):
+        """Next tokens `(batch,)` int32 from logits `(batch, vocabulary)`,
+        never `pad_id` (any id when it is None)."""
+        return ops.cast(
+            ops.argmax(mask_padding(logits, pad_id), axis=-1), "int32"
+        )
 
     def get_config(self):
         return {}
@@ -182,8 +208,11 @@ class GreedySampler(Sampler):
     >>> import numpy as np
     >>> from keras import ops
     >>> logits = np.array([[9.0, 1.0, 3.0, 2.0]], "float32")
-    >>> ops.convert_to_numpy(GreedySampler().choose(logits, 0, 0, ())).tolist()
+    >>> ops.convert_to_numpy(GreedySampler().choose(logits, 0, 0)).tolist()
     [2]
+    >>> no_padding = GreedySampler().choose(logits, 0, 0, pad_id=None)
+    >>> ops.convert_to_numpy(no_padding).tolist()
+    [0]
     """
 
 
@@ -228,11 +257,10 @@ class BeamSampler(Sampler):
         self.length_penalty = float(length_penalty)
         self.return_all = return_all
 
+    SETTINGS = ("length_penalty",)
+
     def static(self):
         return ("beam", self.num_beams, self.return_all)
-
-    def floats(self):
-        return (self.length_penalty,)
 
     def get_config(self):
         return {
@@ -247,12 +275,12 @@ class _RandomSampler(Sampler):
         self.temperature = _check_temperature(temperature)
         self.seed = _check_seed(seed)
 
-    def _filter(self, logits, floats):
+    def _filter(self, logits):
         return logits
 
-    def choose(self, logits, index, seed, floats):
-        logits = tempered(mask_padding(logits), floats[0])
-        logits = self._filter(logits, floats)
+    def choose(self, logits, index, seed, pad_id=0):
+        logits = tempered(mask_padding(logits, pad_id), self.temperature)
+        logits = self._filter(logits)
         noise = gumbel_noise(seed, index, tuple(logits.shape))
         return ops.cast(ops.argmax(logits + noise, axis=-1), "int32")
 
@@ -277,13 +305,12 @@ class TopKSampler(_RandomSampler):
         super().__init__(temperature, seed)
         self.k = k
 
+    SETTINGS = ("temperature",)
+
     def static(self):
         return ("top_k", self.k)
 
-    def floats(self):
-        return (self.temperature,)
-
-    def _filter(self, logits, floats):
+    def _filter(self, logits):
         return filter_top_k(logits, self.k)
 
     def get_config(self):
@@ -314,16 +341,15 @@ class TopPSampler(_RandomSampler):
         self.p = p
         self.k = k
 
+    SETTINGS = ("temperature", "p")
+
     def static(self):
         return ("top_p", self.k)
 
-    def floats(self):
-        return (self.temperature, self.p)
-
-    def _filter(self, logits, floats):
+    def _filter(self, logits):
         if self.k is not None:
             logits = filter_top_k(logits, self.k)
-        return filter_top_p(logits, floats[1])
+        return filter_top_p(logits, self.p)
 
     def get_config(self):
         return {
@@ -337,30 +363,43 @@ class TopPSampler(_RandomSampler):
 SHORTHANDS = ("greedy", "beam", "top_k", "top_p")
 
 
-def get(
-    sampler,
-    *,
-    num_beams=None,
-    length_penalty=None,
-    top_k=None,
-    top_p=None,
-    temperature=None,
-    seed=None,
-):
+class SamplerOptions(NamedTuple):
+    """The options of the sampler shorthands, the one place they are
+    defined (`Generator.generate`, `stream` and `export_generator` take
+    them as keywords).
+
+    Attributes:
+        num_beams, length_penalty: options of `"beam"` (`BeamSampler`).
+        top_k, top_p, temperature, seed: options of `"top_k"` and
+            `"top_p"` (`TopKSampler`, `TopPSampler`).
+    """
+
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    temperature: float | None = None
+    seed: int | None = None
+
+
+# The options each shorthand uses; any other given option is an error.
+USES = {
+    "greedy": (),
+    "beam": ("num_beams", "length_penalty"),
+    "top_k": ("top_k", "top_p", "temperature", "seed"),
+    "top_p": ("top_p", "top_k", "temperature", "seed"),
+}
+
+
+def get(sampler, **options):
     """A sampler object from an object or a shorthand with its options.
 
-    Options the named sampler does not use are an error, so a slip such
-    as `get("greedy", temperature=0.7)` is not silently ignored; `seed`
-    is accepted by every sampler (deterministic ones need none).
+    `options` are `SamplerOptions` fields. An option the named sampler
+    does not use is an error (`get("greedy", temperature=0.7)`, `seed`
+    with a deterministic sampler), as is any option next to a sampler
+    object, whose own arguments hold them.
     """
-    given = {
-        "num_beams": num_beams,
-        "length_penalty": length_penalty,
-        "top_k": top_k,
-        "top_p": top_p,
-        "temperature": temperature,
-        "seed": seed,
-    }
+    given = SamplerOptions(**options)._asdict()
     given = {k: v for k, v in given.items() if v is not None}
     if isinstance(sampler, Sampler):
         if given:
@@ -375,22 +414,18 @@ def get(
             f"{', '.join(repr(s) for s in SHORTHANDS)}. Received: "
             f"sampler={sampler!r}"
         )
-    uses = {
-        "greedy": (),
-        "beam": ("num_beams", "length_penalty"),
-        "top_k": ("top_k", "top_p", "temperature", "seed"),
-        "top_p": ("top_p", "top_k", "temperature", "seed"),
-    }[sampler]
-    unused = sorted(set(given) - set(uses) - {"seed"})
+    unused = sorted(set(given) - set(USES[sampler]))
     if unused:
         raise ValueError(
             f"sampler={sampler!r} does not use {', '.join(unused)}. "
             f"Received: {', '.join(f'{k}={given[k]!r}' for k in unused)}"
         )
     # Checked under the names the caller used.
-    seed = _check_seed(seed)
+    seed = _check_seed(given.get("seed"))
+    top_k = given.get("top_k")
+    top_p = given.get("top_p")
     check_positive_int("top_k", top_k, allow_none=True)
-    check_positive_int("num_beams", num_beams, allow_none=True)
+    check_positive_int("num_beams", given.get("num_beams"), allow_none=True)
     if top_p is not None:
         _check_number("top_p", top_p, 0, 1)
     if sampler == "greedy":

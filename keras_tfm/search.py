@@ -8,8 +8,13 @@ loop). Each step reads and writes one column of the token buffer with a
 dynamic slice, so its cost does not grow with the buffer. Positions
 `< lengths[b]` of row `b` are its prompt and are kept; a row that
 generates one of `stop_ids` is finished, and every later position of it
-is `0`.
+holds the padding id (`pad_id`, `0` when it is None). The padding id is
+never generated; with `pad_id=None` every id can be.
+
+The loop state has names: `DecodeState` and `BeamState`.
 """
+
+from typing import Any, NamedTuple
 
 import keras
 from keras import ops
@@ -33,15 +38,60 @@ def _stop_tensor(stop_ids):
     return ops.reshape(stop_ids, (-1,))
 
 
-def start_state(ids, lengths, cache):
-    """The loop state `(index, ids, cache, finished)` before the first
-    step: positions after each prompt are zeroed."""
+def fill_id(pad_id):
+    """What fills a row after it ends: the padding id, or `0` without one."""
+    return 0 if pad_id is None else pad_id
+
+
+class DecodeState(NamedTuple):
+    """The state of the greedy or sampling loop.
+
+    Attributes:
+        index: the next position to fill (a scalar; an int on PyTorch).
+        ids: int32 `(batch, length)` token buffer.
+        cache: whatever `next_logits` carries (a model's cache).
+        finished: bool `(batch,)`: rows that generated a stop id.
+    """
+
+    index: Any
+    ids: Any
+    cache: Any
+    finished: Any
+
+
+class BeamState(NamedTuple):
+    """The state of the beam search loop.
+
+    Attributes:
+        index: the next position to fill.
+        beam_ids: int32 `(batch, beams, length)` live hypotheses.
+        scores: float32 `(batch, beams)` their total log-probabilities.
+        cache: the cache of the `batch * beams` live rows.
+        finished_ids: int32 `(batch, beams, length)` finished hypotheses.
+        finished_scores: float32 `(batch, beams)` their normalized scores.
+        done: bool `(batch,)`: rows holding `beams` finished hypotheses.
+    """
+
+    index: Any
+    beam_ids: Any
+    scores: Any
+    cache: Any
+    finished_ids: Any
+    finished_scores: Any
+    done: Any
+
+
+def start_state(ids, lengths, cache, pad_id=0):
+    """The `DecodeState` before the first step: positions after each
+    prompt hold `fill_id(pad_id)`."""
     ids = ops.convert_to_tensor(ids, dtype="int32")
     lengths = ops.convert_to_tensor(lengths, dtype="int32")
     positions = ops.arange(ids.shape[-1], dtype="int32")[None, :]
-    ids = ops.where(positions < lengths[:, None], ids, 0)
+    ids = ops.where(positions < lengths[:, None], ids, fill_id(pad_id))
     finished = ops.zeros(ops.shape(lengths), dtype="bool")
-    return _backend.loop_index(ops.min(lengths)), ids, cache, finished
+    return DecodeState(
+        _backend.loop_index(ops.min(lengths)), ids, cache, finished
+    )
 
 
 def decode_steps(
@@ -52,8 +102,8 @@ def decode_steps(
     sampler=None,
     stop_ids=None,
     seed=0,
-    floats=(),
     until=None,
+    pad_id=0,
 ):
     """Run the greedy or sampling loop from `state` up to position `until`.
 
@@ -61,39 +111,46 @@ def decode_steps(
         next_logits: `next_logits(ids, cache, index) -> (logits, cache)`:
             float logits `(batch, vocabulary)` of the token at position
             `index` given `ids[:, :index]`, and the updated cache.
-        state: `(index, ids, cache, finished)` from `start_state` or a
-            previous call.
+        state: a `DecodeState` from `start_state` or a previous call.
         lengths: int32 `(batch,)` prompt lengths.
         sampler: a `keras_tfm.sampling` sampler (not beam); greedy if None.
+            It reads its own settings (`sampler.temperature`, ...), which
+            may be tensors (`Sampler.with_settings`).
         stop_ids: int32 `(count,)` ids that finish a row, or None.
         seed: int32 scalar seed of the sampling samplers.
-        floats: the sampler's float arguments (a tensor or tuple).
         until: stop before this position (default: the buffer length).
+        pad_id: the id never generated and written after a row ends (None:
+            any id can be generated, and `0` is written).
 
     Returns:
-        The new state; the loop also ends once every row is finished.
+        The new `DecodeState`; the loop also ends once every row is
+        finished.
     """
     sampler = sampler or sampling.GreedySampler()
     stop_ids = _stop_tensor(stop_ids)
     lengths = ops.convert_to_tensor(lengths, dtype="int32")
-    index, ids, cache, finished = state
-    index = _backend.loop_index(index)
-    length = ids.shape[-1]
+    state = DecodeState(*state)
+    state = state._replace(index=_backend.loop_index(state.index))
+    length = state.ids.shape[-1]
     until = length if until is None else until
     end = ops.minimum(until, length)
+    fill = fill_id(pad_id)
 
     # Without stop ids no row finishes: neither `cond` nor `body` spends
     # work on `finished` (which stays all False).
-    def cond(index, ids, cache, finished):
+    def cond(state):
         if stop_ids is None:
-            return index < end
-        return ops.logical_and(index < end, ops.logical_not(ops.all(finished)))
+            return state.index < end
+        return ops.logical_and(
+            state.index < end, ops.logical_not(ops.all(state.finished))
+        )
 
-    def body(index, ids, cache, finished):
-        logits, cache = next_logits(ids, cache, index)
-        tokens = sampler.choose(logits, index, seed, floats)
+    def body(state):
+        index, ids, finished = state.index, state.ids, state.finished
+        logits, cache = next_logits(ids, state.cache, index)
+        tokens = sampler.choose(logits, index, seed, pad_id)
         if stop_ids is not None:
-            tokens = ops.where(finished, 0, tokens)
+            tokens = ops.where(finished, fill, tokens)
         in_prompt = index < lengths
         tokens = ops.where(in_prompt, _backend.column(ids, index), tokens)
         if stop_ids is not None:
@@ -104,9 +161,9 @@ def decode_steps(
                 ),
             )
         ids = _backend.set_column(ids, index, tokens)
-        return index + 1, ids, cache, finished
+        return DecodeState(index + 1, ids, cache, finished)
 
-    return _backend.while_loop(cond, body, (index, ids, cache, finished))
+    return _backend.while_loop(cond, body, state)
 
 
 def decode(
@@ -118,15 +175,15 @@ def decode(
     sampler=None,
     stop_ids=None,
     seed=0,
-    floats=None,
+    pad_id=0,
 ):
     """Greedy or sampled decoding over a fixed-shape buffer.
 
     Positions `< lengths[b]` of row `b` are its prompt and are kept; every
     later position is generated, one step per position, from the logits
     `next_logits` returns. A row that generates one of `stop_ids` is
-    finished and every later position of it is `0` (also when the loop
-    ends early because every row has finished).
+    finished and every later position of it is `fill_id(pad_id)` (also
+    when the loop ends early because every row has finished).
 
     Args:
         next_logits: `next_logits(ids, cache, index) -> (logits, cache)`.
@@ -137,7 +194,8 @@ def decode(
         sampler: a sampler from `keras_tfm.sampling` (greedy if None).
         stop_ids: ids that end a row, or None.
         seed: int32 scalar; samples are a pure function of the seed.
-        floats: the sampler's float arguments; defaults to its own.
+        pad_id: the id never generated, written after a row ends; None
+            lets every id be generated (and writes `0`).
 
     Returns:
         int32 `(batch, length)`: the prompts followed by the generated
@@ -155,20 +213,16 @@ def decode(
     >>> ops.convert_to_numpy(out).tolist()
     [[3, 4, 5, 0, 0], [1, 2, 3, 4, 5]]
     """
-    sampler = sampler or sampling.GreedySampler()
-    if floats is None:
-        floats = sampler.floats()
-    state = start_state(ids, lengths, cache)
-    _, ids, _, _ = decode_steps(
+    state = decode_steps(
         next_logits,
-        state,
+        start_state(ids, lengths, cache, pad_id),
         lengths,
         sampler=sampler,
         stop_ids=stop_ids,
         seed=seed,
-        floats=floats,
+        pad_id=pad_id,
     )
-    return ids
+    return state.ids
 
 
 def _flat_take(x, batch_index, width):
@@ -194,6 +248,7 @@ def beam_search(
     length_penalty=1.0,
     stop_ids=None,
     return_all=False,
+    pad_id=0,
 ):
     """Beam search over a fixed-shape buffer.
 
@@ -220,12 +275,14 @@ def beam_search(
             log-probability, `1` by mean log-probability per token.
         stop_ids: ids that end a hypothesis, or None.
         return_all: also return every beam.
+        pad_id: the id never generated, written after a hypothesis ends;
+            None lets every id be generated (and writes `0`).
 
     Returns:
-        int32 `(batch, length)`: the best hypothesis of each row, `0`
-        after its stop id. With `return_all=True`, the pair `(ids,
-        scores)`: int32 `(batch, num_beams, length)` and float32 `(batch,
-        num_beams)`, best first.
+        int32 `(batch, length)`: the best hypothesis of each row,
+        `fill_id(pad_id)` after its stop id. With `return_all=True`, the
+        pair `(ids, scores)`: int32 `(batch, num_beams, length)` and
+        float32 `(batch, num_beams)`, best first.
 
     Example:
 
@@ -241,7 +298,8 @@ def beam_search(
     [[3, 4, 5, 0]]
     """
     stop_ids = _stop_tensor(stop_ids)
-    _, ids, cache, _ = start_state(ids, lengths, cache)
+    fill = fill_id(pad_id)
+    ids = start_state(ids, lengths, cache, pad_id).ids
     lengths = ops.convert_to_tensor(lengths, dtype="int32")
     batch, length = ids.shape
     beams = num_beams
@@ -254,7 +312,7 @@ def beam_search(
     # Only beam 0 is live at first: the beams start identical.
     first = ops.arange(beams, dtype="int32") == 0
     scores = ops.where(first, 0.0, NEG) * ops.ones((batch, 1), "float32")
-    finished_ids = ops.zeros((batch, beams, length), dtype="int32")
+    finished_ids = ops.full((batch, beams, length), fill, dtype="int32")
     finished_scores = ops.full((batch, beams), NEG, dtype="float32")
     done = ops.zeros((batch,), dtype="bool")
     keep_beams = ops.arange(beams, dtype="int32")[None, :] * ops.ones(
@@ -266,16 +324,23 @@ def beam_search(
         generated = ops.cast(ops.maximum(generated, 1), "float32")
         return log_probs / ops.power(generated, penalty)[:, None]
 
-    def cond(index, *state):
-        done = state[-1]
-        return ops.logical_and(index < length, ops.logical_not(ops.all(done)))
+    def cond(state):
+        return ops.logical_and(
+            state.index < length, ops.logical_not(ops.all(state.done))
+        )
 
-    def body(
-        index, beam_ids, scores, cache, finished_ids, finished_scores, done
-    ):
+    def body(state):
+        index, beam_ids, scores, done = (
+            state.index,
+            state.beam_ids,
+            state.scores,
+            state.done,
+        )
         flat_ids = ops.reshape(beam_ids, (batch * beams, length))
-        logits, cache = next_logits(flat_ids, cache, index)
-        log_probs = ops.log_softmax(sampling.mask_padding(logits), axis=-1)
+        logits, cache = next_logits(flat_ids, state.cache, index)
+        log_probs = ops.log_softmax(
+            sampling.mask_padding(logits, pad_id), axis=-1
+        )
         vocabulary = log_probs.shape[-1]
         # (batch, beams * vocabulary)
         candidates = ops.reshape(
@@ -304,12 +369,12 @@ def beam_search(
         )
         pool_scores = ops.concatenate(
             [
-                finished_scores,
+                state.finished_scores,
                 ops.where(new_finished, normalized(top_scores, generated), NEG),
             ],
             axis=1,
         )
-        pool_ids = ops.concatenate([finished_ids, candidate_ids], axis=1)
+        pool_ids = ops.concatenate([state.finished_ids, candidate_ids], axis=1)
         finished_scores, best = ops.top_k(pool_scores, beams)
         finished_ids = ops.reshape(
             _flat_take(
@@ -342,7 +407,7 @@ def beam_search(
             done,
             ops.sum(ops.cast(finished_scores > NEG / 2, "int32"), 1) >= beams,
         )
-        return (
+        return BeamState(
             index + 1,
             beam_ids,
             scores,
@@ -352,14 +417,14 @@ def beam_search(
             done,
         )
 
-    state = (start, beam_ids, scores, cache, finished_ids, finished_scores)
-    index, beam_ids, scores, _, finished_ids, finished_scores, done = (
-        _backend.while_loop(cond, body, (*state, done))
+    state = BeamState(
+        start, beam_ids, scores, cache, finished_ids, finished_scores, done
     )
-    live_scores = normalized(scores, index - lengths)
-    live_scores = ops.where(done[:, None], NEG, live_scores)
-    all_scores = ops.concatenate([finished_scores, live_scores], axis=1)
-    all_ids = ops.concatenate([finished_ids, beam_ids], axis=1)
+    state = _backend.while_loop(cond, body, state)
+    live_scores = normalized(state.scores, state.index - lengths)
+    live_scores = ops.where(state.done[:, None], NEG, live_scores)
+    all_scores = ops.concatenate([state.finished_scores, live_scores], axis=1)
+    all_ids = ops.concatenate([state.finished_ids, state.beam_ids], axis=1)
     if return_all:
         best_scores, best = ops.top_k(all_scores, beams)
     else:

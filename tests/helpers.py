@@ -5,6 +5,7 @@ that pytest tests (and hypothesis tests) can call it.
 """
 
 import inspect
+import math
 import os
 import socket
 import subprocess
@@ -705,3 +706,34 @@ def hf_mask(length, window=None, lengths=None):
         allowed &= padding(lengths, length)[:, None, :]
     additive = np.where(allowed, 0.0, np.finfo("float32").min)
     return additive[:, None].astype("float32"), allowed
+
+
+# --- bigram tables: `next_logits` functions without a Transformer ----------
+
+START = 1
+
+
+def markov(log_probs):
+    """`next_logits` of a bigram table: row = previous token."""
+    table = ops.convert_to_tensor(np.asarray(log_probs, "float32"))
+
+    def next_logits(ids, cache, index):
+        previous = ops.take(ids, index - 1, axis=1)
+        return ops.take(table, previous, axis=0), cache
+
+    return next_logits
+
+
+def table_from(probabilities, vocabulary):
+    """Log-probabilities (vocab, vocab) from {prev: {next: p}}."""
+    table = np.full((vocabulary, vocabulary), -30.0)
+    for previous, row in probabilities.items():
+        for token, p in row.items():
+            table[previous, token] = math.log(p)
+    return table
+
+
+def start_buffer(batch, length):
+    ids = np.zeros((batch, length), "int32")
+    ids[:, 0] = START
+    return ids, np.ones((batch,), "int32")

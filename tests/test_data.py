@@ -444,3 +444,23 @@ def test_data_imports_numpy_and_keras_only():
             imported.add(node.module.split(".")[0])
     assert imported <= {"keras", "numpy", "math"}, imported
     assert "keras.src" not in textwrap.dedent(inspect.getsource(module))
+
+
+def test_pack_pad_id_rule():
+    # pad_id=0 (default): 0 marks empty slots only.
+    with pytest.raises(ValueError, match=r"`sequences\[1\]` holds the padding"):
+        data.pack([[1, 2], [3, 0, 4]], 4)
+    # pad_id=None: every id is real; empty token slots hold 0, labels -1.
+    packed = data.pack([[1, 0, 3], [0, 5]], 4, return_labels=True, pad_id=None)
+    assert packed["token_ids"].tolist() == [[1, 0, 3, 0], [0, 5, 0, 0]]
+    assert packed["segment_ids"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+    assert packed["labels"].tolist() == [[0, 3, -1, -1], [5, -1, -1, -1]]
+    # Another pad id fills the empty slots and the labels with no target.
+    packed = data.pack([[1, 0, 3], [0, 5]], 4, return_labels=True, pad_id=9)
+    assert packed["token_ids"].tolist() == [[1, 0, 3, 9], [0, 5, 9, 9]]
+    assert packed["labels"].tolist() == [[0, 3, 9, 9], [5, 9, 9, 9]]
+    pairs = data.pack_pairs([[0, 7]], [[1, 0, 2]], 3, 4, pad_id=None)
+    assert pairs["encoder_token_ids"].tolist() == [[0, 7, 0]]
+    assert pairs["labels"].tolist() == [[0, 2, -1, -1]]
+    with pytest.raises(ValueError, match="pad_id"):
+        data.pack([[1]], 4, pad_id=-1)

@@ -200,6 +200,57 @@ def check_cache(caches, blocks):
         )
 
 
+def check_pad_id(pad_id, embeddings):
+    """`pad_id` is None or a non-negative int; an embedding built with
+    `mask_zero=True` already makes `0` the padding id."""
+    if pad_id is not None and (
+        isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0
+    ):
+        raise ValueError(
+            "`pad_id` must be None or a non-negative integer. Received: "
+            f"pad_id={pad_id!r}"
+        )
+    if pad_id not in (None, 0) and any(mask_zero(e) for e in embeddings):
+        raise ValueError(
+            "An embedding built with `mask_zero=True` makes `0` the padding "
+            "id; `pad_id` must then be None or 0. Received: "
+            f"pad_id={pad_id!r}"
+        )
+
+
+def mask_zero(embedding):
+    return bool(getattr(embedding, "mask_zero", False))
+
+
+def pad_id(argument, embeddings):
+    """The model's padding id: the argument, else `0` when an embedding
+    masks id 0, else None (every id is a real token)."""
+    if argument is not None:
+        return argument
+    return 0 if any(mask_zero(e) for e in embeddings) else None
+
+
+def output_size(model):
+    """The last axis of the functional model's (first) output: the logits'
+    vocabulary."""
+    return int(keras.tree.flatten(model.outputs)[0].shape[-1])
+
+
+def input_vocabulary(embedding):
+    """How many ids the embedding takes, or None when it does not say."""
+    size = getattr(embedding, "vocabulary_size", None)
+    if size is None:
+        size = getattr(embedding, "input_dim", None)
+    return None if size is None else int(size)
+
+
+def position_limit(embedding):
+    """The longest input a learned position table embeds, or None."""
+    if getattr(embedding, "position", None) == "learned":
+        return int(embedding.sequence_length)
+    return None
+
+
 def serialize(layer):
     return None if layer is None else keras.saving.serialize_keras_object(layer)
 

@@ -50,6 +50,10 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
             (`keras_tfm.checkpoints.load` builds them so). The logits
             carry the padding mask as their Keras mask, so a compiled loss
             skips padded positions.
+        pad_id: the id that pads prompts and generated rows, or None
+            (the default) when every id is a real token: GPT-2's and
+            Llama's id `0` is. With None and an embedding built with
+            `mask_zero=True`, the `pad_id` property is `0`.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -94,6 +98,7 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
         _parts.check_positions("embedding", embedding, "blocks", blocks)
         _parts.check_packed(packed)
         _parts.check_padding_mask(padding_mask, packed)
+        _parts.check_pad_id(pad_id, [embedding])
         self.embedding = embedding
         self.blocks = blocks
         self.final_norm = final_norm
@@ -144,6 +149,23 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
         return _parts.project(
             x, self.final_norm, self.head, "embedding", self.embedding
         )
+
+    @property
+    def pad_id(self):
+        """The padding id: the `pad_id` argument, else `0` when the
+        embedding has `mask_zero=True`, else None (every id is real)."""
+        return _parts.pad_id(self._pad_id, [self.embedding])
+
+    @property
+    def vocabulary_size(self):
+        """The size of the output logits' last axis."""
+        return _parts.output_size(self)
+
+    @property
+    def max_length(self):
+        """The longest sequence the model embeds (a learned position
+        table's length), or None when unbounded."""
+        return _parts.position_limit(self.embedding)
 
     def init_cache(self, batch_size, max_length):
         """Empty key/value caches, one per block, for `max_length` tokens."""

@@ -1,10 +1,27 @@
 """`Seq2SeqLM`: an encoder-decoder model that owns its cached step."""
 
+from typing import NamedTuple
+
 import keras
 from keras import ops
 
 from keras_tfm._masking import AttachMask
 from keras_tfm.models import _parts
+
+
+class Seq2SeqCache(NamedTuple):
+    """The cached state of an encoder-decoder's decoding.
+
+    Attributes:
+        decoder: the decoder blocks' self-attention caches, written at
+            every step.
+        encoder: the cross-attention caches, one per decoder block, each
+            `(keys_and_values, source_padding_mask)`; computed once by
+            `Seq2SeqLM.encode` and only read afterwards.
+    """
+
+    decoder: tuple
+    encoder: tuple
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
@@ -19,13 +36,14 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
     and `"decoder_token_ids"` (`0` being padding), and whose output is
     float logits `(batch, target_len, vocabulary)`.
 
-    It owns its cached step: `encode(encoder_token_ids)` runs the encoder
-    once and projects its outputs once per decoder block (the
-    cross-attention caches, which carry the source padding mask);
-    `init_cache(batch_size, max_length)` gives the decoder's empty
-    self-attention caches; `call_with_cache(token_ids, cache, cache_index,
-    encoded)` runs new decoder tokens. `keras_tfm.generation.Generator`
-    drives any model with this protocol and never looks up layer names.
+    It owns its cached step: `encode(encoder_token_ids, max_length)` runs
+    the encoder once and returns the initial `Seq2SeqCache`: the decoder's
+    empty self-attention caches and the encoder outputs projected once per
+    decoder block (the cross-attention caches, which carry the source
+    padding mask); `call_with_cache(token_ids, cache, cache_index)` runs
+    new decoder tokens, with the same signature as `CausalLM`'s.
+    `keras_tfm.generation.Generator` drives any model with this protocol
+    and never looks up layer names.
 
     Args:
         encoder_embedding: embedding of the source ids.
@@ -48,6 +66,10 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
             `decoder_token_ids` and `decoder_padding_mask` (masks 1 or
             `True` at real tokens), and the logits carry the decoder
             padding mask as their Keras mask.
+        pad_id: the id that pads sources, decoder prompts and generated
+            rows, or None (the default) when every id is a real token.
+            With None and an embedding built with `mask_zero=True`, the
+            `pad_id` property is `0`.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -66,10 +88,9 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
     ...           "decoder_token_ids": np.array([[1, 7, 8]])}
     >>> tuple(model(inputs).shape)
     (1, 3, 40)
-    >>> encoded = model.encode(inputs["encoder_token_ids"])
-    >>> cache = model.init_cache(batch_size=1, max_length=5)
+    >>> cache = model.encode(inputs["encoder_token_ids"], max_length=5)
     >>> logits, cache = model.call_with_cache(
-    ...     inputs["decoder_token_ids"], cache, 0, encoded)
+    ...     inputs["decoder_token_ids"], cache, 0)
     >>> from keras import ops
     >>> bool(np.allclose(ops.convert_to_numpy(logits),
     ...                  ops.convert_to_numpy(model(inputs)), atol=1e-5))
@@ -110,6 +131,7 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
         )
         _parts.check_packed(packed)
         _parts.check_padding_mask(padding_mask, packed)
+        _parts.check_pad_id(pad_id, [encoder_embedding, decoder_embedding])
         _parts.check_positions(
             "decoder_embedding",
             decoder_embedding,
@@ -234,53 +256,100 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
             self.decoder_embedding,
         )
 
-    def encode(self, encoder_token_ids):
-        """Run the encoder once for cached decoding.
+    @property
+    def pad_id(self):
+        """The padding id: the `pad_id` argument, else `0` when an
+        embedding has `mask_zero=True`, else None (every id is real)."""
+        return _parts.pad_id(
+            self._pad_id, [self.encoder_embedding, self.decoder_embedding]
+        )
+
+    @property
+    def vocabulary_size(self):
+        """The size of the output (target) logits' last axis."""
+        return _parts.output_size(self)
+
+    @property
+    def max_length(self):
+        """The longest target the decoder embeds (a learned position
+        table's length), or None when unbounded."""
+        return _parts.position_limit(self.decoder_embedding)
+
+    @property
+    def encoder_vocabulary_size(self):
+        """How many source ids the encoder embeds, or None if unknown."""
+        return _parts.input_vocabulary(self.encoder_embedding)
+
+    @property
+    def encoder_max_length(self):
+        """The longest source the encoder embeds, or None when unbounded."""
+        return _parts.position_limit(self.encoder_embedding)
+
+    def encode(self, encoder_token_ids, max_length, padding_mask=None):
+        """Run the encoder once; return the initial cache of decoding.
 
         Args:
-            encoder_token_ids: int tensor `(batch, source_len)`, `0` being
-                padding.
+            encoder_token_ids: int tensor `(batch, source_len)`.
+            max_length: how many decoder tokens the cache holds.
+            padding_mask: optional boolean `(batch, source_len)`, `False`
+                at padding. By default the encoder embedding's mask
+                (`mask_zero=True`), or every token real.
 
         Returns:
-            The cross-attention caches, one per decoder block: each the
-            pair `(keys_and_values, source_padding_mask)` from
-            `TransformerDecoderBlock.compute_cross_attention_cache`. Pass
+            A `Seq2SeqCache`: the decoder's empty self-attention caches
+            and the cross-attention caches, one per decoder block (each
+            `(keys_and_values, source_padding_mask)` from
+            `TransformerDecoderBlock.compute_cross_attention_cache`). Pass
             it to `call_with_cache`.
         """
         encoder_token_ids = ops.convert_to_tensor(encoder_token_ids, "int32")
-        x = self.encoder_outputs(encoder_token_ids, training=False)
-        padding = self.encoder_embedding.compute_mask(encoder_token_ids)
-        if padding is None:
-            padding = ops.ones(ops.shape(encoder_token_ids), dtype="bool")
-        return tuple(
-            block.compute_cross_attention_cache(x, padding)
-            for block in self.decoder_blocks
+        if padding_mask is None:
+            padding = self.encoder_embedding.compute_mask(encoder_token_ids)
+            if padding is None:
+                padding = ops.ones(ops.shape(encoder_token_ids), "bool")
+        else:
+            padding = ops.cast(padding_mask, "bool")
+        x = self.encoder_outputs(
+            encoder_token_ids, padding_mask=padding_mask, training=False
+        )
+        batch_size = ops.shape(encoder_token_ids)[0]
+        return Seq2SeqCache(
+            decoder=self.init_cache(batch_size, max_length),
+            encoder=tuple(
+                block.compute_cross_attention_cache(x, padding)
+                for block in self.decoder_blocks
+            ),
         )
 
     def init_cache(self, batch_size, max_length):
-        """Empty decoder self-attention caches for `max_length` tokens."""
+        """Empty decoder self-attention caches for `max_length` tokens
+        (the `decoder` part of what `encode` returns)."""
         return _parts.empty_caches(self.decoder_blocks, batch_size, max_length)
 
-    def call_with_cache(self, token_ids, cache, cache_index, encoded):
+    def call_with_cache(self, token_ids, cache, cache_index):
         """Run new decoder tokens, reading and writing the cache.
 
         Args:
             token_ids: int tensor `(batch, steps)`: the decoder tokens at
                 positions `cache_index, ..., cache_index + steps - 1`.
-            cache: the caches from `init_cache` (or a previous call).
+            cache: the `Seq2SeqCache` from `encode` (or a previous call).
             cache_index: position of the first token.
-            encoded: what `encode` returned for the batch's sources.
 
         Returns:
             `(logits, cache)`: float logits `(batch, steps, vocabulary)`,
             equal to the full model's at those positions, and the updated
             cache.
         """
-        _parts.check_cache(cache, self.decoder_blocks)
+        if not isinstance(cache, Seq2SeqCache):
+            raise ValueError(
+                "`cache` must be the `Seq2SeqCache` that `encode` returns. "
+                f"Received: cache of type {type(cache).__name__}"
+            )
+        _parts.check_cache(cache.decoder, self.decoder_blocks)
         x = _parts.embed(self.decoder_embedding, token_ids, cache_index)
         new_cache = []
         for block, block_cache, source in zip(
-            self.decoder_blocks, cache, encoded, strict=True
+            self.decoder_blocks, cache.decoder, cache.encoder, strict=True
         ):
             x, block_cache = block(
                 x,
@@ -290,7 +359,7 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
                 training=False,
             )
             new_cache.append(block_cache)
-        return self.logits(x), tuple(new_cache)
+        return self.logits(x), cache._replace(decoder=tuple(new_cache))
 
     def get_config(self):
         return {
