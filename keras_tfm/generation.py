@@ -231,10 +231,26 @@ class Generator:
     # -------------------------------------------------------------- probe
 
     def _full_logits(self, source, target):
-        if self.seq2seq:
-            inputs = {"encoder_token_ids": source, "decoder_token_ids": target}
-            return self.model(inputs, training=False)
-        return self.model(target, training=False)
+        """The full model's logits for unpadded `source` and `target`, in
+        the model's input format (with all-True padding masks where the
+        model takes explicit ones)."""
+        ids = {
+            "token_ids": target,
+            "decoder_token_ids": target,
+            "encoder_token_ids": source,
+        }
+        names = [tensor.name for tensor in self.model.inputs]
+        if not any(name.endswith("padding_mask") for name in names):
+            if self.seq2seq:
+                inputs = {"encoder_token_ids": source, "decoder_token_ids": target}
+                return self.model(inputs, training=False)
+            return self.model(target, training=False)
+        inputs = {}
+        for name in names:
+            ids_name = name.replace("padding_mask", "token_ids")
+            value = ids[ids_name]
+            inputs[name] = ops.ones_like(value) if name != ids_name else value
+        return self.model(inputs, training=False)
 
     def _probe_ids(self, vocabulary, count):
         """Varied ids in `[1, vocabulary)`, none of them the pad id."""
@@ -416,12 +432,18 @@ class Generator:
             ids, mask = value
             ids = np.asarray(ops.convert_to_numpy(ids))
             mask = np.asarray(ops.convert_to_numpy(mask))
-            if mask.shape != ids.shape or mask.dtype != bool:
+            # Boolean, or 0/1 integers as tokenizers give them.
+            binary = mask.dtype == bool or (
+                np.issubdtype(mask.dtype, np.integer)
+                and np.isin(mask, (0, 1)).all()
+            )
+            if mask.shape != ids.shape or not binary:
                 raise ValueError(
-                    f"The padding mask of `{name}` must be boolean and "
-                    f"shaped like the ids {ids.shape}. Received: mask with "
-                    f"shape {mask.shape} and dtype {mask.dtype}"
+                    f"The padding mask of `{name}` must be boolean (or 0/1) "
+                    f"and shaped like the ids {ids.shape}. Received: mask "
+                    f"with shape {mask.shape} and dtype {mask.dtype}"
                 )
+            mask = mask.astype(bool)
             real = mask.sum(axis=1)
             starts = np.arange(mask.shape[1])[None, :] < real[:, None]
             if (mask != starts).any():

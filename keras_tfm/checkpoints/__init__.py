@@ -209,7 +209,7 @@ def from_config(config, dtype=None):
     ...     "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2,
     ...     "activation_function": "gelu_new"})
     >>> type(model).__name__, model.count_params()
-    ('CausalLM', 4320)
+    ('CausalLM', 4368)
     """
     model_type = _model_type(config)
     if model_type.checks is not None:
