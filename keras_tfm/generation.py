@@ -242,7 +242,10 @@ class Generator:
         names = [tensor.name for tensor in self.model.inputs]
         if not any(name.endswith("padding_mask") for name in names):
             if self.seq2seq:
-                inputs = {"encoder_token_ids": source, "decoder_token_ids": target}
+                inputs = {
+                    "encoder_token_ids": source,
+                    "decoder_token_ids": target,
+                }
                 return self.model(inputs, training=False)
             return self.model(target, training=False)
         inputs = {}

@@ -257,9 +257,11 @@ def test_save_loads_in_transformers(saved, name, tmp_path):
     reference, path = saved(name)
     model = checkpoints.load(path)
     checkpoints.save(model, str(tmp_path))
-    back = type(reference).from_pretrained(
-        str(tmp_path), attn_implementation="eager"
-    ).eval()
+    back = (
+        type(reference)
+        .from_pretrained(str(tmp_path), attn_implementation="eager")
+        .eval()
+    )
     _, theirs, real = _inputs(name)
     want = _their_outputs(reference, theirs)
     _assert_close(_their_outputs(back, theirs), want, real, rtol=1e-6)
@@ -416,9 +418,11 @@ def test_lora_step_changes_only_lora_and_saves_merged(saved, tmp_path, name):
         for v in model.trainable_weights
     )
     checkpoints.save(model, str(tmp_path))
-    back = type(reference).from_pretrained(
-        str(tmp_path), attn_implementation="eager"
-    ).eval()
+    back = (
+        type(reference)
+        .from_pretrained(str(tmp_path), attn_implementation="eager")
+        .eval()
+    )
     _assert_close(_their_outputs(back, theirs), _our_outputs(model, ours), real)
 
 
