@@ -1,7 +1,7 @@
 """Fine-tune a pretrained causal language model from a Hugging Face checkpoint.
 
     python examples/finetune.py
-    python examples/finetune.py --checkpoint ~/models/Qwen3-0.6B --data notes.txt
+    python examples/finetune.py --checkpoint ~/models/qwen3 --data notes.txt
     python examples/finetune.py --checkpoint DIR --data FILE --lora-rank 0
 
 `--checkpoint DIR` is a Hugging Face model directory as `save_pretrained`
