@@ -260,7 +260,6 @@ def sample(
             generator,
             window,
             sequence_length,
-            start_id=data.START,
             end_id=data.END,
             seed=seed + round_,
             **options,
@@ -394,7 +393,6 @@ def main(argv=None):
             tokenizer,
             args,
             args.sequence_length,
-            start_id=data.START,
             end_id=data.END,
         )
     run.plot("learning_curves", tfm.plotting.plot_history, history)
