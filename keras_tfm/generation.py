@@ -230,10 +230,12 @@ class Generator:
 
     # -------------------------------------------------------------- probe
 
-    def _full_logits(self, source, target):
-        """The full model's logits for unpadded `source` and `target`, in
-        the model's input format (with all-True padding masks where the
-        model takes explicit ones)."""
+    def _full_logits(self, source, target, source_mask=None):
+        """The full model's logits for `source` and unpadded `target`, in
+        the model's input format: where it takes explicit padding masks,
+        `source_mask` (all True when None) and an all-True target mask
+        (causal attention keeps what follows a position out of its
+        logits)."""
         ids = {
             "token_ids": target,
             "decoder_token_ids": target,
@@ -252,7 +254,12 @@ class Generator:
         for name in names:
             ids_name = name.replace("padding_mask", "token_ids")
             value = ids[ids_name]
-            inputs[name] = ops.ones_like(value) if name != ids_name else value
+            if name == ids_name:
+                inputs[name] = value
+            elif name == "encoder_padding_mask" and source_mask is not None:
+                inputs[name] = ops.cast(source_mask, "int32")
+            else:
+                inputs[name] = ops.ones_like(value)
         return self.model(inputs, training=False)
 
     def _probe_ids(self, vocabulary, count):
@@ -336,7 +343,9 @@ class Generator:
         ids = ops.pad(prompts, [[0, 0], [0, plan.length - width]])
         if not plan.use_cache:
             # The loop state carries the sources (beams reorder them).
-            cache = {"source": source} if self.seq2seq else ()
+            cache = ()
+            if self.seq2seq:
+                cache = {"source": source, "source_mask": source_mask}
         else:
             batch_size = ops.shape(prompts)[0]
             cache = self._initial_cache(
@@ -369,8 +378,12 @@ class Generator:
 
             def next_logits(ids, cache, index):
                 # The whole prefix again (quadratic; for comparisons).
-                source = cache["source"] if self.seq2seq else None
-                logits = self._full_logits(source, ids[:, : plan.length - 1])
+                source, source_mask = None, None
+                if self.seq2seq:
+                    source, source_mask = cache["source"], cache["source_mask"]
+                logits = self._full_logits(
+                    source, ids[:, : plan.length - 1], source_mask
+                )
                 return ops.take(logits, index - 1, axis=1), cache
 
         return next_logits

@@ -305,6 +305,15 @@ def test_greedy_generation_matches_transformers(saved, name):
         )
         # transformers' rows begin with the start id.
         assert got.tolist() == [row[1:] for row in want]
+        # The uncached path (the full model at every step) reads the
+        # source padding mask too.
+        uncached = generator.generate(
+            {"encoder_token_ids": ids, "encoder_padding_mask": mask},
+            max_length=NEW_TOKENS,
+            start_id=2,
+            use_cache=False,
+        )
+        assert uncached.tolist() == got.tolist()
         return
     longest = max(len(p) for p in prompts)
     got = generator.generate(prompts, max_length=longest + NEW_TOKENS)
