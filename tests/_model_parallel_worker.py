@@ -83,6 +83,26 @@ def build_seq2seq():
     )
 
 
+def build_checkpoint_model():
+    """A model as `checkpoints.load` builds it: Llama's options, with
+    grouped-query attention (4 key/value heads of 8 shard on 4 devices)."""
+    from keras_tfm.checkpoints import from_config
+
+    return from_config(
+        {
+            "model_type": "llama",
+            "vocab_size": 64,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "hidden_act": "silu",
+            "tie_word_embeddings": False,
+        }
+    )
+
+
 def initial_weights(model):
     """Deterministic weights, the same in every process and layout."""
     import numpy as np
@@ -193,6 +213,7 @@ def checks(out):
         ),
         "composed": spec_report(build_composed, mesh((2, 4))),
         "seq2seq": spec_report(build_seq2seq, mesh((2, 4))),
+        "checkpoint": spec_report(build_checkpoint_model, mesh((2, 4))),
     }
     inputs, labels = make_data()
     single_loss, single_weights, _ = train(None, inputs, labels)

@@ -48,7 +48,9 @@ def runs(tmp_path_factory):
     return checks, processes
 
 
-@pytest.mark.parametrize("name", ["decoder_lm", "composed", "seq2seq"])
+@pytest.mark.parametrize(
+    "name", ["decoder_lm", "composed", "seq2seq", "checkpoint"]
+)
 def test_every_weight_placed_as_mapped(runs, name):
     checks, _ = runs
     assert checks["devices"] == 8
@@ -92,6 +94,19 @@ def test_megatron_layouts(runs):
     ]
     assert specs[f"{block}/feed_forward_add_norm/norm/gamma"] == [None]
     assert specs["output_projection/kernel"] == [None, "model"]
+
+
+def test_checkpoint_model_shards_grouped_heads(runs):
+    checks, _ = runs
+    specs = {e["path"]: e["mapped"] for e in checks["specs"]["checkpoint"]}
+    # 4 key/value heads over a model axis of 4: sharded like the queries.
+    for name in ("query_dense", "key_dense", "value_dense"):
+        assert specs[f"block_0/self_attention/{name}/kernel"] == [
+            None,
+            "model",
+        ]
+    assert specs["head/kernel"] == [None, "model"]
+    assert specs["block_0/self_attention_add_norm/norm/scale"] == [None]
 
 
 @pytest.mark.parametrize("mesh", ["1x8", "2x4"])
