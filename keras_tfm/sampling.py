@@ -20,7 +20,11 @@ from typing import NamedTuple
 import numpy as np
 from keras import ops
 
-from keras_tfm._validation import check_positive_int
+from keras_tfm._validation import (
+    check_bool,
+    check_positive_int,
+    check_positive_number,
+)
 
 # Logit and score of what must never be chosen; finite, so that sums and
 # differences of masked values stay finite (no `inf - inf`).
@@ -121,24 +125,26 @@ def tempered(logits, temperature):
     return logits / ops.cast(temperature, "float32")
 
 
-def _check_number(name, value, low, high, include_high=True):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.integer, np.floating))
-        or not math.isfinite(value)
-        or not low < value
-        or not (value <= high if include_high else value < high)
+def _python_scalar(value):
+    """A NumPy scalar as the Python number it holds; anything else as is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_probability(name, value):
+    """`value` as a float in (0, 1]."""
+    value = _python_scalar(value)
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float)) and 0 < value <= 1
     ):
-        bound = "]" if include_high else ")"
         raise ValueError(
-            f"`{name}` must be a number in ({low}, {high}{bound}. "
-            f"Received: {name}={value!r}"
+            f"`{name}` must be a number in (0, 1]. Received: {name}={value!r}"
         )
     return float(value)
 
 
 def _check_temperature(temperature):
-    return _check_number("temperature", temperature, 0, math.inf, False)
+    temperature = _python_scalar(temperature)
+    return float(check_positive_number("temperature", temperature))
 
 
 def _check_seed(seed):
@@ -248,14 +254,9 @@ class BeamSampler(Sampler):
                 "`length_penalty` must be a finite number. Received: "
                 f"length_penalty={length_penalty!r}"
             )
-        if not isinstance(return_all, bool):
-            raise ValueError(
-                "`return_all` must be a boolean. Received: "
-                f"return_all={return_all!r}"
-            )
         self.num_beams = num_beams
         self.length_penalty = float(length_penalty)
-        self.return_all = return_all
+        self.return_all = check_bool("return_all", return_all)
 
     SETTINGS = ("length_penalty",)
 
@@ -335,7 +336,7 @@ class TopPSampler(_RandomSampler):
     """
 
     def __init__(self, p, temperature=1.0, seed=None, k=None):
-        p = _check_number("p", p, 0, 1)
+        p = _check_probability("p", p)
         check_positive_int("k", k, allow_none=True)
         super().__init__(temperature, seed)
         self.p = p
@@ -427,7 +428,7 @@ def get(sampler, **options):
     check_positive_int("top_k", top_k, allow_none=True)
     check_positive_int("num_beams", given.get("num_beams"), allow_none=True)
     if top_p is not None:
-        _check_number("top_p", top_p, 0, 1)
+        _check_probability("top_p", top_p)
     if sampler == "greedy":
         return GreedySampler()
     if sampler == "beam":

@@ -234,3 +234,9 @@ def test_generation_uses_the_unpacked_twin():
         Generator(packed)
     ids = Generator(unpacked, jit_compile=False).generate([[3, 4]], 5)
     assert ids.shape == (1, 5)
+
+
+@pytest.mark.parametrize("build", [decoder_lm, seq2seq_transformer])
+def test_packed_must_be_a_bool(build):
+    with pytest.raises(ValueError, match="Received: packed='yes'"):
+        build(VOCAB, SEQ, packed="yes", **TINY)
