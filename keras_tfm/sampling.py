@@ -37,7 +37,14 @@ def _int32(value):
 
 def mask_padding(logits, pad_id=0):
     """Float32 logits with the padding id never chosen (none when
-    `pad_id` is None)."""
+    `pad_id` is None).
+
+    Example:
+
+    >>> logits = mask_padding(np.array([[5.0, 1.0, 2.0]]), pad_id=0)
+    >>> ops.convert_to_numpy(ops.argmax(logits, axis=-1)).tolist()
+    [2]
+    """
     logits = ops.cast(logits, "float32")
     if pad_id is None:
         return logits
@@ -101,14 +108,29 @@ def gumbel_noise(seed, index, shape):
 
 
 def filter_top_k(logits, top_k):
-    """Keep the `top_k` largest logits of each row, the rest `NEG`."""
+    """Keep the `top_k` largest logits of each row, the rest `NEG`.
+
+    Example:
+
+    >>> logits = filter_top_k(np.array([[1.0, 3.0, 2.0]], "float32"), 2)
+    >>> (ops.convert_to_numpy(logits) > NEG).tolist()
+    [[False, True, True]]
+    """
     top_k = min(top_k, logits.shape[-1])
     kth = ops.top_k(logits, top_k)[0][:, -1:]
     return ops.where(logits >= kth, logits, NEG)
 
 
 def filter_top_p(logits, top_p):
-    """Keep the smallest set of most likely tokens whose mass is >= top_p."""
+    """Keep the smallest set of most likely tokens whose mass is >= top_p.
+
+    Example:
+
+    >>> logits = np.log(np.array([[0.2, 0.5, 0.3]], "float32"))
+    >>> kept = filter_top_p(logits, 0.7)  # 0.5 + 0.3 reaches 0.7
+    >>> (ops.convert_to_numpy(kept) > NEG).tolist()
+    [[False, True, True]]
+    """
     probabilities = ops.softmax(logits, axis=-1)
     vocabulary = logits.shape[-1]
     descending = ops.top_k(probabilities, vocabulary)[0]
@@ -120,7 +142,14 @@ def filter_top_p(logits, top_p):
 
 def tempered(logits, temperature):
     """`(logits - row max) / temperature`: the best token is exactly 0, so
-    tiny or huge temperatures cannot overflow the softmax to NaN."""
+    tiny or huge temperatures cannot overflow the softmax to NaN.
+
+    Example:
+
+    >>> out = tempered(np.array([[1.0, 3.0]], "float32"), 2.0)
+    >>> ops.convert_to_numpy(out).tolist()
+    [[-1.0, 0.0]]
+    """
     logits = logits - ops.max(logits, axis=-1, keepdims=True)
     return logits / ops.cast(temperature, "float32")
 
@@ -166,6 +195,12 @@ class Sampler:
     search takes as tensors (`settings()` gives them, `with_settings`
     returns a copy holding the tensors), so changing them does not compile
     again; `static()` is what the compiled search depends on.
+
+    Example:
+
+    >>> logits = np.array([[9.0, 2.0, 5.0]], "float32")  # id 0 is padding
+    >>> ops.convert_to_numpy(Sampler().choose(logits, 0, 0)).tolist()
+    [2]
     """
 
     SETTINGS = ()
@@ -373,6 +408,11 @@ class SamplerOptions(NamedTuple):
         num_beams, length_penalty: options of `"beam"` (`BeamSampler`).
         top_k, top_p, temperature, seed: options of `"top_k"` and
             `"top_p"` (`TopKSampler`, `TopPSampler`).
+
+    Example:
+
+    >>> get("top_k", **SamplerOptions(top_k=5, seed=1)._asdict())
+    TopKSampler(k=5, temperature=1.0, seed=1)
     """
 
     num_beams: int | None = None
@@ -399,6 +439,15 @@ def get(sampler, **options):
     does not use is an error (`get("greedy", temperature=0.7)`, `seed`
     with a deterministic sampler), as is any option next to a sampler
     object, whose own arguments hold them.
+
+    Example:
+
+    >>> get("top_k", top_k=5, temperature=0.7, seed=1)
+    TopKSampler(k=5, temperature=0.7, seed=1)
+    >>> get("greedy", temperature=0.7)
+    Traceback (most recent call last):
+    ...
+    ValueError: sampler='greedy' does not use temperature. Received: ...
     """
     given = SamplerOptions(**options)._asdict()
     given = {k: v for k, v in given.items() if v is not None}
