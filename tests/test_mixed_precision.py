@@ -1,6 +1,7 @@
 """Mixed precision end to end: every builder trains under mixed_float16
-(with Keras's automatic loss scaling) and mixed_bfloat16, with finite,
-decreasing losses and float32 logits, on every backend."""
+(with Keras's automatic loss scaling) and mixed_bfloat16, its blocks
+computing in the half type, with finite, decreasing losses and float32
+logits (symbolic and computed), on every backend."""
 
 import keras
 import numpy as np
@@ -51,6 +52,13 @@ def test_builder_trains_under_mixed_precision(builder, policy):
     keras.config.set_dtype_policy(policy)
     model, x, y, loss = BUILDERS[builder](np.random.default_rng(0))
     assert model.dtype_policy.name == policy
+    block = "encoder_layer_0" if builder == "classifier" else "decoder_layer_0"
+    compute_dtype = keras.mixed_precision.DTypePolicy(policy).compute_dtype
+    assert model.get_layer(block).compute_dtype == compute_dtype
+    symbolic = keras.tree.map_structure(
+        lambda a: keras.Input(a.shape[1:], dtype="int32"), x
+    )
+    assert keras.backend.standardize_dtype(model(symbolic).dtype) == "float32"
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)
     if policy == "mixed_float16":
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)

@@ -302,27 +302,6 @@ def test_logits_carry_the_decoder_padding_mask(kind, tie_embeddings):
     np.testing.assert_array_equal(received, (decoder_ids != 0).astype(int))
 
 
-@pytest.mark.parametrize("kind", BUILDERS)
-def test_logits_are_float32_under_mixed_float16(kind):
-    previous = keras.config.dtype_policy()
-    try:
-        keras.config.set_dtype_policy("mixed_float16")
-        model, inputs = build(kind)
-        block = "decoder_layer_0" if kind != "classifier" else "encoder_layer_0"
-        assert model.get_layer(block).compute_dtype == "float16"
-        symbolic = keras.tree.map_structure(
-            lambda x: keras.Input(x.shape[1:], dtype="int32"), inputs
-        )
-        assert (
-            keras.backend.standardize_dtype(model(symbolic).dtype) == "float32"
-        )
-        logits = model(inputs)
-        assert keras.backend.standardize_dtype(logits.dtype) == "float32"
-        assert np.isfinite(to_numpy(logits)).all()
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 # --- the functional graph holds layers only ---------------------------------
 
 
