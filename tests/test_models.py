@@ -15,16 +15,12 @@ from keras_tfm.models import (
     encoder_classifier,
     seq2seq_transformer,
 )
-from tests.helpers import MaskProbe
+from tests.helpers import MaskProbe, to_numpy
 
 VOCAB, LENGTH, DIM, NUM_CLASSES = 12, 10, 16, 3
 TINY = dict(num_layers=1, embedding_dim=DIM, num_heads=2, intermediate_dim=32)
 POSITIONS = ["sinusoidal", "learned", "rotary", "none"]
 BUILDERS = ["seq2seq", "classifier", "lm"]
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(ops.cast(x, "float32"))
 
 
 def token_ids(lengths, total, seed=0, low=3, high=VOCAB):
