@@ -112,7 +112,8 @@ def filter_top_k(logits, top_k):
 
     Example:
 
-    >>> logits = filter_top_k(np.array([[1.0, 3.0, 2.0]], "float32"), 2)
+    >>> logits = ops.convert_to_tensor([[1.0, 3.0, 2.0]])
+    >>> logits = filter_top_k(logits, 2)
     >>> (ops.convert_to_numpy(logits) > NEG).tolist()
     [[False, True, True]]
     """
@@ -126,7 +127,7 @@ def filter_top_p(logits, top_p):
 
     Example:
 
-    >>> logits = np.log(np.array([[0.2, 0.5, 0.3]], "float32"))
+    >>> logits = ops.log(ops.convert_to_tensor([[0.2, 0.5, 0.3]]))
     >>> kept = filter_top_p(logits, 0.7)  # 0.5 + 0.3 reaches 0.7
     >>> (ops.convert_to_numpy(kept) > NEG).tolist()
     [[False, True, True]]
@@ -146,7 +147,7 @@ def tempered(logits, temperature):
 
     Example:
 
-    >>> out = tempered(np.array([[1.0, 3.0]], "float32"), 2.0)
+    >>> out = tempered(ops.convert_to_tensor([[1.0, 3.0]]), 2.0)
     >>> ops.convert_to_numpy(out).tolist()
     [[-1.0, 0.0]]
     """
