@@ -11,8 +11,6 @@ import keras_tfm
 
 # As listed in the README's API section.
 WITHOUT_EXAMPLE = {
-    "keras_tfm.checkpoints.load",
-    "keras_tfm.checkpoints.save",
     "keras_tfm.generation.Options",
     "keras_tfm.generation.Plan",
     "keras_tfm.generation.Settings",
