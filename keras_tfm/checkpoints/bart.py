@@ -134,30 +134,17 @@ def _norm(theirs, ours, layers=None):
 
 
 def _feed_forward(layer, block, layers):
-    return [
-        *rows(
-            f"{layer}.fc1.weight",
-            f"{block}.feed_forward.intermediate_dense.kernel",
-            LINEAR,
-            layers,
-        ),
-        *rows(
-            f"{layer}.fc1.bias",
-            f"{block}.feed_forward.intermediate_dense.bias",
-            layers=layers,
-        ),
-        *rows(
-            f"{layer}.fc2.weight",
-            f"{block}.feed_forward.output_dense.kernel",
-            LINEAR,
-            layers,
-        ),
-        *rows(
-            f"{layer}.fc2.bias",
-            f"{block}.feed_forward.output_dense.bias",
-            layers=layers,
-        ),
-    ]
+    table = []
+    for theirs, ours in (
+        ("fc1", "intermediate_dense"),
+        ("fc2", "output_dense"),
+    ):
+        dense = f"{block}.feed_forward.{ours}"
+        table += rows(
+            f"{layer}.{theirs}.weight", f"{dense}.kernel", LINEAR, layers
+        )
+        table += rows(f"{layer}.{theirs}.bias", f"{dense}.bias", layers=layers)
+    return table
 
 
 def table(config, model):
