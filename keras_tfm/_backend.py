@@ -256,10 +256,21 @@ def _torch_step(loops, cond, body, state, constants):
         graph = torch.compile(graph, **TORCH_COMPILE)
     state_spec = _pytree.tree_flatten(state)[1]
 
+    calls = [0]
+
     def step(state, constants):
         leaves = _pytree.tree_flatten((state, constants))[0]
+        values = [v.value for v in variables]
         tensors = [leaves[i] for i in where]
-        out, going = graph([v.value for v in variables], tensors)
+        if calls[0] and TORCH_COMPILE is not None:
+            # Compiled on the first call; every later call has the shapes
+            # it was compiled for (its key): skip torch.compile's guard
+            # checks, a large part of a small step's time.
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                out, going = graph(values, tensors)
+        else:
+            out, going = graph(values, tensors)
+        calls[0] += 1
         return kind(*_pytree.tree_unflatten(out, state_spec)), going
 
     loops.steps[key] = step
