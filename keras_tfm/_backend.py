@@ -359,7 +359,11 @@ def slice_update(x, start_indices, updates):
     index = torch.arange(updates.shape[axis], device=x.device) + start.to(
         torch.int64
     )
-    return x.index_copy_(axis, index, updates)
+    # Indexing assignment traces to `index_put_`, which inductor updates
+    # in place in the input's buffer (an `index_copy_` there is copied
+    # whole into it).
+    x[(slice(None),) * axis + (index,)] = updates
+    return x
 
 
 def column(x, index):
