@@ -18,6 +18,12 @@ process:
   `GPT2Backbone` of the same sizes (no download), compiled with keras-hub's
   default `jit_compile="auto"`; on TensorFlow that resolves to no XLA, so
   a "keras-hub cached XLA" row (`jit_compile=True`) is added there;
+- PyTorch only: "keras_tfm eager" (`Generator(model, jit_compile=False)`,
+  the eager loop) and "PyTorch reference", a plain `nn.Module` of the
+  same shape with a static cache, its step compiled with `torch.compile`
+  (benchmarks/_torch_reference.py; other random weights, so its tokens
+  are not compared): the floor on this backend. `--torch-compile none`
+  runs the traced steps uncompiled (a smoke run);
 - "naive loop" (PyTorch by default, `--naive` elsewhere): a Python loop
   that calls `model(ids, training=False)` on the growing prefix and
   appends the argmax, with no cache and nothing compiled, under
@@ -68,6 +74,8 @@ from keras_tfm.generation import Generator
 from keras_tfm.models import decoder_lm
 
 CACHED = "keras_tfm cached"
+EAGER = "keras_tfm eager"
+REFERENCE = "PyTorch reference"
 STREAM = "keras_tfm stream"
 UNCACHED = "keras_tfm uncached"
 NAIVE = "naive loop"
@@ -99,6 +107,13 @@ def parse_args(argv=None):
         help="the naive-loop row (auto: on PyTorch only)",
     )
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument(
+        "--torch-compile",
+        choices=("inductor", "none"),
+        default="inductor",
+        help="PyTorch: compile the decoding steps with torch.compile, or "
+        "run the traced steps uncompiled (a fast smoke run)",
+    )
     parser.add_argument(
         "--skip-keras-hub", action="store_true", help="omit the keras-hub row"
     )
@@ -211,6 +226,19 @@ def make_rows(args, prompts):
         CACHED: {n: lambda n=n: cached(n) for n in args.lengths},
         STREAM: {n: lambda n=n: stream(n) for n in args.lengths},
     }
+    if keras.backend.backend() == "torch":
+        eager = Generator(model, jit_compile=False)
+        rows[EAGER] = {
+            n: lambda n=n: eager.generate(prompts, n + 1) for n in args.lengths
+        }
+        import _torch_reference
+
+        _, reference = _torch_reference.build(
+            args, compiled=args.torch_compile != "none"
+        )
+        rows[REFERENCE] = {
+            n: lambda n=n: reference(prompts, n) for n in args.lengths
+        }
     if args.uncached_lengths:
         rows[UNCACHED] = {
             n: lambda n=n: uncached(n) for n in args.uncached_lengths
@@ -288,7 +316,7 @@ def exactness(outputs, lengths):
     the cached row, per length."""
     same = {}
     for (name, length), ids in outputs.items():
-        if name.startswith("keras-hub") or name == CACHED:
+        if name.startswith("keras-hub") or name in (CACHED, REFERENCE):
             continue
         reference = outputs[(CACHED, length)]
         same[f"{name} @ {length}"] = bool(np.array_equal(ids, reference))
@@ -347,7 +375,11 @@ def targets(results, lengths):
         for name in ("keras-hub cached", "keras-hub cached XLA"):
             hub = lookup(results, name, length)
             if hub is not None:
-                out[f"{name} / ours @ {length} (>= 1.5)"] = hub / ours
+                goal = 3 if keras.backend.backend() == "torch" else 1.5
+                out[f"{name} / ours @ {length} (>= {goal})"] = hub / ours
+        reference = lookup(results, REFERENCE, length)
+        if reference is not None:
+            out[f"ours / {REFERENCE} @ {length} (<= 1.5)"] = ours / reference
         naive = lookup(results, NAIVE, length)
         if naive is not None:
             out[f"naive / ours @ {length} (>= 1)"] = naive / ours
@@ -360,7 +392,10 @@ def table_of(results, names, lengths):
         return "-" if value is None else f"{value:.2f}"
 
     hub_names = [name for name in names if name.startswith("keras-hub")]
-    ratio_names = [*hub_names, *([NAIVE] if NAIVE in names else [])]
+    ratio_names = [
+        *hub_names,
+        *(name for name in (NAIVE, EAGER, REFERENCE) if name in names),
+    ]
     header = (
         "| tokens | "
         + " | ".join(names)
@@ -400,6 +435,11 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.torch_threads)
+        print(f"torch threads: {torch.get_num_threads()}")
+        if args.torch_compile == "none":
+            from keras_tfm import _backend
+
+            _backend.TORCH_COMPILE = None
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(

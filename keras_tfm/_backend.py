@@ -51,12 +51,22 @@ def static_value(x):
         import torch
 
         if isinstance(x, torch.Tensor):
+            if _is_traced(x):
+                return None
             return x.detach().cpu().numpy()
         if isinstance(x, torch.SymInt):
             # A dynamic size under torch.compile: reading it specializes the
             # compiled code on it, as a Python check needs.
             return np.asarray(int(x))
     return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def _is_traced(x):
+    """Whether a torch tensor is a stand-in of a trace (`make_fx`,
+    `torch.compile`): its value is not known while tracing."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(x)
 
 
 def with_runtime_check(tensor, condition, message, value):
@@ -95,22 +105,59 @@ def with_runtime_check(tensor, condition, message, value):
         return tf.identity(tensor)
 
 
-def compile_function(function, variables, jit_compile=True, on_trace=None):
+# How `Generator` compiles its decoding step on PyTorch (see
+# `compile_function`): `torch.compile` options, or None to run the traced
+# graph as it is (no compiler: what the test suite uses, so that it does not
+# spend minutes in the C++ compiler; the tests that check compilation set
+# this back themselves).
+TORCH_COMPILE = {"backend": "inductor", "fullgraph": True, "dynamic": False}
+
+
+class _TorchLoops:
+    """The compiled steps of one compiled function's loops, on PyTorch.
+
+    Set while a function from `compile_function` runs (the loop itself is
+    Python); `while_loop` finds it here and compiles its step once per
+    loop and shape.
+    """
+
+    active = None
+
+    def __init__(self, variables, on_trace, steps):
+        self.variables = variables
+        self.on_trace = on_trace
+        self.steps = {} if steps is None else steps
+        self.tracing = False
+
+
+def compile_function(
+    function, variables, jit_compile=True, on_trace=None, steps=None
+):
     """Compile `function(*tensors)` once per input shape, where possible.
 
     - JAX: `jax.jit` over a stateless function of the `variables`' values
       (so assigning new weights does not compile again).
     - TensorFlow: `tf.function`, with XLA when `jit_compile`.
-    - PyTorch: eager, under `torch.inference_mode()` (nothing to compile;
-      no autograd graph or version counters are kept while generating,
-      which saves a little on each of the many small eager ops). Its
-      outputs are inference tensors: read them, or pass them back in.
+    - PyTorch, with `jit_compile`: `function` runs in Python, and each
+      `while_loop` in it compiles its step (one iteration of the loop and
+      its condition) once per shape: the step is traced once into one
+      graph of aten operations over the weights as tensors (`make_fx`, in
+      the spirit of `stateless_call`: Keras's per-call layer bookkeeping
+      runs at trace time only), then compiled with `torch.compile`
+      (`TORCH_COMPILE`, whole graph, static shapes). With `jit_compile`
+      False everything runs eagerly. Either way, under
+      `torch.no_grad()`.
 
     Args:
         function: a function of tensors, written with `keras.ops`.
         variables: the Keras variables it reads.
-        jit_compile: whether TensorFlow compiles with XLA.
-        on_trace: optional callable, run once per trace (not per call).
+        jit_compile: whether TensorFlow compiles with XLA, and PyTorch
+            compiles its loops' steps.
+        on_trace: optional callable, run once per trace (not per call):
+            on PyTorch, once per compiled loop step.
+        steps: optional dict where PyTorch keeps the compiled loop steps;
+            functions given the same dict share them (they must run the
+            same loops with the same Python constants).
 
     Returns:
         A callable with the same arguments.
@@ -145,47 +192,178 @@ def compile_function(function, variables, jit_compile=True, on_trace=None):
     if backend == "torch":
         import torch
 
-        def eager(*args):
-            with torch.inference_mode():
-                return function(*args)
+        loops = _TorchLoops(variables, on_trace, steps) if jit_compile else None
 
-        return eager
+        def run(*args):
+            previous = _TorchLoops.active
+            _TorchLoops.active = loops
+            try:
+                with torch.no_grad():
+                    return function(*args)
+            finally:
+                _TorchLoops.active = previous
+
+        return run
     return function
 
 
-def loop_index(index):
-    """A decoding loop's position: a Python int on PyTorch, else as is.
+def _torch_step(loops, cond, body, state, constants):
+    """`body` and then `cond`, traced and compiled for these shapes."""
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils import _pytree
 
-    PyTorch runs the loop in Python (see `while_loop`); an int position
-    lets each step index and update its buffers with plain slices (a
-    tensor position sends `keras.ops.slice_update` down a path of a dozen
-    index ops per call).
+    leaves, spec = _pytree.tree_flatten((state, constants))
+    # Tensors are the step's inputs; anything else (None, Python numbers)
+    # is a constant of it, part of its key.
+    where = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
+    static = [(i, x) for i, x in enumerate(leaves) if i not in set(where)]
+    key = (
+        body.__code__,
+        cond.__code__,
+        str(spec),
+        repr(static),
+        tuple((tuple(leaves[i].shape), leaves[i].dtype) for i in where),
+    )
+    step = loops.steps.get(key)
+    if step is not None:
+        return step
+    kind = type(state)
+    variables = loops.variables
+
+    def pure(values, tensors):
+        leaves = [x for _, x in static]
+        for i, x in zip(where, tensors, strict=True):
+            leaves.insert(i, x)
+        state, constants = _pytree.tree_unflatten(leaves, spec)
+        mapping = list(zip(variables, values, strict=True))
+        with keras.StatelessScope(state_mapping=mapping):
+            state = kind(*body(state, constants))
+            going = cond(state, constants)
+        return _pytree.tree_flatten(state)[0], going
+
+    values = [v.value for v in variables]
+    loops.tracing = True
+    try:
+        graph = make_fx(pure, tracing_mode="fake")(
+            values, [leaves[i] for i in where]
+        )
+    finally:
+        loops.tracing = False
+    if loops.on_trace is not None:
+        loops.on_trace()
+    if TORCH_COMPILE is not None:
+        graph = torch.compile(graph, **TORCH_COMPILE)
+    state_spec = _pytree.tree_flatten(state)[1]
+
+    calls = [0]
+
+    def step(state, constants):
+        leaves = _pytree.tree_flatten((state, constants))[0]
+        values = [v.value for v in variables]
+        tensors = [leaves[i] for i in where]
+        if calls[0] and TORCH_COMPILE is not None:
+            # Compiled on the first call; every later call has the shapes
+            # it was compiled for (its key): skip torch.compile's guard
+            # checks, a large part of a small step's time.
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                out, going = graph(values, tensors)
+        else:
+            out, going = graph(values, tensors)
+        calls[0] += 1
+        return kind(*_pytree.tree_unflatten(out, state_spec)), going
+
+    loops.steps[key] = step
+    return step
+
+
+def loop_index(index):
+    """A decoding loop's position: a Python int on eager PyTorch, else as
+    is.
+
+    Eager PyTorch runs the loop in Python (see `while_loop`); an int
+    position lets each step index and update its buffers with plain slices
+    (a tensor position sends `keras.ops.slice_update` down a path of a
+    dozen index ops per call). A compiled PyTorch loop keeps it a tensor:
+    its step is traced once for every position.
     """
     if keras.backend.backend() == "torch":
+        if _TorchLoops.active is not None:
+            return keras.ops.convert_to_tensor(index, "int32")
         return int(index)
     return index
 
 
-def while_loop(cond, body, state):
-    """`keras.ops.while_loop` over a NamedTuple state; a plain Python loop
-    on PyTorch.
+def while_loop(cond, body, state, constants=()):
+    """`keras.ops.while_loop` over a NamedTuple state; a Python loop on
+    PyTorch.
 
-    `cond(state)` and `body(state)` take (and `body` returns) the state
-    as its NamedTuple, read by field. PyTorch runs eagerly, so the loop is
-    Python control flow around the same `body`: the state stays on its
-    device, and nothing converts it between steps.
+    `cond(state, constants)` and `body(state, constants)` take (and `body`
+    returns) the state as its NamedTuple, read by field; `constants` is
+    a nest of tensors the loop reads and never changes. Tensors the loop
+    reads must come through `state` or `constants`, never a closure: on
+    PyTorch the compiled step takes only those (a closure's tensor would
+    be frozen into it).
+
+    On PyTorch the loop is Python control flow. Inside a function from
+    `compile_function` with `jit_compile`, each iteration is one call of
+    the compiled step, which also evaluates `cond` (one scalar read per
+    iteration); otherwise `body` runs eagerly.
     """
     kind = type(state)
     if keras.backend.backend() != "torch":
         fields = keras.ops.while_loop(
-            lambda *fields: cond(kind(*fields)),
-            lambda *fields: tuple(body(kind(*fields))),
+            lambda *fields: cond(kind(*fields), constants),
+            lambda *fields: tuple(body(kind(*fields), constants)),
             tuple(state),
         )
         return kind(*fields)
-    while bool(cond(state)):
-        state = kind(*body(state))
+    loops = _TorchLoops.active
+    if loops is None or loops.tracing:
+        while bool(cond(state, constants)):
+            state = kind(*body(state, constants))
+        return state
+    step = _torch_step(loops, cond, body, state, constants)
+    going = cond(state, constants)
+    while bool(going):
+        state, going = step(state, constants)
     return state
+
+
+def slice_update(x, start_indices, updates):
+    """`keras.ops.slice_update`, in place while a compiled PyTorch loop
+    traces its step.
+
+    A key/value cache is rewritten one slot per step; a functional update
+    copies the whole cache at each step (a cost that grows with its
+    length). Inside the step of a compiled PyTorch loop the state is
+    passed on and never read again, so the update is made in place.
+    """
+    loops = _TorchLoops.active
+    if keras.backend.backend() != "torch" or loops is None or not loops.tracing:
+        return keras.ops.slice_update(x, start_indices, updates)
+    import torch
+
+    updates = keras.ops.cast(updates, x.dtype)
+    partial = [
+        axis
+        for axis, (start, size) in enumerate(
+            zip(start_indices, updates.shape, strict=True)
+        )
+        if not (isinstance(start, int) and start == 0 and size == x.shape[axis])
+    ]
+    if len(partial) != 1:
+        return keras.ops.slice_update(x, start_indices, updates)
+    (axis,) = partial
+    start = torch.as_tensor(start_indices[axis], device=x.device)
+    index = torch.arange(updates.shape[axis], device=x.device) + start.to(
+        torch.int64
+    )
+    # Indexing assignment traces to `index_put_`, which inductor updates
+    # in place in the input's buffer (an `index_copy_` there is copied
+    # whole into it).
+    x[(slice(None),) * axis + (index,)] = updates
+    return x
 
 
 def column(x, index):
@@ -195,7 +373,11 @@ def column(x, index):
     indexing on PyTorch.
     """
     if keras.backend.backend() == "torch":
-        return x[..., index]
+        if isinstance(index, int):
+            return x[..., index]
+        # A tensor index (a compiled loop): one gather, no read of its value.
+        position = keras.ops.reshape(keras.ops.cast(index, "int64"), (1,))
+        return x.index_select(x.ndim - 1, position).squeeze(-1)
     ops = keras.ops
     rank = len(x.shape)
     start = [0] * (rank - 1) + [index]
@@ -211,8 +393,11 @@ def set_column(x, index, values):
     """
     values = keras.ops.cast(values, x.dtype)
     if keras.backend.backend() == "torch":
-        x = x.clone()
-        x[..., index] = values
-        return x
+        if isinstance(index, int):
+            x = x.clone()
+            x[..., index] = values
+            return x
+        position = keras.ops.reshape(keras.ops.cast(index, "int64"), (1,))
+        return x.index_copy(x.ndim - 1, position, values.unsqueeze(-1))
     start = [0] * (len(x.shape) - 1) + [index]
     return keras.ops.slice_update(x, start, keras.ops.expand_dims(values, -1))

@@ -24,8 +24,10 @@ that changed the graph but not `call_with_cache`) cannot go unnoticed.
 
 The whole search (encoder, prompt, loop) is one function over fixed-shape
 state, compiled once per input shape and search configuration (`jax.jit`
-on JAX, `tf.function` on TensorFlow, eager under `torch.inference_mode()`
-on PyTorch, where the loop is plain Python) and reused. The model's
+on JAX, `tf.function` on TensorFlow; on PyTorch the loop is Python and
+each decoding step, a trace of the whole step over the weights as tensors,
+is compiled with `torch.compile`) and reused. Prompts are padded to length
+buckets first, so that prompts of other lengths reuse it. The model's
 `pad_id` is never generated; with `pad_id=None` every id can be.
 """
 
@@ -171,8 +173,18 @@ class Generator:
     Args:
         model: a model with the cached-step protocol (see the module
             docstring), e.g. from `keras_tfm.models.decoder_lm`.
-        jit_compile: whether TensorFlow compiles the search with XLA.
-            JAX always compiles; PyTorch runs eagerly.
+        jit_compile: whether TensorFlow compiles the search with XLA, and
+            PyTorch each decoding step with `torch.compile` (static shapes,
+            one graph; the first call of each shape pays the compile time).
+            JAX always compiles. `jit_compile=False` on PyTorch runs the
+            loop eagerly: no compile time, much slower steps.
+        prompt_buckets: the widths prompts (and sources) are padded to
+            before the search, so that prompts of other lengths reuse one
+            compiled search: None (the default) for powers of two, a list
+            of widths (the smallest that holds the prompts; a wider prompt
+            keeps its width), or False to keep every width. Widths never
+            exceed the output length (or a learned position table).
+            Padding changes nothing in the output.
 
     Example:
 
@@ -187,7 +199,7 @@ class Generator:
     ([3, 4], [5, 6, 7])
     """
 
-    def __init__(self, model, jit_compile=True):
+    def __init__(self, model, jit_compile=True, prompt_buckets=None):
         self.seq2seq = callable(getattr(model, "encode", None))
         methods = (
             "call_with_cache",
@@ -224,8 +236,10 @@ class Generator:
         self.vocabulary_size = model.vocabulary_size
         self.max_length = model.max_length
         self.jit_compile = bool(jit_compile)
+        self.prompt_buckets = _check_buckets(prompt_buckets)
         self.trace_count = 0
         self._functions = {}
+        self._steps = {}
         self._check_cached_step()
 
     # -------------------------------------------------------------- probe
@@ -426,6 +440,10 @@ class Generator:
         return result[..., 1:]
 
     def _compiled(self, key, function):
+        """`function` compiled once, cached under `key` (a name, then the
+        input shapes and the plan's key). On PyTorch the functions of one
+        plan (`generate`'s search, `stream`'s steps) share their compiled
+        decoding step."""
         compiled = self._functions.get(key)
         if compiled is None:
 
@@ -433,7 +451,11 @@ class Generator:
                 self.trace_count += 1
 
             compiled = _backend.compile_function(
-                function, self.model.variables, self.jit_compile, count
+                function,
+                self.model.variables,
+                self.jit_compile,
+                count,
+                steps=self._steps.setdefault(key[1:], {}),
             )
             self._functions[key] = compiled
         return compiled
@@ -694,11 +716,56 @@ class Generator:
         plan, settings = self._plan(
             max_length, options, "decoder_token_ids" not in inputs
         )
+        inputs = self._bucketed(inputs, plan)
         key = (
             tuple((k, v.shape) for k, v in sorted(inputs.items())),
             plan.key(),
         )
         return plan, key, _tensors(inputs), _tensors(settings)
+
+    def _bucket(self, width, limit):
+        if self.prompt_buckets is False:
+            return width
+        if self.prompt_buckets is None:
+            bucket = 1 << (width - 1).bit_length()
+        else:
+            bucket = min(
+                (b for b in self.prompt_buckets if b >= width), default=width
+            )
+        return max(width, bucket if limit is None else min(bucket, limit))
+
+    def _bucketed(self, inputs, plan):
+        """The prepared inputs, their width padded to a bucket (padding:
+        mask False, ids `fill_id(pad_id)`) so that other prompt lengths
+        reuse one compiled search."""
+        limits = {"token_ids": plan.length, "decoder_token_ids": plan.length}
+        if self.seq2seq:
+            # Sources are padded only where the search masks them: the
+            # cached step reads the mask; an uncached one only when the
+            # model takes a mask or a padding id.
+            names = [tensor.name for tensor in self.model.inputs]
+            maskable = (
+                plan.use_cache
+                or self.pad_id is not None
+                or "encoder_padding_mask" in names
+            )
+            limits["encoder_token_ids"] = (
+                self.model.encoder_max_length if maskable else 0
+            )
+        inputs = dict(inputs)
+        fill = search.fill_id(self.pad_id)
+        for name, limit in limits.items():
+            if name not in inputs:
+                continue
+            mask_name = name.replace("token_ids", "padding_mask")
+            ids, mask = inputs[name], inputs[mask_name]
+            extra = self._bucket(ids.shape[1], limit) - ids.shape[1]
+            if extra > 0:
+                inputs[name] = np.pad(
+                    ids, [(0, 0), (0, extra)], constant_values=fill
+                )
+                inputs[mask_name] = np.pad(mask, [(0, 0), (0, extra)])
+        return inputs
 
     # ------------------------------------------------------------ public
 
@@ -815,6 +882,26 @@ class Generator:
             if index > sent:
                 yield _as_numpy(state.ids)[:, sent:index].astype("int32")
                 sent = index
+
+
+def _check_buckets(buckets):
+    if buckets is None or buckets is False:
+        return buckets
+    try:
+        widths = sorted(int(b) for b in buckets)
+    except (TypeError, ValueError):
+        widths = None
+    if (
+        not widths
+        or any(w < 1 for w in widths)
+        or any(isinstance(b, bool) for b in buckets)
+    ):
+        raise ValueError(
+            "`prompt_buckets` must be None (powers of two), False (no "
+            "buckets) or a list of positive widths. Received: "
+            f"prompt_buckets={buckets!r}"
+        )
+    return tuple(widths)
 
 
 def _check_keys(inputs, required, optional):

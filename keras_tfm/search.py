@@ -156,28 +156,40 @@ def decode_steps(
     [[3, 4, 5, 6, 7]]
     """
     sampler = sampler or sampling.GreedySampler()
-    stop_ids = _stop_tensor(stop_ids)
-    lengths = ops.convert_to_tensor(lengths, dtype="int32")
     state = DecodeState(*state)
     state = state._replace(index=_backend.loop_index(state.index))
     length = state.ids.shape[-1]
     until = length if until is None else until
-    end = ops.minimum(until, length)
+    # What the loop reads, passed in (never closed over: see
+    # `_backend.while_loop`).
+    constants = _DecodeConstants(
+        lengths=ops.convert_to_tensor(lengths, dtype="int32"),
+        stop_ids=_stop_tensor(stop_ids),
+        seed=ops.convert_to_tensor(seed, dtype="int32"),
+        end=ops.minimum(ops.convert_to_tensor(until, dtype="int32"), length),
+        sampler={
+            name: getattr(sampler, name) for name in type(sampler).SETTINGS
+        },
+    )
     fill = fill_id(pad_id)
 
     # Without stop ids no row finishes: neither `cond` nor `body` spends
     # work on `finished` (which stays all False).
-    def cond(state):
-        if stop_ids is None:
-            return state.index < end
+    def cond(state, constants):
+        if constants.stop_ids is None:
+            return state.index < constants.end
         return ops.logical_and(
-            state.index < end, ops.logical_not(ops.all(state.finished))
+            state.index < constants.end,
+            ops.logical_not(ops.all(state.finished)),
         )
 
-    def body(state):
+    def body(state, constants):
         index, ids, finished = state.index, state.ids, state.finished
+        stop_ids, lengths = constants.stop_ids, constants.lengths
         logits, cache = next_logits(ids, state.cache, index)
-        tokens = sampler.choose(logits, index, seed, pad_id)
+        tokens = sampler.with_settings(constants.sampler).choose(
+            logits, index, constants.seed, pad_id
+        )
         if stop_ids is not None:
             tokens = ops.where(finished, fill, tokens)
         in_prompt = index < lengths
@@ -192,7 +204,15 @@ def decode_steps(
         ids = _backend.set_column(ids, index, tokens)
         return DecodeState(index + 1, ids, cache, finished)
 
-    return _backend.while_loop(cond, body, state)
+    return _backend.while_loop(cond, body, state, constants)
+
+
+class _DecodeConstants(NamedTuple):
+    lengths: Any
+    stop_ids: Any
+    seed: Any
+    end: Any
+    sampler: Any
 
 
 def decode(
@@ -260,6 +280,12 @@ def _flat_take(x, batch_index, width):
     rows = ops.arange(batch, dtype="int32")[:, None] * width
     flat = ops.reshape(rows + ops.cast(batch_index, "int32"), (-1,))
     return ops.take(x, flat, axis=0)
+
+
+class _BeamConstants(NamedTuple):
+    lengths: Any
+    stop_ids: Any
+    penalty: Any
 
 
 def repeat_rows(x, times):
@@ -352,27 +378,29 @@ def beam_search(
     finished_ids = ops.full((batch, beams, length), fill, dtype="int32")
     finished_scores = ops.full((batch, beams), NEG, dtype="float32")
     done = ops.zeros((batch,), dtype="bool")
-    keep_beams = ops.arange(beams, dtype="int32")[None, :] * ops.ones(
-        (batch, 1), "int32"
-    )
-    ranks = ops.arange(2 * beams, dtype="int32")[None, :]
 
-    def normalized(log_probs, generated):
+    def normalized(log_probs, generated, penalty):
         generated = ops.cast(ops.maximum(generated, 1), "float32")
         return log_probs / ops.power(generated, penalty)[:, None]
 
-    def cond(state):
+    def cond(state, constants):
         return ops.logical_and(
             state.index < length, ops.logical_not(ops.all(state.done))
         )
 
-    def body(state):
+    def body(state, constants):
         index, beam_ids, scores, done = (
             state.index,
             state.beam_ids,
             state.scores,
             state.done,
         )
+        lengths, stop_ids = constants.lengths, constants.stop_ids
+        penalty = constants.penalty
+        keep_beams = ops.arange(beams, dtype="int32")[None, :] * ops.ones(
+            (batch, 1), "int32"
+        )
+        ranks = ops.arange(2 * beams, dtype="int32")[None, :]
         flat_ids = ops.reshape(beam_ids, (batch * beams, length))
         logits, cache = next_logits(flat_ids, state.cache, index)
         log_probs = ops.log_softmax(
@@ -407,7 +435,11 @@ def beam_search(
         pool_scores = ops.concatenate(
             [
                 state.finished_scores,
-                ops.where(new_finished, normalized(top_scores, generated), NEG),
+                ops.where(
+                    new_finished,
+                    normalized(top_scores, generated, penalty),
+                    NEG,
+                ),
             ],
             axis=1,
         )
@@ -457,8 +489,9 @@ def beam_search(
     state = BeamState(
         start, beam_ids, scores, cache, finished_ids, finished_scores, done
     )
-    state = _backend.while_loop(cond, body, state)
-    live_scores = normalized(state.scores, state.index - lengths)
+    constants = _BeamConstants(lengths, stop_ids, penalty)
+    state = _backend.while_loop(cond, body, state, constants)
+    live_scores = normalized(state.scores, state.index - lengths, penalty)
     live_scores = ops.where(state.done[:, None], NEG, live_scores)
     all_scores = ops.concatenate([state.finished_scores, live_scores], axis=1)
     all_ids = ops.concatenate([state.finished_ids, state.beam_ids], axis=1)

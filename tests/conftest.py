@@ -28,6 +28,13 @@ if keras.backend.backend() == "torch":
     # training step measured ~20x slower with two on a loaded 2-core box).
     torch.set_num_threads(1)
 
+    from keras_tfm import _backend  # noqa: E402
+
+    # Generators trace their decoding step into one graph as in use, but
+    # run it without `torch.compile`: the C++ compiler would take tens of
+    # seconds per test. tests/test_torch_compile.py compiles for real.
+    _backend.TORCH_COMPILE = None
+
 
 def pytest_report_header(config):
     return f"keras {keras.__version__}, backend {keras.backend.backend()}"

@@ -30,7 +30,7 @@ SEQ = 8
 POSITIONS = ("sinusoidal", "learned", "rotary", "none")
 PROMPTS = np.array([[3, 4, 0], [5, 6, 7]])
 SOURCE = np.array([[3, 4, 5, 0], [6, 7, 8, 9]])
-COMPILED = keras.backend.backend() in ("jax", "tensorflow")
+COMPILED = True
 START_ID = 1
 
 
@@ -66,10 +66,13 @@ def starting(kind):
     return {"start_id": START_ID} if kind == "seq2seq" else {}
 
 
-def make_generator(model, jit_compile=False):
-    # TensorFlow without XLA in most tests, to keep compile times short;
-    # `test_no_recompilation` covers XLA.
-    return Generator(model, jit_compile=jit_compile)
+def make_generator(model, jit_compile=None, **kwargs):
+    # TensorFlow without XLA in most tests, to keep compile times short
+    # (`test_no_recompilation` covers XLA); PyTorch on its compiled path,
+    # whose traced step the suite runs without `torch.compile` (conftest).
+    if jit_compile is None:
+        jit_compile = keras.backend.backend() == "torch"
+    return Generator(model, jit_compile=jit_compile, **kwargs)
 
 
 def inputs_for(kind):
@@ -276,6 +279,50 @@ def test_stops_at_end_id_and_pads_after(kind):
 
 
 # ---------------------------------------------------------- compile once
+
+
+def test_prompt_buckets_compile_once_decoder_lm():
+    # Five prompt lengths (9 to 13) in the power-of-two bucket 16: one
+    # compiled search, the tokens of unbucketed generation.
+    model = make_model("decoder_lm", "sinusoidal", seed=12)
+    generator = make_generator(model)
+    unbucketed = make_generator(model, prompt_buckets=False)
+    rng = np.random.default_rng(0)
+    for width in range(9, 14):
+        prompts = rng.integers(1, VOCAB, size=(2, width))
+        prompts[0, width - 2 :] = 0  # ragged: row 0 is shorter
+        ids = generator.generate(prompts, 16)
+        np.testing.assert_array_equal(ids, unbucketed.generate(prompts, 16))
+        np.testing.assert_array_equal(ids[1, :width], prompts[1])
+    assert generator.trace_count == 1
+    assert unbucketed.trace_count == 5
+
+
+def test_prompt_buckets_argument_seq2seq():
+    # Sources of lengths 1 to 5 padded to the width 5 (`prompt_buckets`),
+    # decoder prompts of lengths 1 to 5 to the width 6: one compiled search.
+    model = make_model("seq2seq", "learned", seed=13)
+    generator = make_generator(model, prompt_buckets=[5, 6])
+    unbucketed = make_generator(model, prompt_buckets=False)
+    rng = np.random.default_rng(1)
+    for width in range(1, 6):
+        inputs = {
+            "encoder_token_ids": rng.integers(1, VOCAB, size=(2, width)),
+            "encoder_padding_mask": np.ones((2, width), bool),
+            "decoder_token_ids": rng.integers(1, VOCAB, size=(2, width)),
+            "decoder_padding_mask": np.ones((2, width), bool),
+        }
+        ids = generator.generate(inputs, SEQ)
+        np.testing.assert_array_equal(ids, unbucketed.generate(inputs, SEQ))
+        assert ids.shape == (2, SEQ)
+    assert generator.trace_count == 1
+    assert unbucketed.trace_count == 5
+
+
+@pytest.mark.parametrize("buckets", ([], [0, 4], "pow2", [True]))
+def test_prompt_buckets_bad_values(buckets):
+    with pytest.raises(ValueError, match="prompt_buckets"):
+        Generator(make_model("decoder_lm"), prompt_buckets=buckets)
 
 
 def test_no_recompilation():
@@ -688,7 +735,10 @@ def real_zero_lm(pad_id=None, bias_on=None, seed=50):
         tfm_layers.TokenAndPositionEmbedding(VOCAB, SEQ, 16, mask_zero=False),
         [
             tfm_layers.TransformerDecoderBlock(
-                2, 32, dropout=0.0, cross_attention=False
+                num_heads=2,
+                intermediate_dim=32,
+                dropout=0.0,
+                cross_attention=False,
             )
         ],
         head=keras.layers.Dense(VOCAB, name="head"),
@@ -710,9 +760,17 @@ def real_zero_seq2seq(pad_id=None, seed=51):
 
     model = Seq2SeqLM(
         embedding(),
-        [tfm_layers.TransformerEncoderBlock(2, 32, dropout=0.0)],
+        [
+            tfm_layers.TransformerEncoderBlock(
+                num_heads=2, intermediate_dim=32, dropout=0.0
+            )
+        ],
         embedding(),
-        [tfm_layers.TransformerDecoderBlock(2, 32, dropout=0.0)],
+        [
+            tfm_layers.TransformerDecoderBlock(
+                num_heads=2, intermediate_dim=32, dropout=0.0
+            )
+        ],
         head=keras.layers.Dense(VOCAB),
         pad_id=pad_id,
     )

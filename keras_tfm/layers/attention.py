@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tfm import masks
+from keras_tfm import _backend, masks
 from keras_tfm._validation import (
     check_bool,
     check_initializer,
@@ -493,7 +493,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 ],
                 axis=1,
             )
-            cache = ops.slice_update(
+            cache = _backend.slice_update(
                 cache, [0, 0, 0, cache_index, 0], ops.cast(update, cache.dtype)
             )
         keys, values = cache[:, 0], cache[:, 1]

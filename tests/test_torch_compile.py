@@ -1,0 +1,120 @@
+"""PyTorch: `Generator` compiles its decoding step with `torch.compile`.
+
+The rest of the suite runs the traced step without the compiler (see
+conftest); here one tiny model is compiled for real, once (module-scoped
+fixture: the C++ compile takes tens of seconds on a loaded 2-core box),
+and torch's own counters say how often.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_tfm import _backend
+from keras_tfm.generation import Generator
+from keras_tfm.models import decoder_lm
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="PyTorch only"
+)
+
+VOCAB = 20
+RNG = np.random.default_rng(3)
+
+
+def unique_graphs():
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """A tiny model, its compiled generator, and what the first calls
+    produced and compiled: ragged prompts of five lengths (9 to 13, one
+    bucket) generated twice."""
+    previous = _backend.TORCH_COMPILE
+    _backend.TORCH_COMPILE = {
+        "backend": "inductor",
+        "fullgraph": True,
+        "dynamic": False,
+    }
+    try:
+        keras.utils.set_random_seed(0)
+        model = decoder_lm(
+            VOCAB,
+            32,
+            num_layers=1,
+            embedding_dim=16,
+            num_heads=2,
+            intermediate_dim=32,
+            position="learned",
+        )
+        for variable in model.weights:  # varied tokens, far-apart logits
+            if len(variable.shape) == 2:
+                variable.assign(
+                    RNG.normal(0, 3 / variable.shape[0] ** 0.5, variable.shape)
+                )
+        generator = Generator(model)
+        before = unique_graphs()
+        prompts = []
+        outputs = []
+        for width in range(9, 14):
+            ids = RNG.integers(1, VOCAB, size=(2, width))
+            ids[0, width - 3 :] = 0  # ragged
+            prompts.append(ids)
+            outputs.append(generator.generate(ids, 20))
+        first_graphs = unique_graphs() - before
+        again = generator.generate(prompts[0], 20)
+        streamed = np.concatenate(
+            list(generator.stream(prompts[1], 20, chunk_size=4)), axis=1
+        )
+        graphs = unique_graphs() - before
+        yield {
+            "model": model,
+            "generator": generator,
+            "prompts": prompts,
+            "outputs": outputs,
+            "again": again,
+            "streamed": streamed,
+            "first_graphs": first_graphs,
+            "graphs": graphs,
+        }
+    finally:
+        _backend.TORCH_COMPILE = previous
+
+
+def test_compiled_once_for_five_prompt_lengths(compiled):
+    # One graph for the step: five prompt lengths in one bucket, a second
+    # call of the same shape and `stream` all reuse it.
+    assert compiled["first_graphs"] == 1
+    assert compiled["graphs"] == 1
+    assert compiled["generator"].trace_count == 1
+
+
+def test_compiled_equals_eager_and_full_pass_argmax(compiled):
+    model = compiled["model"]
+    eager = Generator(model, jit_compile=False)
+    for prompts, ids in zip(
+        compiled["prompts"], compiled["outputs"], strict=True
+    ):
+        np.testing.assert_array_equal(ids, eager.generate(prompts, 20))
+        # Greedy: each generated token is the full model's argmax (never
+        # the padding id 0).
+        lengths = (prompts > 0).sum(axis=1)
+        logits = keras.ops.convert_to_numpy(model(ids[:, :-1]))
+        logits[..., 0] = -np.inf
+        for row, length in enumerate(lengths):
+            np.testing.assert_array_equal(
+                ids[row, length:], logits[row, length - 1 :].argmax(-1)
+            )
+    np.testing.assert_array_equal(compiled["again"], compiled["outputs"][0])
+    np.testing.assert_array_equal(compiled["streamed"], compiled["outputs"][1])
+
+
+def test_eager_fallback_is_an_option(compiled):
+    generator = Generator(compiled["model"], jit_compile=False)
+    before = unique_graphs()
+    generator.generate(compiled["prompts"][0], 20)
+    assert unique_graphs() == before
+    assert generator.trace_count == 0
