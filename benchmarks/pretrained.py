@@ -128,6 +128,13 @@ def parse_args(argv=None):
         default="on",
         help="the keras-hub GPT-2 row (needs the jax worker)",
     )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads for the transformers rows (0: torch's "
+        "default, one per core)",
+    )
     parser.add_argument("--bandwidth-mib", type=int, default=512)
     parser.add_argument("--gemm-size", type=int, default=4096)
     parser.add_argument("--initializer-range", type=float, default=0.02)
@@ -233,7 +240,7 @@ def floor_ms(figures, batch, prompt, new, bandwidth, gemm):
 # The machine's own rates
 
 
-def copy_bandwidth(mib, repeats=5):
+def copy_bandwidth(mib, repeats=10):
     """Bytes per second of `numpy.copyto` (read + write), best of repeats."""
     source = np.ones(mib * 2**20 // 4, "float32")
     target = np.empty_like(source)
@@ -246,7 +253,7 @@ def copy_bandwidth(mib, repeats=5):
     return 2 * source.nbytes / best
 
 
-def gemm_rate(size, repeats=5):
+def gemm_rate(size, repeats=10):
     """FLOP/s of a float32 `torch.matmul`, best of repeats."""
     import torch
 
@@ -548,6 +555,10 @@ def main(argv=None):
         worker_main(args)
         return
 
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     load_start = os.getloadavg()
     print(f"load average {load_start}", flush=True)
     bandwidth = copy_bandwidth(args.bandwidth_mib)
