@@ -4,8 +4,9 @@ Milliseconds per decoding step (time of one `generate` call over the new
 tokens it makes) of a GPT-2-small-shaped model (vocabulary 50257, 1024
 positions, width 768, 12 layers, 12 heads, tied head: 124M parameters)
 and a Llama-shaped one (vocabulary 32000, width 768, 12 layers, 12 query
-heads over 4 key/value heads, SiLU-gated FFN 2048, untied head: 110M),
-at batch 1 and 8, for 128 and 512 new tokens after an 8-token prompt.
+heads over 4 key/value heads, SiLU-gated FFN 2048, untied head: 125M
+parameters, 100M of them read per step), at batch 1 and 8, for 128 and
+512 new tokens after an 8-token prompt.
 The weights are random (seeded) and made here with `transformers`,
 written with `save_pretrained` to a temporary directory; every row runs
 those same weights:
@@ -566,14 +567,14 @@ def main(argv=None):
         worker_main(args)
         return
 
+    load_start = os.getloadavg()
+    print(f"load average {load_start}", flush=True)
+    bandwidth = copy_bandwidth(args.bandwidth_mib)
+    gemm = gemm_rate(args.gemm_size)  # every core, before --torch-threads
     if args.torch_threads:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    load_start = os.getloadavg()
-    print(f"load average {load_start}", flush=True)
-    bandwidth = copy_bandwidth(args.bandwidth_mib)
-    gemm = gemm_rate(args.gemm_size)
     print(
         f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
         f"GEMM {gemm / 1e9:.0f} GFLOP/s",
