@@ -628,7 +628,9 @@ def main(argv=None):
                     rows = [
                         row
                         for row in names
-                        if (row != HUB or model == "gpt2") and row not in errors
+                        if (row != HUB or model == "gpt2")
+                        and (row != COMPILED or new in args.compiled_new_tokens)
+                        and row not in errors
                     ]
                     entry = _measure(
                         callers, rows, model, prompts, new, args, errors
