@@ -575,6 +575,11 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    rates = {
+        "copy_bandwidth_bytes_per_second": bandwidth,
+        "gemm_flops_per_second": gemm,
+        "load_average_start": list(load_start),
+    }
     print(
         f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
         f"GEMM {gemm / 1e9:.0f} GFLOP/s",
@@ -657,18 +662,14 @@ def main(argv=None):
                     partial = summary(
                         args, entries, names, errors, versions, figures
                     )
-                    write(args, dict(partial, partial=True))
+                    write(args, dict(partial, **rates, partial=True))
     finally:
         for worker in workers:
             worker.close()
         directory.cleanup()
 
     result = summary(args, entries, names, errors, versions, figures)
-    result.update(
-        copy_bandwidth_bytes_per_second=bandwidth,
-        gemm_flops_per_second=gemm,
-        load_average_start=list(load_start),
-    )
+    result.update(rates)
     load_end = result["load_average_end"]
     print()
     print(
