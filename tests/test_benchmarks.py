@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import _common  # noqa: E402
 import generation  # noqa: E402
+import pretrained  # noqa: E402
 import train_step_profile  # noqa: E402
 
 
@@ -202,3 +203,68 @@ def test_packing_quick_run_reports_fill_and_real_tokens(tmp_path):
         "packed_weights_on_padded_batches"
     ] == pytest.approx(rows["packed"]["validation_loss"], rel=1e-4)
     assert result["table_markdown"] in log
+
+
+def test_pretrained_quick_run_reports_rows_floor_and_targets(tmp_path):
+    # The current backend's worker only; transformers eager as reference.
+    backend = keras.backend.backend()
+    result, log = _run(
+        "pretrained.py",
+        tmp_path,
+        "--models",
+        "gpt2",
+        "--batch-sizes",
+        "1",
+        "--backends",
+        backend,
+        "--torch-rows",
+        "eager",
+    )
+    (entry,) = result["entries"]
+    ours = pretrained.OURS[backend]
+    expected = {ours, pretrained.EAGER}
+    if backend == "jax":
+        expected.add(pretrained.HUB)
+    assert set(entry["rows"]) == expected
+    for row in entry["rows"].values():
+        assert row["same_tokens"], entry
+        assert row["ms_per_step"] > 0
+        assert row["first_call_seconds"] > 0
+        assert len(row["seconds_per_call"]) == result["config"]["rounds"]
+    floor = entry["floor"]
+    assert floor["ms_per_step"] == max(floor["memory_ms"], floor["compute_ms"])
+    assert floor["ms_per_step"] > 0
+    assert result["copy_bandwidth_bytes_per_second"] > 0
+    assert result["gemm_flops_per_second"] > 0
+    goals = {goal["target"]: goal for goal in entry["targets"]}
+    within = goals["batch 1 within 1.15x of the floor"]
+    assert within["ratio"] == pytest.approx(
+        entry["rows"][ours]["ms_per_step"] / floor["ms_per_step"]
+    )
+    assert within["met"] == (within["ratio"] <= 1.15)
+    assert len(result["load_average_start"]) == 3
+    assert not result["errors"]
+    assert result["table"] in log
+    assert result["targets_table"] in log
+
+
+def test_pretrained_floor_counts_weights_and_the_filled_cache():
+    figures = {
+        "parameters_read_per_step": 1000,
+        "layers": 2,
+        "heads": 4,
+        "key_value_heads": 2,
+        "head_dim": 8,
+    }
+    # One new token after a 3-token prompt attends over 4 positions.
+    floor = pretrained.floor_ms(figures, 1, 3, 1, bandwidth=1e6, gemm=1e9)
+    cache_bytes = 2 * 2 * (2 * 8) * 4 * 4
+    assert floor["bytes_per_step"] == 4 * 1000 + cache_bytes
+    assert floor["memory_ms"] == pytest.approx(
+        1000 * (4000 + cache_bytes) / 1e6
+    )
+    assert floor["flops_per_step"] == 2 * 1000 + 4 * 2 * 4 * 8 * 4
+    # Batch 8 reads the weights once and eight caches.
+    floor8 = pretrained.floor_ms(figures, 8, 3, 1, bandwidth=1e6, gemm=1e9)
+    assert floor8["bytes_per_step"] == 4 * 1000 + 8 * cache_bytes
+    assert floor8["flops_per_step"] == 8 * floor["flops_per_step"]
