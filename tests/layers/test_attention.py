@@ -20,6 +20,7 @@ from tests.helpers import (
     padding,
     random_inputs,
     randomize_torch,
+    run_layer_test,
     to_numpy,
 )
 
@@ -484,7 +485,7 @@ def test_bad_inputs_raise():
 # ------------------------------------------------- Keras integration
 
 
-def test_keras_masks_are_used_for_keys_only_and_propagated():
+def test_keras_masks_are_used_as_keras_does_and_propagated():
     ids = keras.Input((LENGTH,), dtype="int32")
     embedded = keras.layers.Embedding(30, DIM, mask_zero=True)(ids)
     layer = MultiHeadAttention(HEADS, KEY_DIM)
@@ -495,10 +496,12 @@ def test_keras_masks_are_used_for_keys_only_and_propagated():
     attended, pooled = (to_numpy(t) for t in model(tokens))
     vectors = to_numpy(model.layers[1](tokens))
     key_mask = tokens != 0
-    mask = np.repeat(key_mask[:, None, :], LENGTH, axis=1)
-    # The query mask is not used: padded queries attend like real ones.
+    # As Keras: the query mask AND the key mask; a padded query attends to
+    # nothing, which gives the output bias (zero with the default bias).
+    mask = key_mask[:, :, None] & key_mask[:, None, :]
     expected = to_numpy(layer(vectors, vectors, attention_mask=mask))
     np.testing.assert_allclose(attended, expected, atol=1e-6)
+    np.testing.assert_array_equal(attended[~key_mask], 0.0)
     # The output keeps the query's Keras mask: pooling skips padding.
     mean = (expected * key_mask[..., None]).sum(1) / key_mask.sum(1)[:, None]
     np.testing.assert_allclose(pooled, mean, atol=1e-5)
@@ -963,3 +966,112 @@ def test_cache_shape_check_names_key_value_heads():
             cache_index=0,
             use_causal_mask=True,
         )
+
+
+# ------------------------------------------------- Keras drop-in
+
+
+def test_run_layer_test():
+    x = random_inputs(70)
+    run_layer_test(
+        MultiHeadAttention,
+        {"num_heads": HEADS, "key_dim": KEY_DIM, "dropout": 0.1, "seed": 3},
+        (x, x),
+        # query, key, value and output kernels and biases.
+        num_trainable_weights=8,
+        num_seed_generators=1,
+        expected_output_shape=x.shape,
+        input_mask=padding([LENGTH, 3]),
+    )
+
+
+def test_compute_output_shape_checks_ranks():
+    layer = MultiHeadAttention(HEADS, KEY_DIM)
+    with pytest.raises(ValueError, match="key"):
+        layer.compute_output_shape((2, 4, 8), (2, 2, 7), (2,))
+
+
+@pytest.mark.parametrize("shape", [(0, LENGTH, DIM), (BATCH, 0, DIM)])
+def test_empty_batch_or_sequence_gives_an_empty_output(shape):
+    x = np.zeros(shape, "float32")
+    output = MultiHeadAttention(HEADS, KEY_DIM)(x, x)
+    assert tuple(output.shape) == shape
+
+
+def _copy_from_keras(ours, theirs):
+    """Keras's EinsumDense kernels (dim, heads, head_dim) reshape to ours."""
+    pairs = [
+        (ours.query_dense, theirs._query_dense),
+        (ours.key_dense, theirs._key_dense),
+        (ours.value_dense, theirs._value_dense),
+        (ours.output_dense, theirs._output_dense),
+    ]
+    for dense, einsum in pairs:
+        kernel, bias = (to_numpy(w) for w in einsum.weights)
+        dense.kernel.assign(kernel.reshape(dense.kernel.shape))
+        dense.bias.assign(bias.reshape(dense.bias.shape))
+
+
+def test_keras_call_patterns_give_keras_results():
+    arguments = {
+        "num_heads": HEADS,
+        "key_dim": KEY_DIM,
+        "value_dim": KEY_DIM + 2,
+        "output_shape": 10,
+        "kernel_regularizer": "l2",
+        "bias_regularizer": "l1",
+        "activity_regularizer": "l2",
+        "kernel_constraint": "non_neg",
+        "bias_constraint": "unit_norm",
+        "seed": 1,
+    }
+    theirs = keras.layers.MultiHeadAttention(**arguments)
+    ours = MultiHeadAttention(**arguments)
+    query, value, key = (random_inputs(80 + i) for i in range(3))
+    theirs(query, value, key)
+    ours(query, value, key)
+    _copy_from_keras(ours, theirs)
+    for name in ("num_heads", "key_dim", "value_dim", "dropout", "use_bias"):
+        assert getattr(ours, name) == getattr(theirs, name)
+        with pytest.raises(AttributeError):
+            setattr(ours, name, 1)
+    config = ours.get_config()
+    assert config["output_dim"] == 10 and "output_shape" not in config
+    assert MultiHeadAttention.from_config(config).get_config() == config
+    assert len(ours.losses) == len(theirs.losses) > 0
+
+    query_mask = padding([LENGTH, 4])
+    value_mask = padding([LENGTH, 3])
+    mask = np.tril(np.ones((LENGTH, LENGTH), bool))[None].repeat(BATCH, 0)
+    patterns = [
+        ((query, value), {}),
+        ((query, value, key), {}),
+        ((query, value, key, None, value_mask), {}),
+        ((query, value), {"attention_mask": mask}),
+        ((query, value), {"use_causal_mask": True}),
+        ((query, value), {"value_mask": value_mask}),
+    ]
+    for args, kwargs in patterns:
+        expected, expected_scores = theirs(
+            *args, return_attention_scores=True, **kwargs
+        )
+        got, scores = ours(*args, return_attention_scores=True, **kwargs)
+        np.testing.assert_allclose(to_numpy(got), to_numpy(expected), atol=1e-5)
+        np.testing.assert_allclose(
+            to_numpy(scores), to_numpy(expected_scores), atol=1e-5
+        )
+
+    # Keras reads the query's Keras mask: a padded query attends to
+    # nothing. The real queries agree; Keras gives padded ones the mean of
+    # the values, this layer the output bias.
+    inputs = keras.Input((LENGTH, DIM))
+    masked = keras.layers.Masking()(inputs)
+    for layer in (theirs, ours):
+        model = keras.Model(inputs, layer(masked, masked))
+        data = np.where(query_mask[..., None], query, 0.0).astype("float32")
+        result = to_numpy(model(data))
+        if layer is theirs:
+            expected = result
+    np.testing.assert_allclose(
+        result[query_mask], expected[query_mask], atol=1e-5
+    )
