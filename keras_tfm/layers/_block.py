@@ -1,7 +1,6 @@
 """What the encoder and decoder blocks share: arguments and sublayers."""
 
 import keras
-from keras import ops
 
 from keras_tfm import activations, masks
 from keras_tfm._masking import MaskArgument
@@ -161,7 +160,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         self._check_padding_mask("segment_ids", segment_ids, inputs.shape[1])
         segments = masks.segment_mask(segment_ids, causal=causal)
         return (
-            ops.not_equal(segment_ids, 0),
+            masks.padding_mask(segment_ids),
             masks.combine_masks(segments, attention_mask),
         )
 
@@ -199,6 +198,10 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
             dtype=self.dtype_policy,
             name=name,
         )
+        # The block chooses its masks itself (the key side's padding only,
+        # explicit arguments replacing Keras masks): the query's Keras mask
+        # that Keras fills in is not applied.
+        layer._use_query_mask = False
         layer.build(query_shape, value_shape)
         return layer
 
@@ -233,18 +236,6 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         layer.build(shape)
         return layer
 
-    def _residual(self, add_norm, inputs, sublayer, training):
-        """Post-norm `Norm(x + f(x))` or pre-norm `x + f(Norm(x))`."""
-        sublayer_inputs = (
-            add_norm.normalize(inputs) if self.norm_first else inputs
-        )
-        outputs = sublayer(sublayer_inputs)
-        extra = None
-        if isinstance(outputs, tuple):
-            outputs, *extra = outputs
-        result = add_norm([inputs, outputs], training=training)
-        return result if extra is None else (result, *extra)
-
     def compute_mask(self, inputs, mask=None, *args, **kwargs):
         return mask
 
@@ -255,13 +246,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
             attention = getattr(self, name, None)
             if attention is not None:
                 found += attention._dense_layers()
-        feed_forward = self.feed_forward
-        found += [
-            feed_forward.intermediate_dense,
-            getattr(feed_forward, "gate_dense", None),
-            feed_forward.output_dense,
-        ]
-        return found
+        return found + self.feed_forward._dense_layers()
 
     def get_config(self):
         config = super().get_config()
@@ -298,3 +283,14 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
             }
         )
         return config
+
+
+def split_attention_results(results, scores, cache):
+    """`(output, scores, cache)` of an attention call, with `None` for the
+    scores or the cache that were not asked for."""
+    output, *rest = results if scores or cache else (results,)
+    return (
+        output,
+        rest.pop(0) if scores else None,
+        rest.pop(0) if cache else None,
+    )

@@ -156,18 +156,19 @@ class FeedForward(keras.layers.Layer):
         width = self.output_dim or input_shape[-1]
         return tuple(input_shape[:-1]) + (width,)
 
+    def _dense_layers(self):
+        """The Dense sublayers (for the configs of quantized layers)."""
+        return [
+            self.intermediate_dense,
+            getattr(self, "gate_dense", None),
+            self.output_dense,
+        ]
+
     def get_config(self):
         config = super().get_config()
         if self.built:
             # After model.quantize(...), the Dense layers' policies.
-            config["dtype"] = dtype_policy_config(
-                self,
-                [
-                    self.intermediate_dense,
-                    getattr(self, "gate_dense", None),
-                    self.output_dense,
-                ],
-            )
+            config["dtype"] = dtype_policy_config(self, self._dense_layers())
         config.update(
             {
                 "intermediate_dim": self.intermediate_dim,
