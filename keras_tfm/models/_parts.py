@@ -31,6 +31,19 @@ def check_blocks(name, blocks):
     return list(blocks)
 
 
+def check_no_cross_attention(name, blocks):
+    """Refuse decoder blocks that attend to an encoder in a decoder-only
+    model, which has no encoder outputs to give them."""
+    for index, block in enumerate(blocks):
+        if getattr(block, "cross_attention", False) is True:
+            raise ValueError(
+                f"`{name}[{index}]` ({block.name}) has cross_attention=True, "
+                "but a decoder-only model has no encoder outputs: build it "
+                "with TransformerDecoderBlock(..., cross_attention=False). "
+                f"Received: {name}[{index}] with cross_attention=True"
+            )
+
+
 def token_table(name, embedding):
     """The `TokenEmbedding` that a tied head (`head=None`) projects with."""
     if isinstance(embedding, TokenEmbedding):

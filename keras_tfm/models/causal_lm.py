@@ -91,6 +91,7 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
     ):
         _parts.check_layer("embedding", embedding)
         blocks = _parts.check_blocks("blocks", blocks)
+        _parts.check_no_cross_attention("blocks", blocks)
         _parts.check_layer("final_norm", final_norm, allow_none=True)
         _parts.check_layer("head", head, allow_none=True)
         if head is None:
