@@ -41,9 +41,11 @@ BLEU and chrF (sacrebleu, default settings, its signatures included).
 as a TensorFlow SavedModel with the tokenizer beside it (TensorFlow
 backend only). `--distribute` trains on several devices (see the
 README's "Distribution"). OUTPUT_DIR receives checkpoints, the tokenizer,
-history.csv, metrics.json and plots (learning curves, the position table,
-a cross-attention map); the last line printed is the JSON of the final
-metrics. Interrupt it and run the same command again to resume.
+history.csv, metrics.json, test_predictions.tsv (each test pair's source,
+reference and decoded hypothesis, to rescore or inspect) and plots
+(learning curves, the position table, a cross-attention map); the last
+line printed is the JSON of the final metrics. Interrupt it and run the
+same command again to resume.
 """
 
 import datetime
@@ -295,6 +297,23 @@ def fill(inputs):
     return sum(map(np.count_nonzero, arrays)) / sum(a.size for a in arrays)
 
 
+PREDICTIONS = "test_predictions.tsv"
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def write_predictions(path, test, hypotheses):
+    """Write `source<TAB>reference<TAB>hypothesis`, a header line and one
+    row per test pair, so that a run can be rescored; a backslash, tab or
+    line break inside a text is written `\\\\`, `\\t`, `\\n` or `\\r`."""
+    with open(path, "w", encoding="utf-8", newline="") as file:
+        file.write("source\treference\thypothesis\n")
+        for (source, reference), hypothesis in zip(
+            test, hypotheses, strict=True
+        ):
+            texts = (source, reference, hypothesis)
+            file.write("\t".join(t.translate(_ESCAPES) for t in texts) + "\n")
+
+
 def main(argv=None):
     parser, args = parse_args(argv)
     rng = np.random.default_rng(args.seed)
@@ -404,6 +423,7 @@ def main(argv=None):
         **decoding.generation_options(args),
     )
     hypotheses = [data.decode(tokenizer, ids) for ids in predicted]
+    write_predictions(run.path(PREDICTIONS), test, hypotheses)
     for (source, target), guess in zip(test[:5], hypotheses, strict=False):
         print(f"{source!r} -> {guess!r} (want {target!r})")
     metrics = {

@@ -13,7 +13,9 @@ from keras_tfm import (
     metrics,
     models,
     plotting,
+    sampling,
     schedules,
+    search,
 )
 from keras_tfm.layers import *  # noqa: F403
 
@@ -32,6 +34,8 @@ __all__ = [
     "metrics",
     "models",
     "plotting",
+    "sampling",
     "schedules",
+    "search",
     *layers.__all__,
 ]

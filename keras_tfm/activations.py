@@ -43,7 +43,15 @@ ACTIVATIONS = {"gelu_approximate": gelu_approximate}
 
 
 def get(identifier):
-    """The activation named `identifier` here or in Keras, or a callable."""
+    """The activation named `identifier` here or in Keras, or a callable.
+
+    Example:
+
+    >>> get("gelu_approximate") is gelu_approximate
+    True
+    >>> get("relu") is keras.activations.relu
+    True
+    """
     if isinstance(identifier, str) and identifier in ACTIVATIONS:
         return ACTIVATIONS[identifier]
     if isinstance(identifier, dict):
@@ -55,7 +63,13 @@ def get(identifier):
 
 
 def serialize(activation):
-    """The plain name of an activation of this module, else Keras's form."""
+    """The plain name of an activation of this module, else Keras's form.
+
+    Example:
+
+    >>> serialize(gelu_approximate), serialize(keras.activations.relu)
+    ('gelu_approximate', 'relu')
+    """
     for name, function in ACTIVATIONS.items():
         if activation is function:
             return name

@@ -46,6 +46,8 @@ import math
 import keras
 import numpy as np
 
+from keras_tfm._validation import check_bool, check_positive_int
+
 __all__ = [
     "BucketedDataset",
     "PackedDataset",
@@ -61,15 +63,10 @@ __all__ = [
 
 
 def _check_length(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    if value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
+    """`value` as an int if it is a positive Python or NumPy integer."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    return check_positive_int(name, value)
 
 
 def _check_pad_id(pad_id):
@@ -605,20 +602,31 @@ def bucket_batches(
 
 
 def _split(batch, inputs, labels):
-    """`(inputs dict, labels)` from a dict of arrays, as `fit` takes it."""
+    """`(inputs dict, labels)` from a dict of arrays, as `fit` takes it.
+
+    `inputs` names the arrays the model takes (None: all but `"labels"`
+    and `"indices"`); with `labels=True` the array `"labels"` is the
+    target, with `labels=False` the item is `(inputs dict,)`.
+    """
     keys = inputs
     if keys is None:
-        keys = [k for k in batch if k not in (labels, "labels", "indices")]
-    missing = [k for k in [*keys, labels] if k is not None and k not in batch]
+        keys = [k for k in batch if k not in ("labels", "indices")]
+    missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(
-            f"`inputs` and `labels` must name arrays of the data, which has "
-            f"{sorted(batch)}. Received: inputs={inputs!r}, labels={labels!r}"
+            f"`inputs` must name arrays of the data, which has "
+            f"{sorted(batch)}. Received: inputs={inputs!r}"
+        )
+    if labels and "labels" not in batch:
+        raise ValueError(
+            "`labels=True` takes the data's `labels` array, which it lacks "
+            "(pack with `return_labels=True`, or pass `labels=False`). "
+            f"Received: data with {sorted(batch)}"
         )
     x = {k: batch[k] for k in keys}
-    if labels is None:
+    if not labels:
         return (x,)
-    return x, batch[labels]
+    return x, batch["labels"]
 
 
 class PackedDataset(keras.utils.PyDataset):
@@ -626,7 +634,8 @@ class PackedDataset(keras.utils.PyDataset):
 
     Each item is `(inputs, labels)`: `inputs` a dict of the arrays named in
     `inputs` (by default all but `labels`), matched by `fit` to the model's
-    inputs of the same names; `labels` the array named by `labels`. Rows
+    inputs of the same names; `labels` the `"labels"` array (from
+    `return_labels=True`), or just `(inputs,)` with `labels=False`. Rows
     are shuffled at the start and after every epoch when `shuffle=True`.
 
     Args:
@@ -634,9 +643,9 @@ class PackedDataset(keras.utils.PyDataset):
         batch_size: rows per batch; the last batch may be smaller (see
             `drop_remainder`).
         inputs: names of the arrays the model takes. Defaults to all but
-            `labels` (and the array named `"labels"`).
-        labels: name of the labels array, or `None` to yield inputs only.
-            Defaults to `"labels"`.
+            `"labels"`.
+        labels: yield the `"labels"` array as the target; `False` yields
+            inputs only. Defaults to `True`, as for `BucketedDataset`.
         shuffle: shuffle the rows every epoch. Defaults to `True`.
         seed: seed of the shuffles.
         drop_remainder: leave out the last rows that do not fill a batch,
@@ -658,13 +667,14 @@ class PackedDataset(keras.utils.PyDataset):
         batch_size,
         *,
         inputs=None,
-        labels="labels",
+        labels=True,
         shuffle=True,
         seed=None,
         drop_remainder=False,
         **kwargs,
     ):
         self.batch_size = _check_length("batch_size", batch_size)
+        labels = check_bool("labels", labels)
         if not isinstance(packed, dict) or not packed:
             raise ValueError(
                 "`packed` must be the dict returned by `pack` or "
@@ -747,9 +757,9 @@ class BucketedDataset(keras.utils.PyDataset):
             "max_length": max_length,
             "truncate": truncate,
             "drop_remainder": drop_remainder,
-            "return_labels": bool(labels),
+            "return_labels": check_bool("labels", labels),
         }
-        self.labels = bool(labels)
+        self.labels = labels
         self._seeds = np.random.default_rng(seed)
         self._batches = bucket_batches(
             sequences, seed=self._next_seed(), **self._options
@@ -765,7 +775,7 @@ class BucketedDataset(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         batch = self._batches[index]
-        return _split(batch, ["token_ids"], "labels" if self.labels else None)
+        return _split(batch, ["token_ids"], self.labels)
 
     def on_epoch_end(self):
         self._batches = bucket_batches(

@@ -264,6 +264,20 @@ def export_onnx(model, path, **kwargs):
 
     Raises:
         RuntimeError: under a backend other than TensorFlow.
+
+    Example:
+
+    >>> import importlib.util, os, tempfile
+    >>> from keras_tfm.models import encoder_classifier
+    >>> model = encoder_classifier(20, 8, 2, num_layers=1, embedding_dim=16,
+    ...                            num_heads=2, intermediate_dim=32,
+    ...                            activation="gelu")
+    >>> _ = model(np.array([[3, 4, 0]]))  # Keras exports called models
+    >>> path = os.path.join(tempfile.mkdtemp(), "classifier.onnx")
+    >>> if (keras.backend.backend() == "tensorflow"  # what it needs
+    ...         and importlib.util.find_spec("tf2onnx")):
+    ...     export_onnx(model, path, verbose=False)
+    ...     assert os.path.getsize(path) > 0
     """
     backend = keras.backend.backend()
     if backend != "tensorflow":

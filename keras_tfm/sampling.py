@@ -20,7 +20,11 @@ from typing import NamedTuple
 import numpy as np
 from keras import ops
 
-from keras_tfm._validation import check_positive_int
+from keras_tfm._validation import (
+    check_bool,
+    check_positive_int,
+    check_positive_number,
+)
 
 # Logit and score of what must never be chosen; finite, so that sums and
 # differences of masked values stay finite (no `inf - inf`).
@@ -33,7 +37,14 @@ def _int32(value):
 
 def mask_padding(logits, pad_id=0):
     """Float32 logits with the padding id never chosen (none when
-    `pad_id` is None)."""
+    `pad_id` is None).
+
+    Example:
+
+    >>> logits = mask_padding(np.array([[5.0, 1.0, 2.0]]), pad_id=0)
+    >>> ops.convert_to_numpy(ops.argmax(logits, axis=-1)).tolist()
+    [2]
+    """
     logits = ops.cast(logits, "float32")
     if pad_id is None:
         return logits
@@ -97,14 +108,30 @@ def gumbel_noise(seed, index, shape):
 
 
 def filter_top_k(logits, top_k):
-    """Keep the `top_k` largest logits of each row, the rest `NEG`."""
+    """Keep the `top_k` largest logits of each row, the rest `NEG`.
+
+    Example:
+
+    >>> logits = ops.convert_to_tensor([[1.0, 3.0, 2.0]])
+    >>> logits = filter_top_k(logits, 2)
+    >>> (ops.convert_to_numpy(logits) > NEG).tolist()
+    [[False, True, True]]
+    """
     top_k = min(top_k, logits.shape[-1])
     kth = ops.top_k(logits, top_k)[0][:, -1:]
     return ops.where(logits >= kth, logits, NEG)
 
 
 def filter_top_p(logits, top_p):
-    """Keep the smallest set of most likely tokens whose mass is >= top_p."""
+    """Keep the smallest set of most likely tokens whose mass is >= top_p.
+
+    Example:
+
+    >>> logits = ops.log(ops.convert_to_tensor([[0.2, 0.5, 0.3]]))
+    >>> kept = filter_top_p(logits, 0.7)  # 0.5 + 0.3 reaches 0.7
+    >>> (ops.convert_to_numpy(kept) > NEG).tolist()
+    [[False, True, True]]
+    """
     probabilities = ops.softmax(logits, axis=-1)
     vocabulary = logits.shape[-1]
     descending = ops.top_k(probabilities, vocabulary)[0]
@@ -116,29 +143,38 @@ def filter_top_p(logits, top_p):
 
 def tempered(logits, temperature):
     """`(logits - row max) / temperature`: the best token is exactly 0, so
-    tiny or huge temperatures cannot overflow the softmax to NaN."""
+    tiny or huge temperatures cannot overflow the softmax to NaN.
+
+    Example:
+
+    >>> out = tempered(ops.convert_to_tensor([[1.0, 3.0]]), 2.0)
+    >>> ops.convert_to_numpy(out).tolist()
+    [[-1.0, 0.0]]
+    """
     logits = logits - ops.max(logits, axis=-1, keepdims=True)
     return logits / ops.cast(temperature, "float32")
 
 
-def _check_number(name, value, low, high, include_high=True):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.integer, np.floating))
-        or not math.isfinite(value)
-        or not low < value
-        or not (value <= high if include_high else value < high)
+def _python_scalar(value):
+    """A NumPy scalar as the Python number it holds; anything else as is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_probability(name, value):
+    """`value` as a float in (0, 1]."""
+    value = _python_scalar(value)
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float)) and 0 < value <= 1
     ):
-        bound = "]" if include_high else ")"
         raise ValueError(
-            f"`{name}` must be a number in ({low}, {high}{bound}. "
-            f"Received: {name}={value!r}"
+            f"`{name}` must be a number in (0, 1]. Received: {name}={value!r}"
         )
     return float(value)
 
 
 def _check_temperature(temperature):
-    return _check_number("temperature", temperature, 0, math.inf, False)
+    temperature = _python_scalar(temperature)
+    return float(check_positive_number("temperature", temperature))
 
 
 def _check_seed(seed):
@@ -160,6 +196,12 @@ class Sampler:
     search takes as tensors (`settings()` gives them, `with_settings`
     returns a copy holding the tensors), so changing them does not compile
     again; `static()` is what the compiled search depends on.
+
+    Example:
+
+    >>> logits = np.array([[9.0, 2.0, 5.0]], "float32")  # id 0 is padding
+    >>> ops.convert_to_numpy(Sampler().choose(logits, 0, 0)).tolist()
+    [2]
     """
 
     SETTINGS = ()
@@ -248,14 +290,9 @@ class BeamSampler(Sampler):
                 "`length_penalty` must be a finite number. Received: "
                 f"length_penalty={length_penalty!r}"
             )
-        if not isinstance(return_all, bool):
-            raise ValueError(
-                "`return_all` must be a boolean. Received: "
-                f"return_all={return_all!r}"
-            )
         self.num_beams = num_beams
         self.length_penalty = float(length_penalty)
-        self.return_all = return_all
+        self.return_all = check_bool("return_all", return_all)
 
     SETTINGS = ("length_penalty",)
 
@@ -335,7 +372,7 @@ class TopPSampler(_RandomSampler):
     """
 
     def __init__(self, p, temperature=1.0, seed=None, k=None):
-        p = _check_number("p", p, 0, 1)
+        p = _check_probability("p", p)
         check_positive_int("k", k, allow_none=True)
         super().__init__(temperature, seed)
         self.p = p
@@ -372,6 +409,11 @@ class SamplerOptions(NamedTuple):
         num_beams, length_penalty: options of `"beam"` (`BeamSampler`).
         top_k, top_p, temperature, seed: options of `"top_k"` and
             `"top_p"` (`TopKSampler`, `TopPSampler`).
+
+    Example:
+
+    >>> get("top_k", **SamplerOptions(top_k=5, seed=1)._asdict())
+    TopKSampler(k=5, temperature=1.0, seed=1)
     """
 
     num_beams: int | None = None
@@ -398,6 +440,15 @@ def get(sampler, **options):
     does not use is an error (`get("greedy", temperature=0.7)`, `seed`
     with a deterministic sampler), as is any option next to a sampler
     object, whose own arguments hold them.
+
+    Example:
+
+    >>> get("top_k", top_k=5, temperature=0.7, seed=1)
+    TopKSampler(k=5, temperature=0.7, seed=1)
+    >>> get("greedy", temperature=0.7)
+    Traceback (most recent call last):
+    ...
+    ValueError: sampler='greedy' does not use temperature. Received: ...
     """
     given = SamplerOptions(**options)._asdict()
     given = {k: v for k, v in given.items() if v is not None}
@@ -427,7 +478,7 @@ def get(sampler, **options):
     check_positive_int("top_k", top_k, allow_none=True)
     check_positive_int("num_beams", given.get("num_beams"), allow_none=True)
     if top_p is not None:
-        _check_number("top_p", top_p, 0, 1)
+        _check_probability("top_p", top_p)
     if sampler == "greedy":
         return GreedySampler()
     if sampler == "beam":

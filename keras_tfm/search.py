@@ -39,7 +39,13 @@ def _stop_tensor(stop_ids):
 
 
 def fill_id(pad_id):
-    """What fills a row after it ends: the padding id, or `0` without one."""
+    """What fills a row after it ends: the padding id, or `0` without one.
+
+    Example:
+
+    >>> fill_id(3), fill_id(None)
+    (3, 0)
+    """
     return 0 if pad_id is None else pad_id
 
 
@@ -83,7 +89,15 @@ class BeamState(NamedTuple):
 
 def start_state(ids, lengths, cache, pad_id=0):
     """The `DecodeState` before the first step: positions after each
-    prompt hold `fill_id(pad_id)`."""
+    prompt hold `fill_id(pad_id)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> state = start_state(np.array([[3, 9, 9], [1, 2, 9]]), [1, 2], ())
+    >>> ops.convert_to_numpy(state.ids).tolist(), int(state.index)
+    ([[3, 0, 0], [1, 2, 0]], 1)
+    """
     ids = ops.convert_to_tensor(ids, dtype="int32")
     lengths = ops.convert_to_tensor(lengths, dtype="int32")
     positions = ops.arange(ids.shape[-1], dtype="int32")[None, :]
@@ -125,6 +139,21 @@ def decode_steps(
     Returns:
         The new `DecodeState`; the loop also ends once every row is
         finished.
+
+    Example:
+
+    >>> import numpy as np
+    >>> def next_logits(ids, cache, index):  # always "previous token + 1"
+    ...     previous = ops.take(ids, index - 1, axis=1)
+    ...     return ops.one_hot(previous + 1, 8), cache
+    >>> ids = np.array([[3, 0, 0, 0, 0]], "int32")
+    >>> state = start_state(ids, [1], ())
+    >>> state = decode_steps(next_logits, state, [1], until=3)
+    >>> ops.convert_to_numpy(state.ids).tolist()
+    [[3, 4, 5, 0, 0]]
+    >>> state = decode_steps(next_logits, state, [1])  # on to the end
+    >>> ops.convert_to_numpy(state.ids).tolist()
+    [[3, 4, 5, 6, 7]]
     """
     sampler = sampler or sampling.GreedySampler()
     stop_ids = _stop_tensor(stop_ids)
@@ -234,7 +263,15 @@ def _flat_take(x, batch_index, width):
 
 
 def repeat_rows(x, times):
-    """`(batch, ...)` -> `(batch * times, ...)`, each row `times` times."""
+    """`(batch, ...)` -> `(batch * times, ...)`, each row `times` times.
+
+    Example:
+
+    >>> import numpy as np
+    >>> out = repeat_rows(np.array([[1, 2], [3, 4]]), 2)
+    >>> ops.convert_to_numpy(out).tolist()
+    [[1, 2], [1, 2], [3, 4], [3, 4]]
+    """
     return ops.repeat(x, times, axis=0)
 
 

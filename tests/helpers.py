@@ -19,6 +19,9 @@ import torch
 from hypothesis import strategies as st
 from keras import ops
 
+from keras_tfm import models
+from keras_tfm.losses import MaskedSparseCategoricalCrossentropy
+
 
 class AttachMask(keras.layers.Layer):
     """Return `inputs[0]` carrying the boolean mask `inputs[1]`.
@@ -750,3 +753,72 @@ def start_buffer(batch, length):
     ids = np.zeros((batch, length), "int32")
     ids[:, 0] = START
     return ids, np.ones((batch,), "int32")
+
+
+# --- tiny training tasks, one per builder --------------------------------
+
+TASK_VOCAB, TASK_LENGTH, TASK_BATCH = 12, 6, 4
+TASK_MODEL = dict(
+    num_layers=1, embedding_dim=16, num_heads=2, intermediate_dim=32
+)
+
+
+def _task_tokens(rng):
+    shape = (TASK_BATCH, TASK_LENGTH)
+    ids = rng.integers(3, TASK_VOCAB, size=shape).astype("int32")
+    ids[0, 3:] = 0  # some padding
+    return ids
+
+
+def _seq2seq_task(rng):
+    model = models.seq2seq_transformer(
+        TASK_VOCAB, TASK_LENGTH, dropout=0.0, **TASK_MODEL
+    )
+    ids = _task_tokens(rng)
+    decoder = np.concatenate(
+        [np.ones((TASK_BATCH, 1), "int32"), ids[:, :-1]], 1
+    )
+    decoder[ids == 0] = 0
+    x = {"encoder_token_ids": ids[:, ::-1].copy(), "decoder_token_ids": decoder}
+    return model, x, ids, MaskedSparseCategoricalCrossentropy()
+
+
+def _classifier_task(rng):
+    model = models.encoder_classifier(
+        TASK_VOCAB, TASK_LENGTH, 3, dropout=0.0, **TASK_MODEL
+    )
+    labels = np.arange(TASK_BATCH) % 3
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return model, _task_tokens(rng), labels, loss
+
+
+def _lm_task(rng):
+    model = models.decoder_lm(
+        TASK_VOCAB, TASK_LENGTH, dropout=0.0, **TASK_MODEL
+    )
+    ids = _task_tokens(rng)
+    labels = np.concatenate([ids[:, 1:], np.zeros((TASK_BATCH, 1), "int32")], 1)
+    return model, ids, labels, MaskedSparseCategoricalCrossentropy()
+
+
+# Each builder's tiny training task: `(model, x, y, loss)` from a NumPy
+# generator (test_mixed_precision, test_xla).
+TRAINING_TASKS = {
+    "seq2seq": _seq2seq_task,
+    "classifier": _classifier_task,
+    "lm": _lm_task,
+}
+
+
+def labels_and_logits(seed, shape=(3, 7), vocabulary=6, padded=True):
+    """Random int32 labels (right-padded with 0 unless `padded=False`, one
+    row fully real) and float32 logits `shape + (vocabulary,)`."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(1, vocabulary, size=shape)
+    if padded:
+        lengths = rng.integers(1, shape[-1] + 1, size=shape[:-1])
+        lengths.flat[0] = shape[-1]
+        positions = np.arange(shape[-1])
+        labels = np.where(positions < lengths[..., None], labels, 0)
+    logits = rng.normal(scale=3.0, size=shape + (vocabulary,))
+    return labels.astype("int32"), logits.astype("float32")

@@ -186,10 +186,11 @@ def test_packing_quick_run_reports_fill_and_real_tokens(tmp_path):
         # One epoch over the same sequences for every variant.
         assert row["real_tokens"] == result["data"]["real_tokens_per_epoch"]
         assert row["real_tokens_per_second"] > 0
-        assert row["relative_to_keras_hub"] == pytest.approx(
-            row["real_tokens_per_second"] / hub["real_tokens_per_second"]
-        )
         assert np.isfinite(row["validation_loss"])
+    for name in ("packed", "bucketed", "padded"):  # keras-hub's is 1 / 1
+        assert rows[name]["relative_to_keras_hub"] == pytest.approx(
+            rows[name]["real_tokens_per_second"] / hub["real_tokens_per_second"]
+        )
     assert rows["packed"]["fill"] > rows["padded"]["fill"]
     assert rows["bucketed"]["fill"] >= rows["padded"]["fill"]
     # The packed model computes every sequence as if it were alone: its

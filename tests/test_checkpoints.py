@@ -78,7 +78,7 @@ def _configs():
                 encoder_ffn_dim=64,
                 decoder_ffn_dim=64,
                 max_position_embeddings=32,
-                init_std=1.0,
+                init_std=INIT,
                 forced_eos_token_id=None,
             ),
             t.BartForConditionalGeneration,
@@ -138,18 +138,22 @@ def _configs():
 ARCHITECTURES = list(_configs())
 
 
-def _reference(name, seed=0):
+# A random post-norm BART with a tied head tends to repeat one token; this
+# seed's greedy rows change token several times.
+SEEDS = {"bart": 4}
+
+
+def _reference(name):
     config, cls = _configs()[name]
-    torch.manual_seed(seed)
+    torch.manual_seed(SEEDS.get(name, 0))
     config._attn_implementation = "eager"
     model = cls(config).eval()
     if name == "bart":
         # transformers keeps this buffer at zero; give it no chance to
         # differ from ours.
         model.final_logits_bias.zero_()
-        # A random post-norm model with a tied head tends to repeat its
-        # input token: the largest rows of the table win every step. Rows
-        # of one norm, and larger weights elsewhere, vary its output.
+        # Rows of one norm: otherwise the largest rows of the tied table
+        # win nearly every step.
         with torch.no_grad():
             table = model.model.shared.weight
             norms = table.norm(dim=-1, keepdim=True).clamp_min(1e-6)

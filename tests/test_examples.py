@@ -119,12 +119,46 @@ def test_runs_end_to_end(name, tmp_path, capsys):
     assert len(read_history(tmp_path)) == 2
     if name == "train_seq2seq":
         assert 0 <= metrics["test_exact_match"] <= 1
+        check_predictions(tmp_path, metrics)
     if name == "train_classifier":
         assert 0 <= metrics["test_accuracy"] <= 1
     if name == "train_lm":
         assert os.listdir(tmp_path / "logs")  # --tensorboard
         assert 1 < metrics["val_perplexity"] < 200
         assert metrics["sample"].startswith("Return the ")
+
+
+def read_predictions(output_dir):
+    path = os.path.join(output_dir, example("train_seq2seq").PREDICTIONS)
+    with open(path, encoding="utf-8", newline="") as file:
+        lines = file.read().split("\n")
+    assert lines.pop() == ""  # every line ends with a line break
+    return [line.split("\t") for line in lines]
+
+
+def check_predictions(output_dir, metrics):
+    """One row per test pair (`--test-size 8`) that rescores the run."""
+    header, *rows = read_predictions(output_dir)
+    assert header == ["source", "reference", "hypothesis"]
+    assert len(rows) == 8 and all(len(row) == 3 for row in rows)
+    sources, references, hypotheses = zip(*rows, strict=True)
+    assert all(len(reference) == 10 for reference in references)  # ISO
+    assert len(set(sources)) == 8  # test dates are distinct
+    scores = decoding.translation_scores(hypotheses, references)
+    assert scores["test_bleu"] == metrics["test_bleu"]
+    assert scores["test_chrf"] == metrics["test_chrf"]
+
+
+def test_predictions_escape_tabs_and_line_breaks(tmp_path):
+    texts = [("a\tb", "c\\d"), ("e", "f")], ["g\nh", "i\rj"]
+    example("train_seq2seq").write_predictions(
+        os.path.join(tmp_path, "test_predictions.tsv"), *texts
+    )
+    assert read_predictions(tmp_path) == [
+        ["source", "reference", "hypothesis"],
+        ["a\\tb", "c\\\\d", "g\\nh"],
+        ["e", "f", "i\\rj"],
+    ]
 
 
 def test_resumes_an_interrupted_run(tmp_path, capsys):

@@ -12,7 +12,7 @@ from keras import ops
 from keras_tfm.losses import MaskedSparseCategoricalCrossentropy
 from keras_tfm.metrics import MaskedAccuracy
 from keras_tfm.schedules import TransformerSchedule
-from tests.helpers import AttachMask
+from tests.helpers import AttachMask, labels_and_logits
 
 
 def smoothed_reference(labels, logits, epsilon, ignore_class=0, weights=None):
@@ -31,26 +31,13 @@ def smoothed_reference(labels, logits, epsilon, ignore_class=0, weights=None):
     return (losses * weights)[real].sum() / real.sum()
 
 
-def batch(seed, shape=(3, 7), vocabulary=6, padded=True):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(1, vocabulary, size=shape)
-    if padded:
-        # Right padding of random length, one row fully real.
-        lengths = rng.integers(1, shape[-1] + 1, size=shape[:-1])
-        lengths.flat[0] = shape[-1]
-        positions = np.arange(shape[-1])
-        labels = np.where(positions < lengths[..., None], labels, 0)
-    logits = rng.normal(scale=3.0, size=shape + (vocabulary,))
-    return labels.astype("int32"), logits.astype("float32")
-
-
 def value(x):
     return float(ops.convert_to_numpy(x))
 
 
 @given(seed=st.integers(0, 2**16))
 def test_equals_keras_without_smoothing(seed):
-    labels, logits = batch(seed)
+    labels, logits = labels_and_logits(seed)
     ours = MaskedSparseCategoricalCrossentropy(label_smoothing=0.0)
     keras_loss = keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, ignore_class=0
@@ -69,7 +56,7 @@ def test_equals_keras_without_smoothing(seed):
 
 
 def test_equals_keras_on_probabilities_and_without_ignore_class():
-    labels, logits = batch(1, padded=False)
+    labels, logits = labels_and_logits(1, padded=False)
     probs = ops.convert_to_numpy(ops.softmax(logits))
     for ours, theirs, y_pred in [
         (
@@ -99,7 +86,7 @@ def test_equals_keras_on_probabilities_and_without_ignore_class():
     epsilon=st.sampled_from([0.05, 0.1, 0.3, 0.9]),
 )
 def test_matches_numpy_label_smoothing(seed, epsilon):
-    labels, logits = batch(seed)
+    labels, logits = labels_and_logits(seed)
     loss = MaskedSparseCategoricalCrossentropy(label_smoothing=epsilon)
     np.testing.assert_allclose(
         value(loss(labels, logits)),
@@ -109,7 +96,7 @@ def test_matches_numpy_label_smoothing(seed, epsilon):
 
 
 def test_smoothing_without_ignore_class_and_with_weights():
-    labels, logits = batch(3)
+    labels, logits = labels_and_logits(3)
     weights = np.random.default_rng(3).random(labels.shape)
     loss = MaskedSparseCategoricalCrossentropy(ignore_class=None)
     # Keras's default reduction divides the weighted sum by the count.
@@ -120,7 +107,7 @@ def test_smoothing_without_ignore_class_and_with_weights():
 
 
 def test_classification_logits_and_trailing_label_axis():
-    labels, logits = batch(4, shape=(5,), padded=False)
+    labels, logits = labels_and_logits(4, shape=(5,), padded=False)
     loss = MaskedSparseCategoricalCrossentropy(ignore_class=None)
     want = smoothed_reference(labels, logits, 0.1, None)
     np.testing.assert_allclose(value(loss(labels, logits)), want, rtol=1e-5)
@@ -130,7 +117,7 @@ def test_classification_logits_and_trailing_label_axis():
 
 
 def test_padding_logits_do_not_matter():
-    labels, logits = batch(5)
+    labels, logits = labels_and_logits(5)
     noisy = np.where((labels == 0)[..., None], np.float32(1e4), logits).astype(
         "float32"
     )
@@ -155,7 +142,7 @@ def masked_output_model():
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.1])
 def test_keras_mask_on_the_output_gives_the_same_number(epsilon):
-    labels, logits = batch(6)
+    labels, logits = labels_and_logits(6)
     model = masked_output_model()
     masked = MaskedSparseCategoricalCrossentropy(
         label_smoothing=epsilon, ignore_class=None
@@ -178,7 +165,7 @@ def test_keras_mask_on_the_output_gives_the_same_number(epsilon):
 
 
 def test_keras_mask_and_ignore_class_together_average_real_positions():
-    labels, logits = batch(7)
+    labels, logits = labels_and_logits(7)
     # The model's mask also hides the first position of every row.
     mask = labels != 0
     mask[:, 0] = False
@@ -202,7 +189,7 @@ def test_keras_mask_and_ignore_class_together_average_real_positions():
 
 
 def test_float16_logits_give_a_float32_loss():
-    labels, logits = batch(8)
+    labels, logits = labels_and_logits(8)
     loss = MaskedSparseCategoricalCrossentropy()
     got = loss(labels, logits.astype("float16") * 100)
     assert keras.backend.standardize_dtype(got.dtype) == "float32"

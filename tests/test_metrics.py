@@ -7,8 +7,7 @@ from keras import ops
 
 from keras_tfm.losses import MaskedSparseCategoricalCrossentropy
 from keras_tfm.metrics import MaskedAccuracy
-from tests.helpers import AttachMask
-from tests.test_losses import batch
+from tests.helpers import AttachMask, labels_and_logits
 
 
 def result(metric):
@@ -16,7 +15,7 @@ def result(metric):
 
 
 def test_ignores_padding_labels():
-    labels, logits = batch(0)
+    labels, logits = labels_and_logits(0)
     metric = MaskedAccuracy()
     metric.update_state(labels, logits)
     hits = logits.argmax(-1) == labels
@@ -28,7 +27,7 @@ def test_ignores_padding_labels():
 
 
 def test_without_ignore_class_equals_keras():
-    labels, logits = batch(1)
+    labels, logits = labels_and_logits(1)
     ours, theirs = (
         MaskedAccuracy(ignore_class=None),
         (keras.metrics.SparseCategoricalAccuracy()),
@@ -40,7 +39,7 @@ def test_without_ignore_class_equals_keras():
 
 def test_accumulates_and_resets():
     metric = MaskedAccuracy()
-    first, second = batch(2), batch(3, shape=(2, 4))
+    first, second = labels_and_logits(2), labels_and_logits(3, shape=(2, 4))
     hits = real = 0
     for labels, logits in (first, second):
         metric.update_state(labels, logits)
@@ -52,7 +51,7 @@ def test_accumulates_and_resets():
 
 
 def test_sample_weights_per_position_and_per_example():
-    labels, logits = batch(4)
+    labels, logits = labels_and_logits(4)
     hits = (logits.argmax(-1) == labels).astype("float64")
     real = (labels != 0).astype("float64")
     per_position = np.random.default_rng(4).random(labels.shape)
@@ -68,7 +67,7 @@ def test_sample_weights_per_position_and_per_example():
 
 
 def test_honours_the_keras_mask_of_the_output():
-    labels, logits = batch(5)
+    labels, logits = labels_and_logits(5)
     mask = labels != 0
     mask[:, 0] = False  # the model's mask hides more than the padding
     logits_in = keras.Input((None, logits.shape[-1]))

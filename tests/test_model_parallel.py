@@ -5,7 +5,9 @@ before JAX starts, so every check runs `tests/_model_parallel_worker.py`
 in fresh JAX processes whatever this pass's backend: one process on 8
 host devices (`checks`) and, at the same time, two processes of 2 devices
 joined on 127.0.0.1 (`process`). The three start together in one module
-fixture and stop by themselves within `TIMEOUT`.
+fixture and stop by themselves within `TIMEOUT`. Being the same JAX
+processes in every pass, they run in the JAX pass only (CI runs the suite
+once per backend); the in-process checks below the fixture run in all.
 """
 
 import json
@@ -27,6 +29,11 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    if keras.backend.backend() != "jax":
+        pytest.skip(
+            "JAX subprocesses whatever the parent backend: run once, in "
+            "the KERAS_BACKEND=jax pass"
+        )
     out = tmp_path_factory.mktemp("model_parallel")
     port = free_port()
     env = subprocess_env(KERAS_BACKEND="jax")

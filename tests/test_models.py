@@ -15,16 +15,12 @@ from keras_tfm.models import (
     encoder_classifier,
     seq2seq_transformer,
 )
-from tests.helpers import MaskProbe
+from tests.helpers import MaskProbe, to_numpy
 
 VOCAB, LENGTH, DIM, NUM_CLASSES = 12, 10, 16, 3
 TINY = dict(num_layers=1, embedding_dim=DIM, num_heads=2, intermediate_dim=32)
 POSITIONS = ["sinusoidal", "learned", "rotary", "none"]
 BUILDERS = ["seq2seq", "classifier", "lm"]
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(ops.cast(x, "float32"))
 
 
 def token_ids(lengths, total, seed=0, low=3, high=VOCAB):
@@ -300,27 +296,6 @@ def test_logits_carry_the_decoder_padding_mask(kind, tie_embeddings):
     probe = keras.Model(symbolic, MaskProbe()(logits))
     received = ops.convert_to_numpy(probe.predict(inputs, verbose=0))
     np.testing.assert_array_equal(received, (decoder_ids != 0).astype(int))
-
-
-@pytest.mark.parametrize("kind", BUILDERS)
-def test_logits_are_float32_under_mixed_float16(kind):
-    previous = keras.config.dtype_policy()
-    try:
-        keras.config.set_dtype_policy("mixed_float16")
-        model, inputs = build(kind)
-        block = "decoder_layer_0" if kind != "classifier" else "encoder_layer_0"
-        assert model.get_layer(block).compute_dtype == "float16"
-        symbolic = keras.tree.map_structure(
-            lambda x: keras.Input(x.shape[1:], dtype="int32"), inputs
-        )
-        assert (
-            keras.backend.standardize_dtype(model(symbolic).dtype) == "float32"
-        )
-        logits = model(inputs)
-        assert keras.backend.standardize_dtype(logits.dtype) == "float32"
-        assert np.isfinite(to_numpy(logits)).all()
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 # --- the functional graph holds layers only ---------------------------------

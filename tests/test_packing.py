@@ -3,18 +3,14 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_tfm import data, layers
 from keras_tfm.models import decoder_lm, seq2seq_transformer
+from tests.helpers import to_numpy
 
 POSITIONS = ("sinusoidal", "learned", "rotary", "none")
 VOCAB, SEQ = 23, 12
 TINY = dict(num_layers=2, embedding_dim=16, num_heads=2, intermediate_dim=32)
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(ops.cast(x, "float32"))
 
 
 def ragged(seed, count, low=2, high=6, vocabulary=VOCAB):
@@ -234,3 +230,9 @@ def test_generation_uses_the_unpacked_twin():
         Generator(packed)
     ids = Generator(unpacked, jit_compile=False).generate([[3, 4]], 5)
     assert ids.shape == (1, 5)
+
+
+@pytest.mark.parametrize("build", [decoder_lm, seq2seq_transformer])
+def test_packed_must_be_a_bool(build):
+    with pytest.raises(ValueError, match="Received: packed='yes'"):
+        build(VOCAB, SEQ, packed="yes", **TINY)

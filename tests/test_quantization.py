@@ -11,10 +11,10 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_tfm.layers import TokenAndPositionEmbedding, TokenEmbedding
 from keras_tfm.models import decoder_lm, encoder_classifier, seq2seq_transformer
+from tests.helpers import to_numpy
 
 IDS = np.array([[3, 4, 5, 6, 0, 0, 0, 0], [6, 7, 8, 9, 1, 2, 0, 0]], "int32")
 SIZES = dict(
@@ -24,10 +24,6 @@ SIZES = dict(
 # these untrained tiny models: measured 0.006-0.018 for int8 and 0.11-0.24
 # for int4 across the builders and backends (an unrelated model: ~1.4).
 TOLERANCE = {"int8": 0.05, "int4": 0.35}
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 def build(builder):

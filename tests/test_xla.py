@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.test_mixed_precision import BATCH, BUILDERS
+from tests.helpers import TASK_BATCH, TRAINING_TASKS
 
 STEPS = 3
 
@@ -22,14 +22,14 @@ def _losses(model, x, y, loss, jit_compile):
         jit_compile=jit_compile,
     )
     assert model.jit_compile is jit_compile
-    history = model.fit(x, y, batch_size=BATCH, epochs=STEPS, verbose=0)
+    history = model.fit(x, y, batch_size=TASK_BATCH, epochs=STEPS, verbose=0)
     return np.array(history.history["loss"]), model.get_weights()
 
 
-@pytest.mark.parametrize("builder", sorted(BUILDERS))
+@pytest.mark.parametrize("builder", sorted(TRAINING_TASKS))
 def test_jit_compile_matches_eager_graph(builder):
-    model, x, y, loss = BUILDERS[builder](np.random.default_rng(0))
-    twin, _, _, _ = BUILDERS[builder](np.random.default_rng(0))
+    model, x, y, loss = TRAINING_TASKS[builder](np.random.default_rng(0))
+    twin, _, _, _ = TRAINING_TASKS[builder](np.random.default_rng(0))
     twin.set_weights(model.get_weights())
     plain, plain_weights = _losses(model, x, y, loss, jit_compile=False)
     compiled, compiled_weights = _losses(twin, x, y, loss, jit_compile=True)

@@ -147,6 +147,23 @@ def load(path, dtype=None):
             does not support (naming the key and its value), or a weight
             that is missing, left unused or of the wrong shape (naming the
             weight).
+
+    Example (a directory written by `save`; `save_pretrained` writes the
+    same layout):
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> config = {"model_type": "llama", "vocab_size": 50,
+    ...     "hidden_size": 16, "intermediate_size": 32,
+    ...     "num_hidden_layers": 1, "num_attention_heads": 2,
+    ...     "hidden_act": "silu"}
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny-llama")
+    >>> save(from_config(config), path)
+    >>> model = load(path)
+    >>> ids = np.array([[5, 0, 7]])  # id 0 is a token, not padding
+    >>> logits = model({"token_ids": ids, "padding_mask": np.ones((1, 3))})
+    >>> tuple(logits.shape), model.pad_id
+    ((1, 3, 50), None)
     """
     config = _read_config(path)
     model_type = _model_type(config)
@@ -244,7 +261,19 @@ def save(model, path, config=None):
         model: a model from `load` (or built like one).
         path: the directory to write (created if needed).
         config: the `transformers` config dict. Defaults to the model's
-            `checkpoint_config` (set by `load`).
+            `checkpoint_config` (set by `load` and `from_config`; a model
+            reloaded from a `.keras` file has none: pass the config).
+
+    Example:
+
+    >>> import os, tempfile
+    >>> model = from_config({"model_type": "gpt2", "vocab_size": 50,
+    ...     "n_positions": 16, "n_embd": 16, "n_layer": 1, "n_head": 2,
+    ...     "activation_function": "gelu_new"})
+    >>> path = tempfile.mkdtemp()
+    >>> save(model, path)
+    >>> sorted(os.listdir(path))
+    ['config.json', 'model.safetensors']
     """
     from safetensors.numpy import save_file
 

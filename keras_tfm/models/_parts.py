@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_tfm._validation import check_bool
 from keras_tfm.layers.embedding import (
     TokenAndPositionEmbedding,
     TokenEmbedding,
@@ -102,19 +103,8 @@ def embed(embedding, token_ids, start_index):
     return embedding(token_ids, training=False)
 
 
-def check_packed(packed):
-    if not isinstance(packed, bool):
-        raise ValueError(
-            f"`packed` must be a boolean. Received: packed={packed!r}"
-        )
-
-
 def check_padding_mask(padding_mask, packed):
-    if not isinstance(padding_mask, bool):
-        raise ValueError(
-            "`padding_mask` must be a boolean. Received: "
-            f"padding_mask={padding_mask!r}"
-        )
+    check_bool("padding_mask", padding_mask)
     if padding_mask and packed:
         raise ValueError(
             "Packed rows carry their padding as segment id 0; pass "

@@ -9,7 +9,16 @@ named for reading (`token_embedding`, `encoder_layer_0`, ...); nothing
 looks them up by name. Token ids are integers with `0` as padding; the
 padding mask flows as a Keras mask to the logits, so a plain
 `model.compile(loss=...)` ignores positions whose input is padding.
+
+Token vectors are multiplied by `sqrt(embedding_dim)` as the paper does
+(`scale_embeddings=True`, the default): with the default token
+initializer, unscaled token vectors are many times shorter than the
+sinusoids added to them, and a model trained without the scaling learns
+markedly slower (`keras_tfm.layers.TokenAndPositionEmbedding` says why;
+the measurements are in benchmarks/README.md).
 """
+
+from typing import Any, NamedTuple
 
 import keras
 
@@ -31,91 +40,120 @@ from keras_tfm.models.causal_lm import CausalLM
 from keras_tfm.models.seq2seq_lm import Seq2SeqLM
 
 
-def _check_common(embedding_dim, num_heads, position, **positive):
-    for name, value in positive.items():
-        check_positive_int(name, value)
-    check_positive_int("embedding_dim", embedding_dim)
-    check_positive_int("num_heads", num_heads)
-    if embedding_dim % num_heads:
+class _Stack(NamedTuple):
+    """The options every builder takes, checked once by `_stack_options`."""
+
+    vocabulary_size: int
+    sequence_length: int
+    num_layers: int
+    embedding_dim: int
+    num_heads: int
+    intermediate_dim: int
+    dropout: float
+    activation: Any
+    position: str
+    scale_embeddings: bool
+    norm_first: bool
+    gated: bool
+    normalization: str
+    layer_norm_epsilon: float
+
+
+def _stack_options(arguments):
+    """The `_Stack` options among a builder's `arguments` (its `locals()`).
+
+    Checks what no layer checks before the model is built; the layers
+    check the rest at construction.
+    """
+    options = _Stack(**{name: arguments[name] for name in _Stack._fields})
+    for name in (
+        "vocabulary_size",
+        "sequence_length",
+        "num_layers",
+        "intermediate_dim",
+        "embedding_dim",
+        "num_heads",
+    ):
+        check_positive_int(name, getattr(options, name))
+    if options.embedding_dim % options.num_heads:
         raise ValueError(
             "`num_heads` must divide the model dimension "
-            f"{embedding_dim}. Received: num_heads={num_heads}"
+            f"{options.embedding_dim}. Received: num_heads={options.num_heads}"
         )
-    check_choice("position", position, POSITIONS)
+    check_choice("position", options.position, POSITIONS)
+    return options
 
 
-def _block_kwargs(config):
+def _block_kwargs(stack):
     return dict(
-        num_heads=config["num_heads"],
-        intermediate_dim=config["intermediate_dim"],
-        dropout=config["dropout"],
-        activation=config["activation"],
-        norm_first=config["norm_first"],
-        layer_norm_epsilon=config["layer_norm_epsilon"],
-        gated=config["gated"],
-        normalization=config["normalization"],
-        position="rotary" if config["position"] == "rotary" else "none",
+        num_heads=stack.num_heads,
+        intermediate_dim=stack.intermediate_dim,
+        dropout=stack.dropout,
+        activation=stack.activation,
+        norm_first=stack.norm_first,
+        layer_norm_epsilon=stack.layer_norm_epsilon,
+        gated=stack.gated,
+        normalization=stack.normalization,
+        position="rotary" if stack.position == "rotary" else "none",
     )
 
 
-def _final_norm(config, name):
+def _final_norm(stack, name):
     return normalization_layer(
-        config["normalization"], config["layer_norm_epsilon"], name=name
+        stack.normalization, stack.layer_norm_epsilon, name=name
     )
 
 
-def _embedding(config, vocabulary_size, token_embedding, name):
+def _embedding(stack, vocabulary_size, token_embedding, name):
     return TokenAndPositionEmbedding(
         vocabulary_size,
-        config["sequence_length"],
-        config["embedding_dim"],
+        stack.sequence_length,
+        stack.embedding_dim,
         # Rotary positions are the blocks' (the embedding adds none).
-        position="none"
-        if config["position"] == "rotary"
-        else config["position"],
+        position="none" if stack.position == "rotary" else stack.position,
         mask_zero=True,
-        scale=config["scale_embeddings"],
-        dropout=config["dropout"],
+        scale=stack.scale_embeddings,
+        dropout=stack.dropout,
         token_embedding=token_embedding,
         name=name,
     )
 
 
-def _encoder_parts(config, token_embedding, num_layers, prefix):
+def _encoder_parts(stack, token_embedding, num_layers, prefix):
     """The embedding, blocks and final norm (or None) of an encoder."""
     embedding = _embedding(
-        config,
+        stack,
         token_embedding.vocabulary_size,
         token_embedding,
         f"{prefix}_embedding",
     )
     blocks = [
         TransformerEncoderBlock(
-            **_block_kwargs(config), name=f"{prefix}_layer_{i}"
+            **_block_kwargs(stack), name=f"{prefix}_layer_{i}"
         )
         for i in range(num_layers)
     ]
-    norm = _final_norm(config, f"{prefix}_final_norm")
-    return embedding, blocks, norm if config["norm_first"] else None
+    norm = _final_norm(stack, f"{prefix}_final_norm")
+    return embedding, blocks, norm if stack.norm_first else None
 
 
-def _decoder_parts(config, token_embedding, num_layers, cross_attention):
+def _decoder_parts(stack, token_embedding, num_layers, cross_attention):
     embedding = _embedding(
-        config,
+        stack,
         token_embedding.vocabulary_size,
         token_embedding,
         "decoder_embedding",
     )
     blocks = [
         TransformerDecoderBlock(
-            **_block_kwargs(config),
+            **_block_kwargs(stack),
             cross_attention=cross_attention,
             name=f"decoder_layer_{i}",
         )
         for i in range(num_layers)
     ]
-    norm = _final_norm(config, "decoder_final_norm")
-    return embedding, blocks, norm if config["norm_first"] else None
+    norm = _final_norm(stack, "decoder_final_norm")
+    return embedding, blocks, norm if stack.norm_first else None
 
 
 def _head(tie_embeddings, vocabulary_size):
@@ -178,12 +216,8 @@ def seq2seq_transformer(
             (default): shared when `target_vocabulary_size` is None.
         tie_embeddings: the output projection is the decoder's token table
             (else a separate `Dense` named `output_projection`).
-        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`,
-            as the paper does. On by default: with the default token
-            initializer the position vectors are about 25x longer than
-            unscaled token vectors (1.1-4.4x scaled, d 512 to 32), and a
-            character LM trained without it sat near the unigram loss for
-            three epochs (3.34 nats after 2 epochs, 2.78 with it).
+        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`
+            (see the module docstring).
         norm_first: pre-norm blocks (with final norms).
         gated: gated (GLU) feed-forward networks.
         normalization: `"layer"` or `"rms"`.
@@ -206,16 +240,7 @@ def seq2seq_transformer(
     >>> tuple(model(ids).shape)
     (1, 3, 50)
     """
-    config = dict(locals())
-    _check_common(
-        embedding_dim,
-        num_heads,
-        position,
-        vocabulary_size=vocabulary_size,
-        sequence_length=sequence_length,
-        num_layers=num_layers,
-        intermediate_dim=intermediate_dim,
-    )
+    stack = _stack_options(locals())
     check_positive_int(
         "target_vocabulary_size", target_vocabulary_size, allow_none=True
     )
@@ -245,10 +270,10 @@ def seq2seq_transformer(
             name="decoder_token_embedding",
         )
     encoder_embedding, encoder_blocks, encoder_norm = _encoder_parts(
-        config, source_table, num_layers, "encoder"
+        stack, source_table, num_layers, "encoder"
     )
     decoder_embedding, decoder_blocks, decoder_norm = _decoder_parts(
-        config, target_table, num_decoder_layers or num_layers, True
+        stack, target_table, num_decoder_layers or num_layers, True
     )
     return Seq2SeqLM(
         encoder_embedding,
@@ -301,12 +326,8 @@ def encoder_classifier(
         activation: feed-forward non-linearity.
         position: `"sinusoidal"`, `"learned"`, `"rotary"` or `"none"`.
         pooling: `"mean"`, `"first"` or `"max"` (masked).
-        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`,
-            as the paper does. On by default: with the default token
-            initializer the position vectors are about 25x longer than
-            unscaled token vectors (1.1-4.4x scaled, d 512 to 32), and a
-            character LM trained without it sat near the unigram loss for
-            three epochs (3.34 nats after 2 epochs, 2.78 with it).
+        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`
+            (see the module docstring).
         norm_first: pre-norm blocks (with a final norm).
         gated: gated (GLU) feed-forward networks.
         normalization: `"layer"` or `"rms"`.
@@ -324,24 +345,15 @@ def encoder_classifier(
     >>> tuple(model(np.array([[4, 5, 0]])).shape)
     (1, 3)
     """
-    config = dict(locals())
-    _check_common(
-        embedding_dim,
-        num_heads,
-        position,
-        vocabulary_size=vocabulary_size,
-        sequence_length=sequence_length,
-        num_classes=num_classes,
-        num_layers=num_layers,
-        intermediate_dim=intermediate_dim,
-    )
+    stack = _stack_options(locals())
+    check_positive_int("num_classes", num_classes)
     check_choice("pooling", pooling, POOLINGS)
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     table = TokenEmbedding(
         vocabulary_size, embedding_dim, name="token_embedding"
     )
     embedding, blocks, norm = _encoder_parts(
-        config, table, num_layers, "encoder"
+        stack, table, num_layers, "encoder"
     )
     x = embedding(token_ids)
     for block in blocks:
@@ -394,12 +406,8 @@ def decoder_lm(
         activation: feed-forward non-linearity.
         position: `"sinusoidal"`, `"learned"`, `"rotary"` or `"none"`.
         tie_embeddings: share the token table with the output projection.
-        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`,
-            as the paper does. On by default: with the default token
-            initializer the position vectors are about 25x longer than
-            unscaled token vectors (1.1-4.4x scaled, d 512 to 32), and a
-            character LM trained without it sat near the unigram loss for
-            three epochs (3.34 nats after 2 epochs, 2.78 with it).
+        scale_embeddings: multiply token vectors by `sqrt(embedding_dim)`
+            (see the module docstring).
         norm_first: pre-norm blocks (with a final norm).
         gated: gated (GLU) feed-forward networks.
         normalization: `"layer"` or `"rms"`.
@@ -420,21 +428,12 @@ def decoder_lm(
     >>> tuple(model(np.array([[4, 5, 0]])).shape)
     (1, 3, 50)
     """
-    config = dict(locals())
-    _check_common(
-        embedding_dim,
-        num_heads,
-        position,
-        vocabulary_size=vocabulary_size,
-        sequence_length=sequence_length,
-        num_layers=num_layers,
-        intermediate_dim=intermediate_dim,
-    )
+    stack = _stack_options(locals())
     check_bool("tie_embeddings", tie_embeddings)
     table = TokenEmbedding(
         vocabulary_size, embedding_dim, name="token_embedding"
     )
-    embedding, blocks, norm = _decoder_parts(config, table, num_layers, False)
+    embedding, blocks, norm = _decoder_parts(stack, table, num_layers, False)
     return CausalLM(
         embedding,
         blocks,

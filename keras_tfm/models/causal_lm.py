@@ -3,6 +3,7 @@
 import keras
 
 from keras_tfm._masking import AttachMask
+from keras_tfm._validation import check_bool
 from keras_tfm.models import _parts
 
 
@@ -97,7 +98,7 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
         if head is None:
             _parts.token_table("embedding", embedding)
         _parts.check_positions("embedding", embedding, "blocks", blocks)
-        _parts.check_packed(packed)
+        check_bool("packed", packed)
         _parts.check_padding_mask(padding_mask, packed)
         _parts.check_pad_id(pad_id, [embedding])
         self.embedding = embedding

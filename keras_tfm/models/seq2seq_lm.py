@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_tfm._masking import AttachMask
+from keras_tfm._validation import check_bool
 from keras_tfm.models import _parts
 
 
@@ -129,7 +130,7 @@ class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
             "encoder_blocks",
             encoder_blocks,
         )
-        _parts.check_packed(packed)
+        check_bool("packed", packed)
         _parts.check_padding_mask(padding_mask, packed)
         _parts.check_pad_id(pad_id, [encoder_embedding, decoder_embedding])
         _parts.check_positions(

@@ -8,13 +8,9 @@ from hypothesis import strategies as st
 from keras import ops
 
 from keras_tfm.layers.pooling import SequencePooling
-from tests.helpers import AttachMask, run_layer_test
+from tests.helpers import AttachMask, run_layer_test, to_numpy
 
 BATCH, LENGTH, DIM = 3, 5, 4
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(ops.cast(x, "float32"))
 
 
 def random_inputs(seed=0, length=LENGTH):

@@ -12,7 +12,7 @@ from keras_tfm.layers.position import (
     RotaryEmbedding,
     SinusoidalPositionEncoding,
 )
-from tests.helpers import run_layer_test
+from tests.helpers import run_layer_test, to_numpy
 
 
 def sinusoid_reference(positions, dim, max_wavelength=10000.0):
@@ -37,10 +37,6 @@ def rotary_reference(x, positions, max_wavelength=10000.0):
     return np.concatenate(
         [first * cos - second * sin, second * cos + first * sin], axis=-1
     )
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(ops.cast(x, "float32")).astype("float64")
 
 
 # --- SinusoidalPositionEncoding --------------------------------------------
