@@ -181,7 +181,12 @@ def _check_shapes(
     # `compute_output_spec` instead, which the symbolic calls below check.
     signature = inspect.signature(layer.compute_output_shape).parameters
     if all(k in signature for k in call_kwargs):
-        computed = layer.compute_output_shape(input_shape, **call_kwargs)
+        # A tuple spreads into positional shapes, as `_apply` spreads the
+        # tensors (`compute_output_shape(query_shape, value_shape)`).
+        if isinstance(input_data, tuple):
+            computed = layer.compute_output_shape(*input_shape, **call_kwargs)
+        else:
+            computed = layer.compute_output_shape(input_shape, **call_kwargs)
         computed = keras.tree.map_shape_structure(tuple, computed)
         computed = computed if isinstance(computed, list) else [computed]
         assert [tuple(s) for s in computed] == eager_shapes, (
@@ -192,8 +197,10 @@ def _check_shapes(
     # Static and dynamic (sequence axis `None`) symbolic calls.
     for dynamic in (False, True):
         symbolic = _flat(
-            layer_cls(**init_kwargs)(
-                _symbolic_inputs(input_data, dynamic), **call_kwargs
+            _apply(
+                layer_cls(**init_kwargs),
+                _symbolic_inputs(input_data, dynamic),
+                call_kwargs,
             )
         )
         assert len(symbolic) == len(flat_outputs)

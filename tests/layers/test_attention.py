@@ -64,10 +64,14 @@ def numpy_attention(layer, query, value, key_mask=None, causal=False):
     query, value = query.astype("float64"), value.astype("float64")
     batch, tq, _ = query.shape
     tk = value.shape[1]
+    heads = layer.num_heads
     value_dim = layer.value_dim or layer.key_dim
-    q = numpy_dense(layer.query_dense, query).reshape(batch, tq, HEADS, -1)
-    k = numpy_dense(layer.key_dense, value).reshape(batch, tk, HEADS, -1)
-    v = numpy_dense(layer.value_dense, value).reshape(batch, tk, HEADS, -1)
+    kv_heads = layer.num_key_value_heads or heads
+    q = numpy_dense(layer.query_dense, query).reshape(batch, tq, heads, -1)
+    k = numpy_dense(layer.key_dense, value).reshape(batch, tk, kv_heads, -1)
+    v = numpy_dense(layer.value_dense, value).reshape(batch, tk, kv_heads, -1)
+    # Grouped heads: query head `h` reads key/value head `h // group`.
+    k, v = (np.repeat(t, heads // kv_heads, axis=2) for t in (k, v))
     if layer.position == "rotary":
         q, k = numpy_rotary(q), numpy_rotary(k)
     logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(layer.key_dim)
@@ -82,7 +86,7 @@ def numpy_attention(layer, query, value, key_mask=None, causal=False):
     total = weights.sum(axis=-1, keepdims=True)
     probabilities = np.where(total > 0, weights / np.maximum(total, 1e-30), 0)
     out = np.einsum("bhts,bshd->bthd", probabilities, v)
-    out = out.reshape(batch, tq, HEADS * value_dim)
+    out = out.reshape(batch, tq, heads * value_dim)
     return numpy_dense(layer.output_dense, out), probabilities
 
 
@@ -110,6 +114,40 @@ def test_matches_numpy_reference(position, value_dim, output_dim):
     np.testing.assert_allclose(to_numpy(output), expected, atol=1e-5)
     np.testing.assert_allclose(to_numpy(fused), expected, atol=1e-5)
     np.testing.assert_allclose(to_numpy(scores), probabilities, atol=1e-6)
+
+
+@pytest.mark.parametrize("value_dim", [KEY_DIM - 4, KEY_DIM + 4])
+@pytest.mark.parametrize("kv_heads", [None, 2, 1])
+def test_value_heads_of_another_size_match_numpy_reference(value_dim, kv_heads):
+    """`value_dim != key_dim`, narrower and wider, with and without grouped
+    key/value heads, on the fused call (which falls back to the explicit
+    path), with scores, and causal. A cache needs `value_dim == key_dim`."""
+    layer = MultiHeadAttention(
+        4,
+        KEY_DIM,
+        value_dim=value_dim,
+        num_key_value_heads=kv_heads,
+        bias_initializer="random_normal",
+    )
+    query, value = random_inputs(5), random_inputs(6, length=LENGTH - 1)
+    key_mask = padding([LENGTH - 1, 3], LENGTH - 1)
+    output, scores = layer(
+        query, value, value_mask=key_mask, return_attention_scores=True
+    )
+    fused = layer(query, value, value_mask=key_mask)
+    expected, probabilities = numpy_attention(layer, query, value, key_mask)
+    assert layer.value_dense.kernel.shape == (DIM, (kv_heads or 4) * value_dim)
+    assert tuple(output.shape) == (BATCH, LENGTH, DIM)
+    np.testing.assert_allclose(to_numpy(output), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(fused), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(scores), probabilities, atol=1e-6)
+    causal, _ = numpy_attention(layer, query, query, causal=True)
+    output = layer(query, query, use_causal_mask=True)
+    np.testing.assert_allclose(to_numpy(output), causal, atol=1e-5)
+    with pytest.raises(ValueError, match="value_dim"):
+        layer.empty_cache(BATCH, LENGTH)
+    with pytest.raises(ValueError, match="value_dim"):
+        layer.compute_cache(value)
 
 
 def test_matches_numpy_reference_causal_self_attention():
@@ -1028,7 +1066,11 @@ def test_keras_call_patterns_give_keras_results():
     theirs = keras.layers.MultiHeadAttention(**arguments)
     ours = MultiHeadAttention(**arguments)
     query, value, key = (random_inputs(80 + i) for i in range(3))
-    theirs(query, value, key)
+    # Keras's fused path fails on JAX when `value_dim != key_dim` (JAX's
+    # kernel wants equal head sizes); its explicit path, taken when scores
+    # are returned, builds the same weights. Ours takes the explicit path
+    # itself (see `MultiHeadAttention.call`).
+    theirs(query, value, key, return_attention_scores=True)
     ours(query, value, key)
     _copy_from_keras(ours, theirs)
     for name in ("num_heads", "key_dim", "value_dim", "dropout", "use_bias"):
@@ -1046,7 +1088,10 @@ def test_keras_call_patterns_give_keras_results():
     patterns = [
         ((query, value), {}),
         ((query, value, key), {}),
-        ((query, value, key, None, value_mask), {}),
+        # Masks go by keyword: Keras's `__call__` fills `query_mask` from
+        # the query's Keras mask by keyword, so a positional `None` there
+        # clashes, in Keras's layer as in ours.
+        ((query, value, key), {"key_mask": value_mask}),
         ((query, value), {"attention_mask": mask}),
         ((query, value), {"use_causal_mask": True}),
         ((query, value), {"value_mask": value_mask}),
@@ -1067,7 +1112,9 @@ def test_keras_call_patterns_give_keras_results():
     inputs = keras.Input((LENGTH, DIM))
     masked = keras.layers.Masking()(inputs)
     for layer in (theirs, ours):
-        model = keras.Model(inputs, layer(masked, masked))
+        # Scores returned: the explicit path (see above).
+        output, _ = layer(masked, masked, return_attention_scores=True)
+        model = keras.Model(inputs, output)
         data = np.where(query_mask[..., None], query, 0.0).astype("float32")
         result = to_numpy(model(data))
         if layer is theirs:
