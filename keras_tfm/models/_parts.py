@@ -264,6 +264,32 @@ def deserialize(config):
     return keras.saving.deserialize_keras_object(config)
 
 
+def check_token_ids(inputs):
+    """Refuse boolean token ids, as the embeddings do.
+
+    A functional model casts its inputs to the `keras.Input` dtypes, so
+    without this check `True`/`False` would reach the embedding as ids
+    1 and 0. Every input named `*token_ids` (or a single tensor input) is
+    checked; `padding_mask` may be boolean.
+    """
+    if isinstance(inputs, dict):
+        named = [v for k, v in inputs.items() if k.endswith("token_ids")]
+    elif isinstance(inputs, (list, tuple)):
+        named = []
+    else:
+        named = [inputs]
+    for ids in named:
+        dtype = getattr(ids, "dtype", None)
+        if (
+            dtype is not None
+            and keras.backend.standardize_dtype(dtype) == "bool"
+        ):
+            raise TypeError(
+                "The model expects integer token ids, not booleans. "
+                f"Received: token ids with dtype={dtype}"
+            )
+
+
 class EarlyAttributes:
     """Lets a model set attributes before `keras.Model.__init__`.
 
@@ -295,3 +321,12 @@ class EarlyAttributes:
         }
         for name, value in values.items():
             setattr(self, name, value)
+
+
+class IntegerTokenIds:
+    """A model `call` that refuses boolean token ids (`check_token_ids`),
+    the one rule the embeddings follow too."""
+
+    def call(self, inputs, *args, **kwargs):
+        check_token_ids(inputs)
+        return super().call(inputs, *args, **kwargs)

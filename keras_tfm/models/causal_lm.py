@@ -8,7 +8,7 @@ from keras_tfm.models import _parts
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
-class CausalLM(_parts.EarlyAttributes, keras.Model):
+class CausalLM(_parts.EarlyAttributes, _parts.IntegerTokenIds, keras.Model):
     """A decoder-only (GPT-style) language model composed from layers.
 
     Wires `embedding -> blocks -> final_norm -> head` into a functional
