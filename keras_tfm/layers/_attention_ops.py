@@ -227,6 +227,40 @@ class Heads(NamedTuple):
         return 1 if self.layout == "bsnh" else 2
 
 
+def check_head_options(
+    num_heads, position, num_key_value_heads, sliding_window, rope_scaling
+):
+    """The checks `MultiHeadAttention` and the blocks share: heads,
+    grouped key/value heads, position, window and rotary scaling."""
+    check_positive_int("num_heads", num_heads)
+    check_position(position)
+    check_positive_int(
+        "num_key_value_heads", num_key_value_heads, allow_none=True
+    )
+    if num_key_value_heads is not None and num_heads % num_key_value_heads:
+        raise ValueError(
+            "`num_key_value_heads` must divide `num_heads` "
+            f"({num_heads}). Received: "
+            f"num_key_value_heads={num_key_value_heads}"
+        )
+    check_positive_int("sliding_window", sliding_window, allow_none=True)
+    check_rope_scaling("rope_scaling", rope_scaling)
+    if rope_scaling is not None and position != "rotary":
+        raise ValueError(
+            '`rope_scaling` needs position="rotary". Received: '
+            f"rope_scaling={rope_scaling!r}, position={position!r}"
+        )
+
+
+def check_cache_index(cache, cache_index):
+    """`cache_index` writes into a cache, so it needs one."""
+    if cache_index is not None and cache is None:
+        raise ValueError(
+            "`cache_index` needs a `cache`. Received: cache=None, "
+            f"cache_index={cache_index}"
+        )
+
+
 def check_arguments(
     num_heads,
     key_dim,
@@ -244,38 +278,23 @@ def check_arguments(
     seed,
 ):
     """The checks of `MultiHeadAttention.__init__` that return nothing."""
-    check_positive_int("num_heads", num_heads)
+    check_head_options(
+        num_heads, position, num_key_value_heads, sliding_window, rope_scaling
+    )
     check_positive_int("key_dim", key_dim)
     check_positive_int("value_dim", value_dim, allow_none=True)
     check_bool("use_bias", use_bias)
     check_attention_axes(attention_axes)
-    check_position(position)
     if position == "rotary" and key_dim % 2:
         raise ValueError(
             '`key_dim` must be even with position="rotary". '
             f"Received: key_dim={key_dim}"
         )
     check_positive_number("max_wavelength", max_wavelength)
-    check_positive_int(
-        "num_key_value_heads", num_key_value_heads, allow_none=True
-    )
-    if num_key_value_heads is not None and num_heads % num_key_value_heads:
-        raise ValueError(
-            "`num_key_value_heads` must divide `num_heads` "
-            f"({num_heads}). Received: "
-            f"num_key_value_heads={num_key_value_heads}"
-        )
     if output_use_bias is not None:
         check_bool("output_use_bias", output_use_bias)
     check_bool("query_key_norm", query_key_norm)
     check_positive_number("query_key_norm_epsilon", query_key_norm_epsilon)
-    check_positive_int("sliding_window", sliding_window, allow_none=True)
-    check_rope_scaling("rope_scaling", rope_scaling)
-    if rope_scaling is not None and position != "rotary":
-        raise ValueError(
-            '`rope_scaling` needs position="rotary". Received: '
-            f"rope_scaling={rope_scaling!r}, position={position!r}"
-        )
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, int)
     ):
@@ -400,11 +419,7 @@ def check_positions(
     """Check `cache_index` and the rotary positions of attention with
     `position`; return the keys' positions (`positions` in self-attention).
     """
-    if cache_index is not None and cache is None:
-        raise ValueError(
-            "`cache_index` needs a `cache`. Received: cache=None, "
-            f"cache_index={cache_index}"
-        )
+    check_cache_index(cache, cache_index)
     if positions is None and key_positions is None:
         return None
     if position != "rotary":

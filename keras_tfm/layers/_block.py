@@ -17,10 +17,10 @@ from keras_tfm._validation import (
     dtype_policy_config,
     shapes_compatible,
 )
+from keras_tfm.layers._attention_ops import check_head_options
 from keras_tfm.layers.add_norm import NORMALIZATIONS, AddNorm
-from keras_tfm.layers.attention import MultiHeadAttention, check_position
+from keras_tfm.layers.attention import MultiHeadAttention
 from keras_tfm.layers.feed_forward import FeedForward
-from keras_tfm.layers.position import check_rope_scaling
 
 
 class TransformerBlock(MaskArgument, keras.layers.Layer):
@@ -52,29 +52,19 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         rope_scaling=None,
         **kwargs,
     ):
-        check_positive_int("num_heads", num_heads)
-        check_positive_int("head_dim", head_dim, allow_none=True)
-        check_positive_int(
-            "num_key_value_heads", num_key_value_heads, allow_none=True
+        check_head_options(
+            num_heads,
+            position,
+            num_key_value_heads,
+            sliding_window,
+            rope_scaling,
         )
-        if num_key_value_heads is not None and num_heads % num_key_value_heads:
-            raise ValueError(
-                "`num_key_value_heads` must divide `num_heads` "
-                f"({num_heads}). Received: "
-                f"num_key_value_heads={num_key_value_heads}"
-            )
+        check_positive_int("head_dim", head_dim, allow_none=True)
         check_bool("attention_bias", attention_bias)
         if attention_output_bias is not None:
             check_bool("attention_output_bias", attention_output_bias)
         check_bool("feed_forward_bias", feed_forward_bias)
         check_bool("query_key_norm", query_key_norm)
-        check_positive_int("sliding_window", sliding_window, allow_none=True)
-        check_rope_scaling("rope_scaling", rope_scaling)
-        if rope_scaling is not None and position != "rotary":
-            raise ValueError(
-                '`rope_scaling` needs position="rotary". Received: '
-                f"rope_scaling={rope_scaling!r}, position={position!r}"
-            )
         check_positive_int("intermediate_dim", intermediate_dim)
         check_rate("dropout", dropout)
         if activation_dropout is not None:
@@ -82,7 +72,6 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         check_activation("activation", activation)
         check_positive_number("layer_norm_epsilon", layer_norm_epsilon)
         check_choice("normalization", normalization, NORMALIZATIONS)
-        check_position(position)
         check_positive_number("max_wavelength", max_wavelength)
         check_bool("norm_first", norm_first)
         check_bool("gated", gated)

@@ -18,7 +18,6 @@ from keras_tfm._validation import (
 from keras_tfm.layers import _attention_ops as attention_ops
 from keras_tfm.layers._attention_cache import KeyValueCache
 from keras_tfm.layers._attention_ops import (
-    check_position,  # noqa: F401 (the blocks import it from here)
     static_dim,
     where_rows,
 )

@@ -6,6 +6,7 @@ from keras import ops
 from keras_tfm import masks
 from keras_tfm._masking import ReadMask
 from keras_tfm._validation import check_bool, check_rank
+from keras_tfm.layers._attention_ops import check_cache_index
 from keras_tfm.layers._block import TransformerBlock, split_attention_results
 
 
@@ -425,11 +426,7 @@ class TransformerDecoderBlock(TransformerBlock):
                     f"{inputs.shape[-1]}. Received: encoder_outputs with "
                     f"shape {tuple(encoder_outputs.shape)}"
                 )
-        if cache_index is not None and cache is None:
-            raise ValueError(
-                "`cache_index` needs a `cache`. Received: cache=None, "
-                f"cache_index={cache_index}"
-            )
+        check_cache_index(cache, cache_index)
         if cache is not None and cache_index is None:
             raise ValueError(
                 "A self-attention `cache` needs `cache_index`, the position "
