@@ -688,7 +688,10 @@ def real_zero_lm(pad_id=None, bias_on=None, seed=50):
         tfm_layers.TokenAndPositionEmbedding(VOCAB, SEQ, 16, mask_zero=False),
         [
             tfm_layers.TransformerDecoderBlock(
-                2, 32, dropout=0.0, cross_attention=False
+                num_heads=2,
+                intermediate_dim=32,
+                dropout=0.0,
+                cross_attention=False,
             )
         ],
         head=keras.layers.Dense(VOCAB, name="head"),
@@ -710,9 +713,17 @@ def real_zero_seq2seq(pad_id=None, seed=51):
 
     model = Seq2SeqLM(
         embedding(),
-        [tfm_layers.TransformerEncoderBlock(2, 32, dropout=0.0)],
+        [
+            tfm_layers.TransformerEncoderBlock(
+                num_heads=2, intermediate_dim=32, dropout=0.0
+            )
+        ],
         embedding(),
-        [tfm_layers.TransformerDecoderBlock(2, 32, dropout=0.0)],
+        [
+            tfm_layers.TransformerDecoderBlock(
+                num_heads=2, intermediate_dim=32, dropout=0.0
+            )
+        ],
         head=keras.layers.Dense(VOCAB),
         pad_id=pad_id,
     )

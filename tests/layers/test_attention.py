@@ -623,9 +623,12 @@ def test_fit_step_under_jit_compile():
     layer = MultiHeadAttention(HEADS, KEY_DIM, dropout=0.1, position="rotary")
     x = layer(x, x, use_causal_mask=True)
     model = keras.Model(ids, keras.layers.Dense(30)(x))
+    # The Dense gives logits. Read as probabilities, the padded query rows
+    # (the output bias: all zeros at initialization) would normalize to
+    # 0/0, and PyTorch's masked loss keeps that NaN.
     model.compile(
         optimizer="adam",
-        loss="sparse_categorical_crossentropy",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=BACKEND != "torch" or "auto",
     )
     rng = np.random.default_rng(20)
