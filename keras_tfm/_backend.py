@@ -401,3 +401,14 @@ def set_column(x, index, values):
         return x.index_copy(x.ndim - 1, position, values.unsqueeze(-1))
     start = [0] * (len(x.shape) - 1) + [index]
     return keras.ops.slice_update(x, start, keras.ops.expand_dims(values, -1))
+
+
+def float16_unsupported(dtype):
+    """Whether `keras.ops.dot_product_attention` rejects float16 here
+    (compiled JAX on CPU: "precision 'F16_F16_F32' is not supported by
+    dot_general on CPU")."""
+    if keras.backend.standardize_dtype(dtype) != "float16":
+        return False
+    if keras.backend.backend() != "jax":
+        return False
+    return keras.distribution.list_devices()[0].lower().startswith("cpu")

@@ -66,11 +66,13 @@ class ReadMask(MaskArgument, keras.layers.Layer):
 
     Keras hands a layer the mask of its input as the `mask` argument, the
     public way to read a mask on every backend. Call it on `y_pred` before
-    anything makes a new tensor of it: a new tensor has no mask.
+    anything makes a new tensor of it: a new tensor has no mask. Its
+    `dtype` (float32 by default) only names a policy: nothing is cast.
     """
 
     def __init__(self, **kwargs):
-        super().__init__(dtype="float32", autocast=False, **kwargs)
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(autocast=False, **kwargs)
         self.supports_masking = True
 
     def call(self, inputs, mask=None):

@@ -8,6 +8,8 @@ from keras import ops
 
 from keras_tfm import activations
 
+# A lambda or local function is accepted but cannot be saved:
+# `activations.serialize` says so when `get_config` is called.
 ACTIVATIONS_HINT = (
     'a name known to `keras.activations.get`, "gelu_approximate" or a callable'
 )

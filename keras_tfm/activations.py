@@ -73,4 +73,24 @@ def serialize(activation):
     for name, function in ACTIVATIONS.items():
         if activation is function:
             return name
+    _check_named(activation)
     return keras.activations.serialize(activation)
+
+
+def _check_named(activation):
+    """Raise for a lambda or a function defined inside another function.
+
+    Neither can be found again by name when a `.keras` file is loaded,
+    where the error would name only the layer's `from_config`; saving
+    (`get_config`) names the callable instead.
+    """
+    name = getattr(activation, "__name__", None)
+    qualified = getattr(activation, "__qualname__", "") or ""
+    if name == "<lambda>" or "<locals>" in qualified:
+        raise ValueError(
+            f"Cannot save the unnamed activation callable {activation!r} "
+            f"({qualified or name}): a `.keras` file could not load it "
+            'back. Pass a registered name, such as "gelu_approximate", '
+            '"gelu" or "silu", or a module-level function decorated with '
+            "`@keras.saving.register_keras_serializable()`."
+        )

@@ -105,13 +105,22 @@ def _symbolic_inputs(input_data, dynamic_sequence=False):
     listed = _as_list(input_data)
     if listed is None:
         return make(input_data)
-    return [make(x) for x in listed]
+    made = [make(x) for x in listed]
+    return tuple(made) if isinstance(input_data, tuple) else made
+
+
+def _apply(layer, inputs, call_kwargs):
+    """A tuple holds positional arguments (`(query, value)`); a list is
+    one argument (AddNorm's `[residual, sublayer]`)."""
+    if isinstance(inputs, tuple):
+        return layer(*inputs, **call_kwargs)
+    return layer(inputs, **call_kwargs)
 
 
 def _call(layer, inputs, call_kwargs, tied_check):
     if tied_check is not None:
         return tied_check(layer, inputs)
-    return layer(inputs, **call_kwargs)
+    return _apply(layer, inputs, call_kwargs)
 
 
 def _flat(outputs):
@@ -148,7 +157,7 @@ def _check_shapes(
 ):
     """Eager output vs `compute_output_shape` vs symbolic output."""
     layer = layer_cls(**init_kwargs)
-    outputs = layer(input_data, **call_kwargs)
+    outputs = _apply(layer, input_data, call_kwargs)
     flat_outputs = _flat(outputs)
     eager_shapes = [tuple(o.shape) for o in flat_outputs]
     eager_dtypes = [_dtype(o) for o in flat_outputs]
@@ -172,7 +181,12 @@ def _check_shapes(
     # `compute_output_spec` instead, which the symbolic calls below check.
     signature = inspect.signature(layer.compute_output_shape).parameters
     if all(k in signature for k in call_kwargs):
-        computed = layer.compute_output_shape(input_shape, **call_kwargs)
+        # A tuple spreads into positional shapes, as `_apply` spreads the
+        # tensors (`compute_output_shape(query_shape, value_shape)`).
+        if isinstance(input_data, tuple):
+            computed = layer.compute_output_shape(*input_shape, **call_kwargs)
+        else:
+            computed = layer.compute_output_shape(input_shape, **call_kwargs)
         computed = keras.tree.map_shape_structure(tuple, computed)
         computed = computed if isinstance(computed, list) else [computed]
         assert [tuple(s) for s in computed] == eager_shapes, (
@@ -183,8 +197,10 @@ def _check_shapes(
     # Static and dynamic (sequence axis `None`) symbolic calls.
     for dynamic in (False, True):
         symbolic = _flat(
-            layer_cls(**init_kwargs)(
-                _symbolic_inputs(input_data, dynamic), **call_kwargs
+            _apply(
+                layer_cls(**init_kwargs),
+                _symbolic_inputs(input_data, dynamic),
+                call_kwargs,
             )
         )
         assert len(symbolic) == len(flat_outputs)
@@ -237,7 +253,9 @@ def _check_mask(
     else:
         masked = [AttachMask()([x, mask_input]) for x in listed]
         model_inputs = [*listed, mask_input]
-    outputs = layer_cls(**init_kwargs)(masked, **call_kwargs)
+    if isinstance(input_data, tuple):
+        masked = tuple(masked)
+    outputs = _apply(layer_cls(**init_kwargs), masked, call_kwargs)
     probe = MaskProbe()(_flat(outputs)[0])
     model = keras.Model(model_inputs, probe)
     if listed is None:
@@ -301,7 +319,7 @@ def _check_mixed_precision(layer_cls, init_kwargs, input_data, call_kwargs):
         for policy in ("mixed_float16", "mixed_bfloat16"):
             keras.config.set_dtype_policy(policy)
             layer = layer_cls(**init_kwargs)
-            outputs = _flat(layer(input_data, **call_kwargs))
+            outputs = _flat(_apply(layer, input_data, call_kwargs))
             for out in outputs:
                 if _is_float(out):
                     assert np.isfinite(_numpy(out)).all(), (
@@ -362,9 +380,11 @@ def run_layer_test(
     Args:
         layer_cls: the layer class.
         init_kwargs: dict of constructor arguments.
-        input_data: a NumPy array or a list of arrays (e.g. AddNorm's
-            `[residual, sublayer]`); `keras.Input` dtypes follow the arrays,
-            so integer token ids work.
+        input_data: a NumPy array, a list of arrays (one argument, e.g.
+            AddNorm's `[residual, sublayer]`) or a tuple of arrays
+            (positional arguments, e.g. attention's `(query, value)`);
+            `keras.Input` dtypes follow the arrays, so integer token ids
+            work.
         call_kwargs: dict of extra Python-valued call arguments.
         expected_output_shape: the eager output shape (or a list of shapes
             for several outputs).
@@ -416,7 +436,7 @@ def run_layer_test(
 
 def _check_weight_counts(layer_cls, init_kwargs, input_data, call_kwargs, want):
     layer = layer_cls(**init_kwargs)
-    layer(input_data, **call_kwargs)
+    _apply(layer, input_data, call_kwargs)
     seeds = sum(len(sub._seed_generators) for sub in layer._flatten_layers())
     got = (
         len(layer.trainable_weights),

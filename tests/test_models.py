@@ -486,3 +486,23 @@ def test_bad_arguments_raise(kind, overrides, match):
 def test_builder_specific_bad_arguments_raise(kind, overrides, match):
     with pytest.raises(ValueError, match=match):
         call_builder(kind, **overrides)
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "lm"])
+def test_boolean_token_ids_are_rejected(kind):
+    """One rule with the embeddings: a functional model would cast boolean
+    ids to 0 and 1 silently. (`encoder_classifier` returns a plain
+    `keras.Model`, which casts them.)"""
+    model, inputs = build(kind)
+    model(inputs)
+    if isinstance(inputs, dict):
+        inputs = {
+            **inputs,
+            "decoder_token_ids": inputs["decoder_token_ids"] > 0,
+        }
+    else:
+        inputs = inputs > 0
+    with pytest.raises(TypeError, match="integer token ids"):
+        model(inputs)
+    with pytest.raises(TypeError, match="integer token ids"):
+        model.predict(inputs, verbose=0)

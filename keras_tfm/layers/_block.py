@@ -1,7 +1,6 @@
 """What the encoder and decoder blocks share: arguments and sublayers."""
 
 import keras
-from keras import ops
 
 from keras_tfm import activations, masks
 from keras_tfm._masking import MaskArgument
@@ -18,10 +17,10 @@ from keras_tfm._validation import (
     dtype_policy_config,
     shapes_compatible,
 )
+from keras_tfm.layers._attention_ops import check_head_options
 from keras_tfm.layers.add_norm import NORMALIZATIONS, AddNorm
-from keras_tfm.layers.attention import MultiHeadAttention, check_position
+from keras_tfm.layers.attention import MultiHeadAttention
 from keras_tfm.layers.feed_forward import FeedForward
-from keras_tfm.layers.position import check_rope_scaling
 
 
 class TransformerBlock(MaskArgument, keras.layers.Layer):
@@ -53,29 +52,19 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         rope_scaling=None,
         **kwargs,
     ):
-        check_positive_int("num_heads", num_heads)
-        check_positive_int("head_dim", head_dim, allow_none=True)
-        check_positive_int(
-            "num_key_value_heads", num_key_value_heads, allow_none=True
+        check_head_options(
+            num_heads,
+            position,
+            num_key_value_heads,
+            sliding_window,
+            rope_scaling,
         )
-        if num_key_value_heads is not None and num_heads % num_key_value_heads:
-            raise ValueError(
-                "`num_key_value_heads` must divide `num_heads` "
-                f"({num_heads}). Received: "
-                f"num_key_value_heads={num_key_value_heads}"
-            )
+        check_positive_int("head_dim", head_dim, allow_none=True)
         check_bool("attention_bias", attention_bias)
         if attention_output_bias is not None:
             check_bool("attention_output_bias", attention_output_bias)
         check_bool("feed_forward_bias", feed_forward_bias)
         check_bool("query_key_norm", query_key_norm)
-        check_positive_int("sliding_window", sliding_window, allow_none=True)
-        check_rope_scaling("rope_scaling", rope_scaling)
-        if rope_scaling is not None and position != "rotary":
-            raise ValueError(
-                '`rope_scaling` needs position="rotary". Received: '
-                f"rope_scaling={rope_scaling!r}, position={position!r}"
-            )
         check_positive_int("intermediate_dim", intermediate_dim)
         check_rate("dropout", dropout)
         if activation_dropout is not None:
@@ -83,7 +72,6 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         check_activation("activation", activation)
         check_positive_number("layer_norm_epsilon", layer_norm_epsilon)
         check_choice("normalization", normalization, NORMALIZATIONS)
-        check_position(position)
         check_positive_number("max_wavelength", max_wavelength)
         check_bool("norm_first", norm_first)
         check_bool("gated", gated)
@@ -161,7 +149,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         self._check_padding_mask("segment_ids", segment_ids, inputs.shape[1])
         segments = masks.segment_mask(segment_ids, causal=causal)
         return (
-            ops.not_equal(segment_ids, 0),
+            masks.padding_mask(segment_ids),
             masks.combine_masks(segments, attention_mask),
         )
 
@@ -199,6 +187,10 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
             dtype=self.dtype_policy,
             name=name,
         )
+        # The block chooses its masks itself (the key side's padding only,
+        # explicit arguments replacing Keras masks): the query's Keras mask
+        # that Keras fills in is not applied.
+        layer._use_query_mask = False
         layer.build(query_shape, value_shape)
         return layer
 
@@ -233,18 +225,6 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
         layer.build(shape)
         return layer
 
-    def _residual(self, add_norm, inputs, sublayer, training):
-        """Post-norm `Norm(x + f(x))` or pre-norm `x + f(Norm(x))`."""
-        sublayer_inputs = (
-            add_norm.normalize(inputs) if self.norm_first else inputs
-        )
-        outputs = sublayer(sublayer_inputs)
-        extra = None
-        if isinstance(outputs, tuple):
-            outputs, *extra = outputs
-        result = add_norm([inputs, outputs], training=training)
-        return result if extra is None else (result, *extra)
-
     def compute_mask(self, inputs, mask=None, *args, **kwargs):
         return mask
 
@@ -255,13 +235,7 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
             attention = getattr(self, name, None)
             if attention is not None:
                 found += attention._dense_layers()
-        feed_forward = self.feed_forward
-        found += [
-            feed_forward.intermediate_dense,
-            getattr(feed_forward, "gate_dense", None),
-            feed_forward.output_dense,
-        ]
-        return found
+        return found + self.feed_forward._dense_layers()
 
     def get_config(self):
         config = super().get_config()
@@ -298,3 +272,14 @@ class TransformerBlock(MaskArgument, keras.layers.Layer):
             }
         )
         return config
+
+
+def split_attention_results(results, scores, cache):
+    """`(output, scores, cache)` of an attention call, with `None` for the
+    scores or the cache that were not asked for."""
+    output, *rest = results if scores or cache else (results,)
+    return (
+        output,
+        rest.pop(0) if scores else None,
+        rest.pop(0) if cache else None,
+    )

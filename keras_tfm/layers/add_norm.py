@@ -79,21 +79,34 @@ def normalization_layer(normalization, epsilon, **kwargs):
 class AddNorm(keras.layers.Layer):
     """Residual connection with dropout, then normalization over features.
 
-    `call([residual, sublayer_output])` returns
-    `Norm(residual + Dropout(sublayer_output))` (post-norm, the paper's).
-    With `norm_first=True` (pre-norm, GPT-2 style) it returns
-    `residual + Dropout(sublayer_output)` and the block normalizes the
-    sublayer's *input* with `normalize(x)`: one layer owns the norm either
-    way. Normalization runs over the last (model) axis — layer norm, not
-    batch norm, whose statistics across sentences mean nothing for text —
-    with statistics in float32 under mixed precision. The residual's Keras
-    mask is propagated.
+    A block writes the same lines for both arrangements, and this layer
+    alone decides where the norm goes:
+
+    ```python
+    h = add_norm.sublayer_input(x)
+    x = add_norm([x, sublayer(h)])
+    ```
+
+    - `norm_first=False` (post-norm, the paper's): `sublayer_input(x)` is
+      `x` and `call([residual, sublayer_output])` returns
+      `Norm(residual + Dropout(sublayer_output))`;
+    - `norm_first=True` (pre-norm, GPT-2 style): `sublayer_input(x)` is
+      `Norm(x)` and `call` returns `residual + Dropout(sublayer_output)`:
+      the norm moves from the sum to the sublayer's input, so `call` itself
+      does not normalize (stack a final norm after the last block).
+
+    Either way the one `norm` sublayer holds the weights. Normalization runs
+    over the last (model) axis — layer norm, not batch norm, whose
+    statistics across sentences mean nothing for text — with statistics in
+    float32 under mixed precision. The residual's Keras mask is propagated.
 
     Args:
         normalization: `"layer"` (LayerNorm) or `"rms"` (RMSNorm).
         epsilon: small constant added to the variance.
         dropout: dropout rate applied to the sublayer output.
-        norm_first: pre-norm arrangement (see above).
+        norm_first: pre-norm arrangement: the norm applies to the
+            sublayer's input (`sublayer_input`), not to the sum (see
+            above).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -168,8 +181,13 @@ class AddNorm(keras.layers.Layer):
         self.built = True
 
     def normalize(self, inputs):
-        """Apply this layer's normalization alone (for pre-norm blocks)."""
+        """Apply this layer's normalization alone."""
         return self.norm(inputs)
+
+    def sublayer_input(self, inputs):
+        """The sublayer's input: `Norm(inputs)` pre-norm, `inputs`
+        post-norm."""
+        return self.norm(inputs) if self.norm_first else inputs
 
     def call(self, inputs, training=None):
         residual, sublayer_output = inputs

@@ -6,85 +6,26 @@ from keras import ops
 
 from keras_tfm import _backend, masks
 from keras_tfm._validation import (
-    check_bool,
     check_initializer,
     check_positive_int,
-    check_positive_number,
     check_rank,
     check_rate,
     clone_initializer,
     dtype_policy_config,
     shapes_compatible,
 )
+from keras_tfm.layers import _attention_ops as attention_ops
+from keras_tfm.layers._attention_cache import KeyValueCache
+from keras_tfm.layers._attention_ops import (
+    static_dim,
+    where_rows,
+)
 from keras_tfm.layers.add_norm import RMSNormalization
-from keras_tfm.layers.position import RotaryEmbedding, check_rope_scaling
-
-POSITIONS = ("none", "rotary")
-# Logits of masked keys; finite, so that no `inf - inf` can appear.
-_LARGE_NEGATIVE = -0.7 * float(np.finfo("float32").max)
-
-
-def check_position(position):
-    """`position` of attention: "none" or "rotary" (the others are the
-    embedding's)."""
-    if position not in POSITIONS:
-        raise ValueError(
-            '`position` must be "none" or "rotary"; sinusoidal and learned '
-            "positions are added by `TokenAndPositionEmbedding`. Received: "
-            f"position={position!r}"
-        )
-
-
-def _keras_output_shape(output_dim, output_shape):
-    """`output_dim` from Keras's `output_shape` argument (an int or a
-    1-tuple: the last axis), so code written for
-    `keras.layers.MultiHeadAttention` runs unchanged."""
-    if output_shape is None:
-        return output_dim
-    shape = output_shape
-    if isinstance(shape, (tuple, list)) and len(shape) == 1:
-        shape = shape[0]
-    if isinstance(shape, bool) or not isinstance(shape, int) or shape < 1:
-        raise ValueError(
-            "`output_shape` must be a positive int or a 1-tuple (the "
-            "output's last axis); keras_tfm attention projects the last "
-            f"axis only. Received: output_shape={output_shape!r}"
-        )
-    if output_dim is not None and output_dim != shape:
-        raise ValueError(
-            "Pass `output_dim` or Keras's `output_shape`, not both. "
-            f"Received: output_dim={output_dim}, output_shape={output_shape!r}"
-        )
-    return shape
-
-
-def _check_attention_axes(attention_axes):
-    # Keras's default (None) attends over every axis between batch and
-    # features; for (batch, seq, dim) inputs that is the sequence axis.
-    if attention_axes is None or attention_axes in (1, (1,), [1], -2, (-2,)):
-        return
-    raise ValueError(
-        "`attention_axes` must be None or the sequence axis (1): keras_tfm "
-        "attention takes (batch, seq, dim) inputs. Received: "
-        f"attention_axes={attention_axes!r}"
-    )
-
-
-def _static_dim(tensor, axis):
-    return tuple(tensor.shape)[axis]
-
-
-def _check_float(layer, name, tensor):
-    dtype = keras.backend.standardize_dtype(tensor.dtype)
-    if "float" not in dtype:
-        raise ValueError(
-            f"{type(layer).__name__} expects a floating-point `{name}`. "
-            f"Received: {name} with dtype={dtype}"
-        )
+from keras_tfm.layers.position import RotaryEmbedding
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
-class MultiHeadAttention(keras.layers.Layer):
+class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
     """Multi-head scaled dot-product attention with a key/value cache.
 
     Queries, keys and values are projected by `Dense` layers to
@@ -97,24 +38,31 @@ class MultiHeadAttention(keras.layers.Layer):
     `(dim, heads, head_dim)` `EinsumDense` kernels of
     `keras.layers.MultiHeadAttention` and keras-hub by a reshape.
 
+    Keras's constructor arguments and positional call order (`query, value,
+    key, query_mask, value_mask, key_mask, attention_mask, ...`) are taken,
+    so code for `keras.layers.MultiHeadAttention` runs unchanged; the
+    arguments of its own (cache, rotary, grouped heads) come after them.
+
     The attention itself runs through `keras.ops.dot_product_attention` (a
     fused kernel where the backend has one; a causal mask alone uses its
     `is_causal` kernel) unless attention dropout is active, the scores are
-    requested or `value_dim != key_dim` (JAX's kernel needs equal head
+    requested, a `cache` is given (decoding reads the cache in its own
+    layout) or `value_dim != key_dim` (JAX's kernel needs equal head
     sizes); then an explicit path computes the logits, a float32 softmax,
     dropout and the weighted sum. The softmax is in float32 under mixed
     precision on both paths.
 
     Masks follow `keras_tfm.masks`: boolean, `True` means "may attend". The
-    mask used is the AND of `attention_mask`, the key side's padding mask
-    (the Keras mask of `key` when `key` is given, else the Keras mask of
-    `value`) and, with `use_causal_mask=True`, the causal mask. The
-    query's padding mask is never used: padded queries attend like real
-    ones and the loss ignores them. Masked positions are inert:
+    mask used is the AND of `attention_mask`, the query's padding mask
+    (`query_mask`, as Keras: a padded query attends to nothing), the key
+    side's padding mask (the Keras mask of `key` when `key` is given, else
+    the Keras mask of `value`) and, with `use_causal_mask=True`, the causal
+    mask. Masked positions are inert:
 
-    - a query row with no allowed key gives exactly zero before the output
-      projection (so the layer returns the output bias there), and zero
-      attention scores, on every path and in every dtype;
+    - a query row with no allowed key (a padded query among them) gives
+      exactly zero before the output projection (so the layer returns the
+      output bias there; Keras's layer returns the mean of the values),
+      and zero attention scores, on every path and in every dtype;
     - keys and values at positions that no query may attend to, and
       queries of rows with no allowed key, are replaced by zeros (with
       `where`, not a product) before use, so NaN or inf in padded positions
@@ -128,9 +76,8 @@ class MultiHeadAttention(keras.layers.Layer):
         use_bias: whether the projections have biases. Defaults to `True`.
         output_dim: size of the output. Defaults to the query's last
             dimension.
-        output_shape: Keras's name for the same (an int or a 1-tuple),
-            accepted so code written for `keras.layers.MultiHeadAttention`
-            runs unchanged.
+        output_shape: Keras's name for `output_dim` (an int or a 1-tuple);
+            one setting, stored and serialized as `output_dim`.
         attention_axes: as in Keras: None or the sequence axis (1); other
             axes are refused.
         position: `"none"` or `"rotary"`: rotary position embedding of the
@@ -159,6 +106,10 @@ class MultiHeadAttention(keras.layers.Layer):
             `position="rotary"`: see `RotaryEmbedding(scaling=...)`.
         kernel_initializer: initializer of the projection kernels.
         bias_initializer: initializer of the projection biases.
+        kernel_regularizer, bias_regularizer, activity_regularizer,
+            kernel_constraint, bias_constraint: as in Keras, for each
+            projection.
+        seed: optional int seed of the attention dropout.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -167,26 +118,24 @@ class MultiHeadAttention(keras.layers.Layer):
             attention `cache` is given (`cache_index=None`).
         key: optional float tensor `(batch, key_len, dim_k)`. Defaults to
             `value`.
+        query_mask, value_mask, key_mask: padding masks `(batch, seq)`,
+            filled in by Keras from the inputs' Keras masks. A padded query
+            attends to nothing (see above); the output keeps `query`'s
+            Keras mask.
         attention_mask: optional boolean `(batch, query_len, key_len)`;
             `batch` and `query_len` may be 1 to broadcast (a key padding
             mask `(batch, 1, key_len)` costs no `(query, key)` tensor).
             `key_len` is the cache length when a cache is used.
-        use_causal_mask: whether query `t` may only see keys `<= t` (keys
-            `<= cache_index + t` when decoding with a cache).
         return_attention_scores: whether to also return the attention
             probabilities `(batch, heads, query_len, key_len)`.
         training: whether attention dropout is active.
+        use_causal_mask: whether query `t` may only see keys `<= t` (keys
+            `<= cache_index + t` when decoding with a cache).
         cache: optional key/value cache `(batch, 2, num_key_value_heads,
             max_length, key_dim)`: index 0 holds keys (rotated when
             `position` is `"rotary"`), index 1 values; see `compute_cache` and
-            `empty_cache`. Needs `value_dim == key_dim`. Heads come before
-            positions so that each decoding step reads the cache in the
-            layout the attention matmuls use (no per-step transpose).
-        positions: optional int `(batch, query_len)` positions of the
-            queries for `position="rotary"` (packed rows, where positions
-            restart in each segment); instead of `0, 1, ...`.
-        key_positions: the same for the keys; defaults to `positions` in
-            self-attention (the key tensor is the query tensor).
+            `empty_cache`. Needs `value_dim == key_dim`; takes the explicit
+            path.
         cache_index: position of the first query when decoding with a self
             attention cache. The projected `key`/`value` of the current
             step(s) are written into `cache` at this index and the queries
@@ -200,15 +149,18 @@ class MultiHeadAttention(keras.layers.Layer):
             used as is; `value` is a placeholder then and its Keras mask is
             not used either: pass the source's padding as
             `attention_mask` `(batch, 1, source_len)`.
-        query_mask, value_mask, key_mask: padding masks `(batch, seq)`,
-            filled in by Keras from the inputs' masks. `query_mask` is not
-            used for attention; the output keeps it as its Keras mask.
+        positions: optional int `(batch, query_len)` positions of the
+            queries for `position="rotary"` (packed rows, where positions
+            restart in each segment); instead of `0, 1, ...`.
+        key_positions: the same for the keys; defaults to `positions` in
+            self-attention (the key tensor is the query tensor).
 
     Returns:
         The output `(batch, query_len, output_dim)`; with
         `return_attention_scores=True` the tuple `(output, scores)`; with a
         `cache`, the updated cache is appended: `(output, cache)` or
-        `(output, scores, cache)`.
+        `(output, scores, cache)`. An empty batch or sequence gives an
+        empty output.
 
     Example:
 
@@ -243,7 +195,6 @@ class MultiHeadAttention(keras.layers.Layer):
         max_wavelength=10000,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
-        output_shape=None,
         attention_axes=None,
         num_key_value_heads=None,
         output_use_bias=None,
@@ -251,58 +202,57 @@ class MultiHeadAttention(keras.layers.Layer):
         query_key_norm_epsilon=1e-6,
         sliding_window=None,
         rope_scaling=None,
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        seed=None,
         **kwargs,
     ):
-        check_positive_int("num_heads", num_heads)
-        check_positive_int("key_dim", key_dim)
-        check_positive_int("value_dim", value_dim, allow_none=True)
-        dropout = check_rate("dropout", dropout)
-        check_bool("use_bias", use_bias)
-        check_positive_int("output_dim", output_dim, allow_none=True)
-        output_dim = _keras_output_shape(output_dim, output_shape)
-        _check_attention_axes(attention_axes)
-        check_position(position)
-        if position == "rotary" and key_dim % 2:
-            raise ValueError(
-                '`key_dim` must be even with position="rotary". '
-                f"Received: key_dim={key_dim}"
-            )
-        check_positive_number("max_wavelength", max_wavelength)
-        check_positive_int(
-            "num_key_value_heads", num_key_value_heads, allow_none=True
+        attention_ops.check_arguments(
+            num_heads,
+            key_dim,
+            value_dim,
+            use_bias,
+            attention_axes,
+            position,
+            max_wavelength,
+            num_key_value_heads,
+            output_use_bias,
+            query_key_norm,
+            query_key_norm_epsilon,
+            sliding_window,
+            rope_scaling,
+            seed,
         )
-        if num_key_value_heads is not None and num_heads % num_key_value_heads:
-            raise ValueError(
-                "`num_key_value_heads` must divide `num_heads` "
-                f"({num_heads}). Received: "
-                f"num_key_value_heads={num_key_value_heads}"
-            )
-        if output_use_bias is not None:
-            check_bool("output_use_bias", output_use_bias)
-        check_bool("query_key_norm", query_key_norm)
-        check_positive_number("query_key_norm_epsilon", query_key_norm_epsilon)
-        check_positive_int("sliding_window", sliding_window, allow_none=True)
-        check_rope_scaling("rope_scaling", rope_scaling)
-        if rope_scaling is not None and position != "rotary":
-            raise ValueError(
-                '`rope_scaling` needs position="rotary". Received: '
-                f"rope_scaling={rope_scaling!r}, position={position!r}"
-            )
+        dropout = check_rate("dropout", dropout)
+        check_positive_int("output_dim", output_dim, allow_none=True)
+        # Keras's name for `output_dim`, accepted and stored as it.
+        output_dim = attention_ops.output_dim_from(
+            output_dim, kwargs.pop("output_shape", None)
+        )
         kernel_initializer = check_initializer(
             "kernel_initializer", kernel_initializer
         )
         bias_initializer = check_initializer(
             "bias_initializer", bias_initializer
         )
+        dense_arguments = attention_ops.dense_arguments(
+            kernel_regularizer,
+            bias_regularizer,
+            activity_regularizer,
+            kernel_constraint,
+            bias_constraint,
+        )
         super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.value_dim = value_dim
-        self.dropout = dropout
-        self.use_bias = use_bias
+        self._num_heads = num_heads
+        self._key_dim = key_dim
+        self._value_dim = key_dim if value_dim is None else value_dim
+        self._dropout = dropout
+        self._use_bias = use_bias
+        self._attention_axes = attention_axes
         self.output_dim = output_dim
-        self.output_shape_argument = output_shape
-        self.attention_axes = attention_axes
         self.position = position
         self.max_wavelength = max_wavelength
         self.kernel_initializer = kernel_initializer
@@ -313,13 +263,27 @@ class MultiHeadAttention(keras.layers.Layer):
         self.query_key_norm_epsilon = query_key_norm_epsilon
         self.sliding_window = sliding_window
         self.rope_scaling = None if rope_scaling is None else dict(rope_scaling)
+        # Not `self.activity_regularizer`, which the base layer would apply
+        # to this layer's output too: Keras gives it to the projections.
+        self._dense_arguments = dense_arguments
+        self.seed = seed
         self.supports_masking = True
-        self._value_dim = key_dim if value_dim is None else value_dim
         self._kv_heads = (
             num_heads if num_key_value_heads is None else num_key_value_heads
         )
         # Query heads per key/value head.
         self._group = num_heads // self._kv_heads
+        # The blocks choose their masks themselves (the key side's padding
+        # only) and turn off the query mask that Keras fills in.
+        self._use_query_mask = True
+
+    # Read-only, as in `keras.layers.MultiHeadAttention`.
+    num_heads = property(lambda self: self._num_heads)
+    key_dim = property(lambda self: self._key_dim)
+    value_dim = property(lambda self: self._value_dim)
+    dropout = property(lambda self: self._dropout)
+    use_bias = property(lambda self: self._use_bias)
+    attention_axes = property(lambda self: self._attention_axes)
 
     def _dense(self, units, name, use_bias=None):
         return keras.layers.Dense(
@@ -327,16 +291,15 @@ class MultiHeadAttention(keras.layers.Layer):
             use_bias=self.use_bias if use_bias is None else use_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
+            **self._dense_arguments,
             dtype=self.dtype_policy,
             name=name,
         )
 
     def build(self, query_shape, value_shape, key_shape=None):
-        check_rank(self, "query", query_shape, (3,))
-        check_rank(self, "value", value_shape, (3,))
         if key_shape is None:
             key_shape = value_shape
-        check_rank(self, "key", key_shape, (3,))
+        attention_ops.check_shapes(self, query_shape, value_shape, key_shape)
         heads, kv_heads = self.num_heads, self._kv_heads
         self.query_dense = self._dense(heads * self.key_dim, "query_dense")
         self.query_dense.build(query_shape)
@@ -371,7 +334,10 @@ class MultiHeadAttention(keras.layers.Layer):
             )
             self.rotary_embedding.build((None, None, heads, self.key_dim))
         self.attention_dropout = keras.layers.Dropout(
-            self.dropout, dtype=self.dtype_policy, name="attention_dropout"
+            self.dropout,
+            seed=self.seed,
+            dtype=self.dtype_policy,
+            name="attention_dropout",
         )
         self.built = True
 
@@ -380,56 +346,29 @@ class MultiHeadAttention(keras.layers.Layer):
             if tensor is None:
                 continue
             check_rank(self, name, tensor.shape, (3,))
-            _check_float(self, name, tensor)
+            attention_ops.check_float(self, name, tensor)
         key, value = tensors.get("key"), tensors.get("value")
         if key is not None and value is not None:
-            _check_key_value_shapes(key.shape, value.shape)
+            attention_ops.check_shapes(
+                self, (None,) * 3, value.shape, key.shape
+            )
         if cache is not None:
             self._check_cache(cache)
         if attention_mask is None:
             return
         query = tensors["query"]
         if cache is not None:
-            key_length = _static_dim(cache, 3)
+            key_length = static_dim(cache, 3)
         else:
-            key = tensors.get("key")
-            key_length = _static_dim(
-                tensors["value"] if key is None else key, 1
-            )
-        expected = (_static_dim(query, 0), _static_dim(query, 1), key_length)
+            key_length = static_dim(value if key is None else key, 1)
+        expected = (static_dim(query, 0), static_dim(query, 1), key_length)
         mask_shape = tuple(attention_mask.shape)
-        mismatch = not shapes_compatible(
-            mask_shape, expected, broadcast_axes=(0, 1)
-        )
-        if mismatch:
+        if not shapes_compatible(mask_shape, expected, broadcast_axes=(0, 1)):
             raise ValueError(
                 "`attention_mask` must have shape (batch, query_len, "
                 f"key_len) = {expected} (batch and query_len may be 1). "
                 f"Received: attention_mask with shape {mask_shape}, query "
                 f"with shape {tuple(query.shape)}"
-            )
-
-    def _check_cacheable(self):
-        if self._value_dim != self.key_dim:
-            raise ValueError(
-                "A key/value cache needs `value_dim` equal to `key_dim`. "
-                f"Received: key_dim={self.key_dim}, "
-                f"value_dim={self._value_dim}"
-            )
-
-    def _check_cache(self, cache):
-        self._check_cacheable()
-        expected = (None, 2, self._kv_heads, None, self.key_dim)
-        shape = tuple(cache.shape)
-        if len(shape) != 5 or any(
-            want is not None and got is not None and got != want
-            for got, want in zip(shape, expected, strict=True)
-        ):
-            raise ValueError(
-                "`cache` must have shape (batch, 2, num_key_value_heads, "
-                f"max_length, key_dim) = (batch, 2, {self._kv_heads}, "
-                f"max_length, {self.key_dim}). Received: cache with shape "
-                f"{shape}"
             )
 
     def _project(self, dense, x, head_dim, heads=None):
@@ -467,19 +406,47 @@ class MultiHeadAttention(keras.layers.Layer):
             self.value_dense, value, self._value_dim, heads=self._kv_heads
         )
 
-    def _keys_and_values(self, key, value, cache, cache_index, positions):
-        """Return keys, values and the cache.
+    def _padding_masks(self, key, cache, query_mask, value_mask, key_mask):
+        """The query's and the key side's padding masks that apply.
+
+        The key side's padding is `key`'s mask when `key` was given, else
+        `value`'s. A cache's Keras masks cover only the new steps (self-
+        attention) or a placeholder `value` (cross-attention): unused.
+        """
+        key_padding = None
+        if cache is None:
+            key_padding = value_mask if key is None else key_mask
+        return (query_mask if self._use_query_mask else None), key_padding
+
+    def _heads(
+        self, query, value, key, cache, cache_index, positions, key_positions
+    ):
+        """Project the heads; return them and the (updated) cache.
 
         Without a cache keys and values are `(batch, key_len, kv_heads,
         dim)`; with one they are the cache's `(batch, kv_heads, max_length,
         dim)`.
         """
+        key_positions = attention_ops.check_positions(
+            self.position,
+            query,
+            value,
+            key,
+            cache,
+            cache_index,
+            positions,
+            key_positions,
+        )
+        key = value if key is None else key
+        start_index = 0 if cache_index is None else cache_index
+        query_heads = self._project_query(query, start_index, positions)
         if cache is None:
-            return (
-                self._project_key(key, positions=positions),
+            return attention_ops.Heads(
+                query_heads,
+                self._project_key(key, positions=key_positions),
                 self._project_value(value),
-                None,
-            )
+                "bsnh",
+            ), None
         if cache_index is not None:
             # The new steps `(batch, 2, kv_heads, steps, key_dim)` are written
             # at `cache_index` with one update of the whole cache, which
@@ -497,117 +464,72 @@ class MultiHeadAttention(keras.layers.Layer):
                 cache, [0, 0, 0, cache_index, 0], ops.cast(update, cache.dtype)
             )
         keys, values = cache[:, 0], cache[:, 1]
-        return (
+        return attention_ops.Heads(
+            query_heads,
             ops.cast(keys, self.compute_dtype),
             ops.cast(values, self.compute_dtype),
-            cache,
-        )
+            "bnsh",
+        ), cache
 
-    def _merged_mask(
-        self,
-        query,
-        key_length,
-        attention_mask,
-        key_padding,
-        use_causal_mask,
-        offset,
-    ):
-        query_length = ops.shape(query)[1]
-        mask = None
-        if key_padding is not None:
-            # Without the causal mask, (batch, 1, key_len) broadcasts over
-            # queries and no (batch, query_len, key_len) tensor is built.
-            mask = masks.attention_mask(
-                key_mask=key_padding,
-                causal=use_causal_mask,
-                query_length=query_length if use_causal_mask else 1,
-                offset=offset,
-            )
-        elif use_causal_mask:
-            causal = masks.causal_mask(query_length, key_length, offset=offset)
-            mask = ops.expand_dims(causal, 0)
-        window = None
-        if self.sliding_window is not None:
-            # (1, query_len, key_len)
-            window = ops.expand_dims(
-                masks.sliding_window_mask(
-                    query_length, key_length, self.sliding_window, offset
-                ),
-                0,
-            )
-        return masks.combine_masks(mask, attention_mask, window)
-
-    def _scores(self, query, key, mask, is_causal, keys):
-        """Float32 attention probabilities (uniform on rows with no key;
-        `call` zeroes those rows where they are visible)."""
+    def _explicit_attention(self, heads, mask, is_causal, has_key, dropout):
+        """Logits, float32 softmax, dropout and the weighted sum: the output
+        `(batch, query_len, heads, value_dim)` and the scores."""
+        query, key, value, layout = heads
         if is_causal:
-            length = ops.shape(query)[1]
-            mask = ops.expand_dims(masks.causal_mask(length), 0)
+            mask = ops.expand_dims(masks.causal_mask(ops.shape(query)[1]), 0)
         query = query * ops.cast(1.0 / np.sqrt(self.key_dim), query.dtype)
         # (batch, heads, query_len, key_len)
-        logits = ops.cast(self._logits(query, key, keys), "float32")
-        if mask is not None:
-            logits = ops.where(
-                ops.expand_dims(mask, 1), logits, _LARGE_NEGATIVE
+        logits = attention_ops.logits(query, key, layout, self._kv_heads)
+        scores = attention_ops.probabilities(logits, mask)
+        weights = scores
+        if dropout:
+            weights = self.attention_dropout(weights, training=True)
+        weights = ops.cast(weights, value.dtype)
+        output = attention_ops.weighted_sum(
+            weights, value, layout, self._kv_heads
+        )
+        if has_key is not None:
+            # Rows with no key get zero scores. Their output is zeroed by
+            # `call`, so a training graph that does not return the scores
+            # drops this (batch, heads, query, key) select.
+            keep = ops.expand_dims(ops.expand_dims(has_key, 1), -1)
+            scores = ops.where(keep, scores, ops.zeros_like(scores))
+        return output, ops.cast(scores, self.compute_dtype)
+
+    def _fused_attention(self, heads, mask, is_causal):
+        """`keras.ops.dot_product_attention`: the output `(batch,
+        query_len, heads, value_dim)`."""
+        query, key, value, _ = heads
+        dtype = query.dtype
+        if _backend.float16_unsupported(dtype):
+            query, key, value = (
+                ops.cast(t, "float32") for t in (query, key, value)
             )
-        return ops.softmax(logits, axis=-1)
-
-    def _logits(self, query, key, keys):
-        """Query-key products `(batch, heads, query_len, key_len)`.
-
-        Grouped heads are contracted as `(kv_heads, group)` against the
-        key/value heads, without repeating keys.
-        """
-        group = self._group
-        if group == 1:
-            if _one_step(query, keys):
-                return ops.expand_dims(
-                    ops.einsum("bnh,bnsh->bns", ops.squeeze(query, 1), key), 2
-                )
-            return ops.einsum(f"btnh,{keys}->bnts", query, key)
-        shape = ops.shape(query)
-        kv_heads, key_dim = self._kv_heads, self.key_dim
-        if _one_step(query, keys):
-            # (batch, kv_heads, group, key_dim)
-            grouped = ops.reshape(query, (shape[0], kv_heads, group, key_dim))
-            logits = ops.einsum("bkgh,bksh->bkgs", grouped, key)
-            return ops.reshape(logits, (shape[0], self.num_heads, 1, -1))
-        # (batch, query_len, kv_heads, group, key_dim)
-        grouped = ops.reshape(
-            query, (shape[0], shape[1], kv_heads, group, key_dim)
+        if self._group > 1:
+            # (batch, key_len, heads, dim), in `repeat_kv`'s order.
+            key = ops.repeat(key, self._group, axis=2)
+            value = ops.repeat(value, self._group, axis=2)
+        output = ops.dot_product_attention(
+            query,
+            key,
+            value,
+            mask=None if mask is None else ops.expand_dims(mask, 1),
+            scale=1.0 / float(np.sqrt(self.key_dim)),
+            is_causal=is_causal,
         )
-        key_spec = keys.replace("n", "k")
-        logits = ops.einsum(f"btkgh,{key_spec}->bkgts", grouped, key)
+        return ops.cast(output, dtype)
+
+    def _merge_heads(self, output):
+        """`(batch, query_len, heads, value_dim)` through the output
+        projection to `(batch, query_len, output_dim)`."""
+        shape = ops.shape(output)
+        # (batch * query_len, heads * value_dim): one matmul over tokens.
+        output = self.output_dense(
+            ops.reshape(output, (-1, self.num_heads * self._value_dim))
+        )
+        # Sizes, not -1: an empty batch or sequence has no size to infer.
         return ops.reshape(
-            logits, (shape[0], self.num_heads, shape[1], ops.shape(logits)[-1])
-        )
-
-    def _weighted_sum(self, weights, value, keys):
-        """Attention output `(batch, query_len, heads, value_dim)`."""
-        group = self._group
-        one_step = keys == "bnsh" and _static_dim(weights, 2) == 1
-        if group == 1:
-            if one_step:
-                return ops.expand_dims(
-                    ops.einsum("bns,bnsh->bnh", ops.squeeze(weights, 2), value),
-                    1,
-                )
-            return ops.einsum(f"bnts,{keys}->btnh", weights, value)
-        shape = ops.shape(weights)
-        kv_heads, value_dim = self._kv_heads, self._value_dim
-        if one_step:
-            # (batch, kv_heads, group, key_len)
-            grouped = ops.reshape(weights, (shape[0], kv_heads, group, -1))
-            output = ops.einsum("bkgs,bksh->bkgh", grouped, value)
-            return ops.reshape(output, (shape[0], 1, self.num_heads, value_dim))
-        # (batch, kv_heads, group, query_len, key_len)
-        grouped = ops.reshape(
-            weights, (shape[0], kv_heads, group, shape[2], shape[3])
-        )
-        key_spec = keys.replace("n", "k")
-        output = ops.einsum(f"bkgts,{key_spec}->btkgh", grouped, value)
-        return ops.reshape(
-            output, (shape[0], shape[2], self.num_heads, value_dim)
+            output, (shape[0], shape[1], self.output_dense.units)
         )
 
     def call(
@@ -615,154 +537,58 @@ class MultiHeadAttention(keras.layers.Layer):
         query,
         value,
         key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
         attention_mask=None,
-        use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        use_causal_mask=False,
         cache=None,
         cache_index=None,
         positions=None,
         key_positions=None,
-        query_mask=None,
-        value_mask=None,
-        key_mask=None,
     ):
         self._check_inputs(
             attention_mask, cache, query=query, value=value, key=key
         )
-        if cache_index is not None and cache is None:
-            raise ValueError(
-                "`cache_index` needs a `cache`. Received: cache=None, "
-                f"cache_index={cache_index}"
-            )
-        if positions is not None or key_positions is not None:
-            if self.position != "rotary":
-                raise ValueError(
-                    '`positions` apply to position="rotary" attention only; '
-                    "other positions are added by the embedding. Received: "
-                    f"positions with position={self.position!r}"
-                )
-            if cache is not None:
-                raise ValueError(
-                    "`positions` are for packed rows without a cache; with a "
-                    "cache positions follow `cache_index`. Received: a cache"
-                )
-            if key_positions is None:
-                if (value if key is None else key) is not query:
-                    raise ValueError(
-                        "`key_positions` are needed when the keys are not "
-                        "the queries (cross-attention). Received: "
-                        "key_positions=None"
-                    )
-                key_positions = positions
-        explicit_key = key is not None
-        key = value if key is None else key
-        start_index = 0 if cache_index is None else cache_index
-
-        # (batch, query_len, heads, key_dim)
-        query_heads = self._project_query(query, start_index, positions)
-
-        key_heads, value_heads, cache = self._keys_and_values(
-            key, value, cache, cache_index, key_positions
+        query_mask, key_padding = self._padding_masks(
+            key, cache, query_mask, value_mask, key_mask
         )
-        # Keys and values: (batch, key_len, heads, dim), or heads first,
-        # (batch, heads, max_length, dim), when they come from a cache.
-        keys = "bsnh" if cache is None else "bnsh"
-        key_axis = 1 if cache is None else 2
-        key_padding = None
-        if cache is None:
-            # The key side's padding: `key`'s mask when `key` was given,
-            # else `value`'s. (With a self-attention cache the Keras masks
-            # cover only the new steps; with a cross-attention cache `value`
-            # is a placeholder.)
-            key_padding = key_mask if explicit_key else value_mask
-
-        query_length = _static_dim(query, 1)
-        key_length = _static_dim(key_heads, key_axis)
-        is_causal = (
-            use_causal_mask
-            and cache is None
-            and attention_mask is None
-            and key_padding is None
-            and query_length is not None
-            and query_length == key_length
-            and self.sliding_window is None
+        heads, cache = self._heads(
+            query, value, key, cache, cache_index, positions, key_positions
         )
-        mask = None
-        if not is_causal:
-            mask = self._merged_mask(
-                query,
-                ops.shape(key_heads)[key_axis],
-                attention_mask,
-                key_padding,
-                use_causal_mask,
-                start_index,
-            )
-
+        mask, is_causal = attention_ops.merged_mask(
+            query,
+            heads,
+            attention_mask,
+            query_mask,
+            key_padding,
+            use_causal_mask,
+            0 if cache_index is None else cache_index,
+            self.sliding_window,
+        )
         has_key = None
         if mask is not None:
-            # Inert masked positions: zero what no one may use, and let
-            # empty rows attend everywhere (finite), then zero their output.
-            has_key = ops.any(mask, axis=-1)  # (batch, query_len)
-            attended = ops.any(mask, axis=-2)  # (batch, key_len)
-            query_heads = _where_rows(has_key, query_heads)
-            key_heads = _where_rows(attended, key_heads, key_axis)
-            value_heads = _where_rows(attended, value_heads, key_axis)
-            mask = ops.logical_or(
-                mask, ops.expand_dims(ops.logical_not(has_key), -1)
-            )
+            mask, has_key, heads = attention_ops.inert(mask, heads)
 
-        use_dropout = self.dropout > 0 and bool(training)
+        dropout = self.dropout > 0 and bool(training)
         scores = None
         if (
-            use_dropout
+            dropout
             or return_attention_scores
-            or self._value_dim != self.key_dim
             or cache is not None
+            or self._value_dim != self.key_dim
         ):
-            scores = self._scores(query_heads, key_heads, mask, is_causal, keys)
-            weights = scores
-            if use_dropout:
-                weights = self.attention_dropout(weights, training=training)
-            weights = ops.cast(weights, value_heads.dtype)
-            # (batch, query_len, heads, value_dim)
-            output = self._weighted_sum(weights, value_heads, keys)
-            if return_attention_scores and has_key is not None:
-                # Only the returned scores need zero rows: the output of
-                # such rows is zeroed below, so the training graph skips
-                # this (batch, heads, query, key) select.
-                keep = ops.expand_dims(ops.expand_dims(has_key, 1), -1)
-                scores = ops.where(keep, scores, ops.zeros_like(scores))
-            scores = ops.cast(scores, self.compute_dtype)
-        else:
-            fused_dtype = query_heads.dtype
-            if _float16_unsupported(fused_dtype):
-                query_heads, key_heads, value_heads = (
-                    ops.cast(t, "float32")
-                    for t in (query_heads, key_heads, value_heads)
-                )
-            if self._group > 1:
-                # (batch, key_len, heads, dim), in `repeat_kv`'s order.
-                key_heads = ops.repeat(key_heads, self._group, axis=2)
-                value_heads = ops.repeat(value_heads, self._group, axis=2)
-            output = ops.dot_product_attention(
-                query_heads,
-                key_heads,
-                value_heads,
-                mask=None if mask is None else ops.expand_dims(mask, 1),
-                scale=1.0 / float(np.sqrt(self.key_dim)),
-                is_causal=is_causal,
+            output, scores = self._explicit_attention(
+                heads, mask, is_causal, has_key, dropout
             )
-            output = ops.cast(output, fused_dtype)
+        else:
+            output = self._fused_attention(heads, mask, is_causal)
         if has_key is not None:
-            output = _where_rows(has_key, output)
+            output = where_rows(has_key, output)
+        output = self._merge_heads(output)
 
-        # (batch * query_len, heads * value_dim): one matmul over tokens.
-        shape = ops.shape(output)
-        output = self.output_dense(
-            ops.reshape(output, (-1, self.num_heads * self._value_dim))
-        )
-        output = ops.reshape(output, (shape[0], shape[1], -1))
         results = (output,)
         if return_attention_scores:
             results += (scores,)
@@ -774,8 +600,7 @@ class MultiHeadAttention(keras.layers.Layer):
         return mask
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
-        if key_shape is not None:
-            _check_key_value_shapes(key_shape, value_shape)
+        attention_ops.check_shapes(self, query_shape, value_shape, key_shape)
         output_dim = self.output_dim or query_shape[-1]
         return tuple(query_shape[:-1]) + (output_dim,)
 
@@ -784,17 +609,17 @@ class MultiHeadAttention(keras.layers.Layer):
         query,
         value,
         key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
         attention_mask=None,
-        use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        use_causal_mask=False,
         cache=None,
         cache_index=None,
         positions=None,
         key_positions=None,
-        query_mask=None,
-        value_mask=None,
-        key_mask=None,
     ):
         self._check_inputs(
             attention_mask, cache, query=query, value=value, key=key
@@ -822,75 +647,6 @@ class MultiHeadAttention(keras.layers.Layer):
             results += (keras.KerasTensor(cache.shape, dtype=cache.dtype),)
         return results[0] if len(results) == 1 else results
 
-    def empty_cache(self, batch_size, max_length, dtype=None):
-        """Return a zero self-attention cache for `call(..., cache_index=)`.
-
-        Args:
-            batch_size: the batch size.
-            max_length: number of positions the cache holds.
-            dtype: dtype of the cache. Defaults to the compute dtype.
-
-        Returns:
-            Zeros `(batch_size, 2, num_key_value_heads, max_length,
-            key_dim)`.
-        """
-        check_positive_int("max_length", max_length)
-        self._check_cacheable()
-        return ops.zeros(
-            (batch_size, 2, self._kv_heads, max_length, self.key_dim),
-            dtype=dtype or self.compute_dtype,
-        )
-
-    def compute_cache(self, value, key=None, max_length=None):
-        """Project `key`/`value` once, for attention with a fixed cache.
-
-        For cross-attention, pass the result as `cache` with
-        `cache_index=None` at every decoding step, with the source's
-        padding as `attention_mask` (the cache holds no mask, and Keras
-        masks of `value` are not read here). For self-attention, a
-        prompt's cache padded to `max_length` can be continued with
-        `cache_index=prompt_length`.
-
-        Args:
-            value: float tensor `(batch, key_len, dim_v)`.
-            key: optional float tensor `(batch, key_len, dim_k)`. Defaults
-                to `value`.
-            max_length: when given, the cache is padded with zeros to this
-                length along the key axis.
-
-        Returns:
-            Tensor `(batch, 2, num_key_value_heads, key_len or max_length,
-            key_dim)`:
-            the projected keys (rotated from position 0 when `position` is
-            `"rotary"`) at index 0 and values at index 1.
-        """
-        if not self.built:
-            raise ValueError(
-                "`compute_cache` needs a built layer: call the layer once "
-                "or call `build(query_shape, value_shape)` first."
-            )
-        key = value if key is None else key
-        self._check_inputs(value=value, key=key)
-        self._check_cacheable()
-        # (batch, 2, heads, key_len, head_dim)
-        cache = ops.transpose(
-            ops.stack(
-                [self._project_key(key), self._project_value(value)], axis=1
-            ),
-            (0, 1, 3, 2, 4),
-        )
-        if max_length is not None:
-            check_positive_int("max_length", max_length)
-            length = _static_dim(cache, 3)
-            if length is not None and length > max_length:
-                raise ValueError(
-                    "`max_length` must be at least the key length "
-                    f"{length}. Received: max_length={max_length}"
-                )
-            pad = max_length - ops.shape(cache)[3]
-            cache = ops.pad(cache, [[0, 0], [0, 0], [0, 0], [0, pad], [0, 0]])
-        return cache
-
     def get_config(self):
         base = super().get_config()
         if self.built:
@@ -903,7 +659,6 @@ class MultiHeadAttention(keras.layers.Layer):
             "dropout": self.dropout,
             "use_bias": self.use_bias,
             "output_dim": self.output_dim,
-            "output_shape": self.output_shape_argument,
             "attention_axes": self.attention_axes,
             "position": self.position,
             "max_wavelength": self.max_wavelength,
@@ -919,6 +674,8 @@ class MultiHeadAttention(keras.layers.Layer):
             "bias_initializer": keras.initializers.serialize(
                 self.bias_initializer
             ),
+            **attention_ops.serialize_dense_arguments(self._dense_arguments),
+            "seed": self.seed,
         }
         return {**base, **config}
 
@@ -929,43 +686,3 @@ class MultiHeadAttention(keras.layers.Layer):
             self.value_dense,
             self.output_dense,
         ]
-
-
-def _one_step(query, keys):
-    """Whether `query` is one decoding step against a cache: its length is
-    statically 1. The einsums then drop that axis, so that XLA on CPU runs
-    each head as a matrix-vector product over the cache (about 2x faster
-    at 512 cached positions than the same dot with a unit axis)."""
-    return keys == "bnsh" and _static_dim(query, 1) == 1
-
-
-def _where_rows(keep, x, axis=1):
-    """Zero `x` where `keep` (batch, seq) is False; `seq` is `x`'s `axis`
-    (`(batch, seq, heads, dim)`, or heads first with `axis=2`)."""
-    keep = ops.expand_dims(keep, -1)
-    keep = ops.expand_dims(keep, -1 if axis == 1 else 1)
-    return ops.where(keep, x, ops.zeros_like(x))
-
-
-def _check_key_value_shapes(key_shape, value_shape):
-    key_length, value_length = tuple(key_shape)[1], tuple(value_shape)[1]
-    if (
-        key_length is not None
-        and value_length is not None
-        and key_length != value_length
-    ):
-        raise ValueError(
-            "`key` and `value` must have the same length. Received: key "
-            f"with shape {tuple(key_shape)}, value with shape "
-            f"{tuple(value_shape)}"
-        )
-
-
-def _float16_unsupported(dtype):
-    """Whether the fused kernel rejects float16 here (compiled JAX on CPU:
-    "precision 'F16_F16_F32' is not supported by dot_general on CPU")."""
-    if keras.backend.standardize_dtype(dtype) != "float16":
-        return False
-    if keras.backend.backend() != "jax":
-        return False
-    return keras.distribution.list_devices()[0].lower().startswith("cpu")

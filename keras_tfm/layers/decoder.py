@@ -6,7 +6,8 @@ from keras import ops
 from keras_tfm import masks
 from keras_tfm._masking import ReadMask
 from keras_tfm._validation import check_bool, check_rank
-from keras_tfm.layers._block import TransformerBlock
+from keras_tfm.layers._attention_ops import check_cache_index
+from keras_tfm.layers._block import TransformerBlock, split_attention_results
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
@@ -35,7 +36,9 @@ class TransformerDecoderBlock(TransformerBlock):
             `intermediate_dim`); must divide the model width unless
             `head_dim` is given.
         intermediate_dim: width of the feed-forward hidden layer.
-        dropout: dropout rate everywhere in the block.
+        dropout: dropout rate of the residual branches and the attention
+            probabilities, and of the feed-forward hidden layer unless
+            `activation_dropout` is given.
         activation: the FFN non-linearity.
         norm_first: pre-norm instead of post-norm.
         layer_norm_epsilon: epsilon of the normalization layers.
@@ -219,7 +222,9 @@ class TransformerDecoderBlock(TransformerBlock):
             self.cross_attention_add_norm = self._add_norm(
                 "cross_attention_add_norm", input_shape
             )
-            self._read_mask = ReadMask(name="read_mask")
+            self._read_mask = ReadMask(
+                dtype=self.dtype_policy, name="read_mask"
+            )
             self._read_mask.build(encoder_outputs_shape)
         self.feed_forward = self._feed_forward(input_shape)
         self.feed_forward_add_norm = self._add_norm(
@@ -285,6 +290,119 @@ class TransformerDecoderBlock(TransformerBlock):
         inputs_mask=None,
         encoder_outputs_mask=None,
     ):
+        self._check_call(
+            inputs,
+            encoder_outputs,
+            cache,
+            cache_index,
+            cross_attention_cache,
+            segment_ids,
+            encoder_segment_ids,
+        )
+        self_padding, self_mask = self._self_attention_masks(
+            inputs,
+            decoder_padding_mask,
+            cache,
+            segment_ids,
+            mask if mask is not None else inputs_mask,
+        )
+
+        residual = inputs
+        x = self.self_attention_add_norm.sublayer_input(inputs)
+        attended = self.self_attention(
+            x,
+            x,
+            value_mask=self_padding,
+            attention_mask=self_mask,
+            return_attention_scores=return_attention_scores,
+            training=training,
+            use_causal_mask=True,
+            cache=cache,
+            cache_index=cache_index,
+            **self._rotary_positions(positions),
+        )
+        x, self_scores, cache = split_attention_results(
+            attended, return_attention_scores, cache is not None
+        )
+        x = self.self_attention_add_norm([residual, x], training=training)
+
+        cross_scores = None
+        if self.cross_attention:
+            x, cross_scores = self._attend_source(
+                x,
+                encoder_outputs,
+                encoder_padding_mask,
+                cross_attention_cache,
+                (segment_ids, encoder_segment_ids),
+                encoder_outputs_mask,
+                return_attention_scores,
+                training,
+            )
+        residual = x
+        x = self.feed_forward_add_norm.sublayer_input(x)
+        x = self.feed_forward(x, training=training)
+        x = self.feed_forward_add_norm([residual, x], training=training)
+
+        results = (x,)
+        if return_attention_scores:
+            results += (self_scores,)
+            results += (cross_scores,) if self.cross_attention else ()
+        if cache is not None:
+            results += (cache,)
+        return results[0] if len(results) == 1 else results
+
+    def _attend_source(
+        self,
+        x,
+        encoder_outputs,
+        encoder_padding_mask,
+        cross_attention_cache,
+        segment_ids,
+        encoder_outputs_mask,
+        return_attention_scores,
+        training,
+    ):
+        """The cross-attention sublayer with its residual: the new `x` and
+        the scores (`None` unless asked for)."""
+        source_cache, source_padding, source_mask = self._cross_attention_masks(
+            encoder_outputs,
+            encoder_padding_mask,
+            cross_attention_cache,
+            *segment_ids,
+            encoder_outputs_mask,
+        )
+        residual = x
+        x = self.cross_attention_add_norm.sublayer_input(x)
+        attended = self.cross_attention_layer(
+            x,
+            # With a cache, `value` is a placeholder.
+            x if source_cache is not None else encoder_outputs,
+            value_mask=source_padding,
+            attention_mask=source_mask,
+            return_attention_scores=return_attention_scores,
+            training=training,
+            cache=source_cache,
+        )
+        # The cross-attention cache does not change: it is dropped.
+        x, scores, _ = split_attention_results(
+            attended, return_attention_scores, source_cache is not None
+        )
+        return (
+            self.cross_attention_add_norm([residual, x], training=training),
+            scores,
+        )
+
+    def _check_call(
+        self,
+        inputs,
+        encoder_outputs,
+        cache,
+        cache_index,
+        cross_attention_cache,
+        segment_ids,
+        encoder_segment_ids,
+    ):
+        """The checks of `call`'s arguments, before any mask is read."""
         self._check_inputs("inputs", inputs.shape)
         has_source = (
             encoder_outputs is not None or cross_attention_cache is not None
@@ -308,154 +426,99 @@ class TransformerDecoderBlock(TransformerBlock):
                     f"{inputs.shape[-1]}. Received: encoder_outputs with "
                     f"shape {tuple(encoder_outputs.shape)}"
                 )
-        if cache_index is not None and cache is None:
-            raise ValueError(
-                "`cache_index` needs a `cache`. Received: cache=None, "
-                f"cache_index={cache_index}"
-            )
+        check_cache_index(cache, cache_index)
         if cache is not None and cache_index is None:
             raise ValueError(
                 "A self-attention `cache` needs `cache_index`, the position "
                 "of the first new step. Received: cache_index=None"
             )
-
-        self_padding = None
-        self_mask = None
-        cross_segments = None
-        if segment_ids is not None or encoder_segment_ids is not None:
-            if cache is not None or cross_attention_cache is not None:
-                raise ValueError(
-                    "`segment_ids` are for packed rows without a cache. "
-                    "Received: segment_ids with a cache"
-                )
-            if segment_ids is None or (
-                self.cross_attention and encoder_segment_ids is None
-            ):
-                raise ValueError(
-                    "Packed rows need `segment_ids` and, with "
-                    "cross-attention, `encoder_segment_ids`. Received: "
-                    f"segment_ids={_given(segment_ids)}, "
-                    f"encoder_segment_ids={_given(encoder_segment_ids)}"
-                )
-            self_padding, self_mask = self._segments(
-                segment_ids, inputs, None, causal=True
+        if segment_ids is None and encoder_segment_ids is None:
+            return
+        if cache is not None or cross_attention_cache is not None:
+            raise ValueError(
+                "`segment_ids` are for packed rows without a cache. "
+                "Received: segment_ids with a cache"
             )
-            if self.cross_attention:
-                self._check_padding_mask(
-                    "encoder_segment_ids",
-                    encoder_segment_ids,
-                    encoder_outputs.shape[1],
-                )
-                encoder_padding_mask = ops.not_equal(encoder_segment_ids, 0)
-                cross_segments = masks.segment_mask(
-                    segment_ids, encoder_segment_ids
-                )
-        elif cache is None:
+        if segment_ids is None or (
+            self.cross_attention and encoder_segment_ids is None
+        ):
+            raise ValueError(
+                "Packed rows need `segment_ids` and, with "
+                "cross-attention, `encoder_segment_ids`. Received: "
+                f"segment_ids={_given(segment_ids)}, "
+                f"encoder_segment_ids={_given(encoder_segment_ids)}"
+            )
+
+    def _self_attention_masks(
+        self, inputs, decoder_padding_mask, cache, segment_ids, mask
+    ):
+        """The self-attention's key padding and attention masks (the causal
+        mask is added by the attention layer)."""
+        if segment_ids is not None:
+            return self._segments(segment_ids, inputs, None, causal=True)
+        if cache is None:
             if decoder_padding_mask is None:
-                self_padding = mask if mask is not None else inputs_mask
-            else:
-                self._check_padding_mask(
-                    "decoder_padding_mask",
-                    decoder_padding_mask,
-                    inputs.shape[1],
-                )
-                self_padding = decoder_padding_mask
-        elif decoder_padding_mask is not None:
-            # Over the cache's positions; the causal mask at `cache_index`
-            # is added by the attention layer.
+                return mask, None
             self._check_padding_mask(
-                "decoder_padding_mask", decoder_padding_mask, cache.shape[3]
+                "decoder_padding_mask", decoder_padding_mask, inputs.shape[1]
             )
-            self_mask = masks.attention_mask(
-                key_mask=decoder_padding_mask, query_length=1
-            )
-        scores = []
-        rotary = self._rotary_positions(positions)
-
-        def attend_self(x):
-            outputs = self.self_attention(
-                x,
-                x,
-                attention_mask=self_mask,
-                value_mask=self_padding,
-                use_causal_mask=True,
-                return_attention_scores=return_attention_scores,
-                cache=cache,
-                cache_index=cache_index,
-                training=training,
-                **rotary,
-            )
-            return _keep_scores(outputs, return_attention_scores, scores)
-
-        x = self._residual(
-            self.self_attention_add_norm, inputs, attend_self, training
+            return decoder_padding_mask, None
+        if decoder_padding_mask is None:
+            return None, None
+        # Over the cache's positions, as a (batch, 1, max_length) mask.
+        self._check_padding_mask(
+            "decoder_padding_mask", decoder_padding_mask, cache.shape[3]
         )
-        new_cache = None
-        if isinstance(x, tuple):
-            x, new_cache = x
-
-        if self.cross_attention:
-            source_cache = cross_attention_cache
-            if isinstance(source_cache, (tuple, list)):
-                source_cache, carried = source_cache
-                if encoder_padding_mask is None:
-                    encoder_padding_mask = carried
-            if encoder_padding_mask is None and source_cache is None:
-                encoder_padding_mask = encoder_outputs_mask
-            elif (
-                encoder_padding_mask is not None and encoder_outputs is not None
-            ):
-                self._check_padding_mask(
-                    "encoder_padding_mask",
-                    encoder_padding_mask,
-                    encoder_outputs.shape[1],
-                )
-
-            def attend_source(h):
-                if source_cache is None:
-                    outputs = self.cross_attention_layer(
-                        h,
-                        encoder_outputs,
-                        attention_mask=cross_segments,
-                        value_mask=encoder_padding_mask,
-                        return_attention_scores=return_attention_scores,
-                        training=training,
-                    )
-                    return _keep_scores(
-                        outputs, return_attention_scores, scores
-                    )
-                # With a cache `value` is a placeholder: the source padding
-                # comes as a (batch, 1, source_len) attention mask.
-                cross_mask = None
-                if encoder_padding_mask is not None:
-                    cross_mask = masks.attention_mask(
-                        key_mask=encoder_padding_mask, query_length=1
-                    )
-                outputs = self.cross_attention_layer(
-                    h,
-                    h,
-                    attention_mask=cross_mask,
-                    return_attention_scores=return_attention_scores,
-                    cache=source_cache,
-                    training=training,
-                )[:-1]  # the cross-attention cache does not change
-                if not return_attention_scores:
-                    return outputs[0]
-                return _keep_scores(outputs, True, scores)
-
-            x = self._residual(
-                self.cross_attention_add_norm, x, attend_source, training
-            )
-        x = self._residual(
-            self.feed_forward_add_norm,
-            x,
-            lambda h: self.feed_forward(h, training=training),
-            training,
+        return None, masks.attention_mask(
+            key_mask=decoder_padding_mask, query_length=1
         )
-        results = (x, *scores) if return_attention_scores else (x,)
-        if cache is not None:
-            results += (new_cache,)
-        return results[0] if len(results) == 1 else results
+
+    def _cross_attention_masks(
+        self,
+        encoder_outputs,
+        encoder_padding_mask,
+        cross_attention_cache,
+        segment_ids,
+        encoder_segment_ids,
+        encoder_outputs_mask,
+    ):
+        """The cross-attention's cache, key padding and attention masks."""
+        if encoder_segment_ids is not None:
+            self._check_padding_mask(
+                "encoder_segment_ids",
+                encoder_segment_ids,
+                encoder_outputs.shape[1],
+            )
+            return (
+                None,
+                masks.padding_mask(encoder_segment_ids),
+                masks.segment_mask(segment_ids, encoder_segment_ids),
+            )
+        source_cache = cross_attention_cache
+        if isinstance(source_cache, (tuple, list)):
+            # The pair from `compute_cross_attention_cache`.
+            source_cache, carried = source_cache
+            if encoder_padding_mask is None:
+                encoder_padding_mask = carried
+        if encoder_padding_mask is not None and encoder_outputs is not None:
+            self._check_padding_mask(
+                "encoder_padding_mask",
+                encoder_padding_mask,
+                encoder_outputs.shape[1],
+            )
+        if source_cache is None:
+            if encoder_padding_mask is None:
+                return None, encoder_outputs_mask, None
+            return None, encoder_padding_mask, None
+        # With a cache the source padding comes as a (batch, 1, source_len)
+        # attention mask.
+        if encoder_padding_mask is None:
+            return source_cache, None, None
+        return (
+            source_cache,
+            None,
+            masks.attention_mask(key_mask=encoder_padding_mask, query_length=1),
+        )
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return tuple(input_shape)
@@ -512,13 +575,3 @@ class TransformerDecoderBlock(TransformerBlock):
 
 def _given(value):
     return "None" if value is None else "given"
-
-
-def _keep_scores(outputs, return_attention_scores, scores):
-    """Take the scores out of an attention layer's results into `scores`
-    and return the rest: the output, or `(output, cache)`."""
-    if not return_attention_scores:
-        return outputs
-    output, attention_scores, *rest = outputs
-    scores.append(attention_scores)
-    return (output, *rest) if rest else output

@@ -324,19 +324,16 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     Why `scale=True` by default: the paper multiplies token vectors by
     `sqrt(d_model)`, and without it the default `"uniform"` table
     (`U(-0.05, 0.05)`, norm `0.029 * sqrt(d)`) is swamped by the
-    sinusoids (norm `sqrt(d / 2)`): measured, 24.5 times larger whatever
-    `d`. Scaled, the ratio is `24.5 / sqrt(d)`: 4.4 at `d = 32`, 3.1 at
-    64, 1.1 at 512. A character LM composed from these layers (`d = 64`,
-    two decoder blocks, 300k characters, the paper's schedule) lost
-    3.71, 3.34, 3.28, 2.97, 2.85, 2.73 nats per epoch unscaled, hugging
-    the unigram entropy (3.33) for three epochs, and 3.69, 2.78, 2.49,
-    2.33, 2.22, 2.14 scaled.
+    sinusoids (norm `sqrt(d / 2)`) at every `d`, and training stalls near
+    the unigram entropy. The measurements are
+    in benchmarks/README.md ("Embedding scaling").
 
     Position `"rotary"` adds nothing here: the rotation is applied to
     queries and keys inside attention, so the blocks (or
     `MultiHeadAttention`) must be built with `position="rotary"` too. The
-    layer warns (`UserWarning`) when built with it, since nothing here can
-    check the blocks; `position="none"` is the same computation, silently.
+    layer warns (`UserWarning`) when constructed with it, since nothing
+    here can check the blocks (loading a saved layer does not warn);
+    `position="none"` is the same computation without the warning.
 
     BERT-style models add a segment ("token type") embedding
     (`segment_vocabulary_size`, called with `segment_ids`) and normalize
@@ -357,8 +354,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         embedding_dim: size of each vector.
         position: `"sinusoidal"` (fixed, the paper's), `"learned"` (a
             trainable `(sequence_length, embedding_dim)` table), `"rotary"`
-            (applied inside attention, so nothing is added here; warns) or
-            `"none"`.
+            (applied inside attention, so nothing is added here; warns, see
+            above) or `"none"` (nothing added, no warning).
         mask_zero: whether id `0` is padding (attaches the padding mask).
         scale: multiply token vectors by `sqrt(embedding_dim)` (see above).
         dropout: dropout rate applied to the sum.

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_tfm.layers._block import TransformerBlock
+from keras_tfm.layers._block import TransformerBlock, split_attention_results
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
@@ -14,10 +14,11 @@ class TransformerEncoderBlock(TransformerBlock):
     (`norm_first=True`): `x = x + SelfAttention(Norm(x));
     x = x + FFN(Norm(x))` — stack a final norm after the last block. Every
     residual branch goes through `AddNorm`, with dropout on the sublayer
-    output; attention probabilities and the FFN hidden layer use the same
-    `dropout`. Self-attention uses the padding mask of the keys only, so
-    padding never changes the outputs at real positions and a fully padded
-    sequence stays finite. The layout matches
+    output; attention probabilities use the same `dropout`, and so does the
+    FFN hidden layer unless `activation_dropout` is given. Self-attention
+    uses the padding mask of the keys only, so padding never changes the
+    outputs at real positions and a fully padded sequence stays finite.
+    The layout matches
     `torch.nn.TransformerEncoderLayer`, so weights copy across.
 
     Args:
@@ -25,7 +26,9 @@ class TransformerEncoderBlock(TransformerBlock):
             `intermediate_dim`); must divide the model width unless
             `head_dim` is given.
         intermediate_dim: width of the feed-forward hidden layer.
-        dropout: dropout rate everywhere in the block.
+        dropout: dropout rate of the residual branches and the attention
+            probabilities, and of the feed-forward hidden layer unless
+            `activation_dropout` is given.
         activation: the FFN non-linearity.
         norm_first: pre-norm instead of post-norm.
         layer_norm_epsilon: epsilon of the normalization layers.
@@ -131,48 +134,51 @@ class TransformerEncoderBlock(TransformerBlock):
         inputs_mask=None,
     ):
         self._check_inputs("inputs", inputs.shape)
+        padding_mask, attention_mask = self._masks(
+            inputs,
+            padding_mask,
+            attention_mask,
+            segment_ids,
+            mask if mask is not None else inputs_mask,
+        )
+
+        residual = inputs
+        x = self.self_attention_add_norm.sublayer_input(inputs)
+        # The padding mask goes in as the key side's mask: passed
+        # explicitly, it replaces the Keras mask `x` may carry.
+        attended = self.self_attention(
+            x,
+            x,
+            value_mask=padding_mask,
+            attention_mask=attention_mask,
+            return_attention_scores=return_attention_scores,
+            training=training,
+            **self._rotary_positions(positions),
+        )
+        x, scores, _ = split_attention_results(
+            attended, return_attention_scores, False
+        )
+        x = self.self_attention_add_norm([residual, x], training=training)
+
+        residual = x
+        x = self.feed_forward_add_norm.sublayer_input(x)
+        x = self.feed_forward(x, training=training)
+        x = self.feed_forward_add_norm([residual, x], training=training)
+        return (x, scores) if return_attention_scores else x
+
+    def _masks(self, inputs, padding_mask, attention_mask, segment_ids, mask):
+        """The self-attention's key padding and attention masks, from the
+        arguments or else from the Keras `mask` of `inputs`."""
         if attention_mask is not None:
             self._check_attention_mask(attention_mask, inputs)
         if segment_ids is not None:
-            padding_mask, attention_mask = self._segments(
+            return self._segments(
                 segment_ids, inputs, attention_mask, causal=False
             )
-        elif padding_mask is None:
-            padding_mask = mask if mask is not None else inputs_mask
-        else:
-            self._check_padding_mask(
-                "padding_mask", padding_mask, inputs.shape[1]
-            )
-        rotary = self._rotary_positions(positions)
-        scores = []
-
-        def attend(x):
-            # The padding mask goes in as the key side's mask: passed
-            # explicitly, it replaces the Keras mask `x` may carry.
-            outputs = self.self_attention(
-                x,
-                x,
-                attention_mask=attention_mask,
-                value_mask=padding_mask,
-                return_attention_scores=return_attention_scores,
-                training=training,
-                **rotary,
-            )
-            if return_attention_scores:
-                outputs, attention_scores = outputs
-                scores.append(attention_scores)
-            return outputs
-
-        x = self._residual(
-            self.self_attention_add_norm, inputs, attend, training
-        )
-        x = self._residual(
-            self.feed_forward_add_norm,
-            x,
-            lambda h: self.feed_forward(h, training=training),
-            training,
-        )
-        return (x, scores[0]) if return_attention_scores else x
+        if padding_mask is None:
+            return mask, attention_mask
+        self._check_padding_mask("padding_mask", padding_mask, inputs.shape[1])
+        return padding_mask, attention_mask
 
     def compute_output_spec(
         self,

@@ -24,12 +24,17 @@ class FeedForward(keras.layers.Layer):
     `Dense(intermediate_dim, activation) -> Dropout -> Dense(model_dim)`,
     applied to every position independently (the paper's FFN). With
     `gated=True` the first layer is a gated linear unit,
-    `activation(x W) * (x V)`: `"gelu"` gives GEGLU, `"silu"` SwiGLU and
-    `"relu"` ReGLU. The output has the input's last dimension unless
-    `output_dim` is given. The Keras mask passes through unchanged.
+    `activation(x W) * (x V)`, with `W` the kernel of `gate_dense` (the
+    half that goes through `activation`) and `V` that of
+    `intermediate_dense` (linear); each half is `intermediate_dim` wide,
+    so the gated layer has one more `(model_dim, intermediate_dim)` kernel.
+    `"gelu"` gives GEGLU, `"silu"` SwiGLU and `"relu"` ReGLU. The output
+    has the input's last dimension unless `output_dim` is given. The Keras
+    mask passes through unchanged.
 
     Args:
-        intermediate_dim: width of the hidden layer.
+        intermediate_dim: width of the hidden layer (with `gated=True`,
+            of each of `gate_dense` and `intermediate_dense`).
         activation: the non-linearity, a Keras activation name or callable.
         dropout: dropout rate applied to the hidden layer.
         gated: use a gated linear unit for the hidden layer.
@@ -139,8 +144,8 @@ class FeedForward(keras.layers.Layer):
         # All positions as one (tokens, dim) matrix. Dense on (batch, seq,
         # dim) is a broadcast batched matmul whose kernel gradient contracts
         # two axes (XLA on CPU copies the operands) or sums per-batch
-        # products (TensorFlow's BatchMatMulV2 gradient); as plain GEMMs the
-        # FFN's training step was ~20% faster on JAX CPU, same results.
+        # products (TensorFlow's BatchMatMulV2 gradient); plain GEMMs give
+        # the same results faster (measured in benchmarks/README.md).
         tokens = ops.reshape(inputs, (-1, shape[-1]))
         hidden = self.intermediate_dense(tokens)
         if self.gated:
@@ -156,18 +161,19 @@ class FeedForward(keras.layers.Layer):
         width = self.output_dim or input_shape[-1]
         return tuple(input_shape[:-1]) + (width,)
 
+    def _dense_layers(self):
+        """The Dense sublayers (for the configs of quantized layers)."""
+        return [
+            self.intermediate_dense,
+            getattr(self, "gate_dense", None),
+            self.output_dense,
+        ]
+
     def get_config(self):
         config = super().get_config()
         if self.built:
             # After model.quantize(...), the Dense layers' policies.
-            config["dtype"] = dtype_policy_config(
-                self,
-                [
-                    self.intermediate_dense,
-                    getattr(self, "gate_dense", None),
-                    self.output_dense,
-                ],
-            )
+            config["dtype"] = dtype_policy_config(self, self._dense_layers())
         config.update(
             {
                 "intermediate_dim": self.intermediate_dim,

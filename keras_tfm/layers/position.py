@@ -12,6 +12,7 @@ from keras_tfm._validation import (
     check_positive_int,
     check_positive_number,
     check_rank,
+    shapes_compatible,
 )
 
 # Positions are split as `hi * _SPLIT + lo` and frequencies into 12-bit
@@ -89,10 +90,7 @@ def _check_positions(layer, inputs, positions, start_index):
         )
     expected = tuple(inputs.shape[:2])
     got = tuple(positions.shape)
-    if len(got) != 2 or any(
-        a is not None and b is not None and a != b
-        for a, b in zip(got, expected, strict=True)
-    ):
+    if not shapes_compatible(got, expected):
         raise ValueError(
             "`positions` must have the shape (batch, seq) of the inputs, "
             f"{expected}. Received: positions with shape {got}"

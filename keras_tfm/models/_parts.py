@@ -32,6 +32,19 @@ def check_blocks(name, blocks):
     return list(blocks)
 
 
+def check_no_cross_attention(name, blocks):
+    """Refuse decoder blocks that attend to an encoder in a decoder-only
+    model, which has no encoder outputs to give them."""
+    for index, block in enumerate(blocks):
+        if getattr(block, "cross_attention", False) is True:
+            raise ValueError(
+                f"`{name}[{index}]` ({block.name}) has cross_attention=True, "
+                "but a decoder-only model has no encoder outputs: build it "
+                "with TransformerDecoderBlock(..., cross_attention=False). "
+                f"Received: {name}[{index}] with cross_attention=True"
+            )
+
+
 def token_table(name, embedding):
     """The `TokenEmbedding` that a tied head (`head=None`) projects with."""
     if isinstance(embedding, TokenEmbedding):
@@ -251,6 +264,32 @@ def deserialize(config):
     return keras.saving.deserialize_keras_object(config)
 
 
+def check_token_ids(inputs):
+    """Refuse boolean token ids, as the embeddings do.
+
+    A functional model casts its inputs to the `keras.Input` dtypes, so
+    without this check `True`/`False` would reach the embedding as ids
+    1 and 0. Every input named `*token_ids` (or a single tensor input) is
+    checked; `padding_mask` may be boolean.
+    """
+    if isinstance(inputs, dict):
+        named = [v for k, v in inputs.items() if k.endswith("token_ids")]
+    elif isinstance(inputs, (list, tuple)):
+        named = []
+    else:
+        named = [inputs]
+    for ids in named:
+        dtype = getattr(ids, "dtype", None)
+        if (
+            dtype is not None
+            and keras.backend.standardize_dtype(dtype) == "bool"
+        ):
+            raise TypeError(
+                "The model expects integer token ids, not booleans. "
+                f"Received: token ids with dtype={dtype}"
+            )
+
+
 class EarlyAttributes:
     """Lets a model set attributes before `keras.Model.__init__`.
 
@@ -282,3 +321,12 @@ class EarlyAttributes:
         }
         for name, value in values.items():
             setattr(self, name, value)
+
+
+class IntegerTokenIds:
+    """A model `call` that refuses boolean token ids (`check_token_ids`),
+    the one rule the embeddings follow too."""
+
+    def call(self, inputs, *args, **kwargs):
+        check_token_ids(inputs)
+        return super().call(inputs, *args, **kwargs)

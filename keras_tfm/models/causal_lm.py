@@ -8,7 +8,7 @@ from keras_tfm.models import _parts
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
-class CausalLM(_parts.EarlyAttributes, keras.Model):
+class CausalLM(_parts.EarlyAttributes, _parts.IntegerTokenIds, keras.Model):
     """A decoder-only (GPT-style) language model composed from layers.
 
     Wires `embedding -> blocks -> final_norm -> head` into a functional
@@ -92,6 +92,7 @@ class CausalLM(_parts.EarlyAttributes, keras.Model):
     ):
         _parts.check_layer("embedding", embedding)
         blocks = _parts.check_blocks("blocks", blocks)
+        _parts.check_no_cross_attention("blocks", blocks)
         _parts.check_layer("final_norm", final_norm, allow_none=True)
         _parts.check_layer("head", head, allow_none=True)
         if head is None:

@@ -8,7 +8,7 @@ from keras_tfm.models import _parts
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
-class EncoderModel(_parts.EarlyAttributes, keras.Model):
+class EncoderModel(_parts.EarlyAttributes, _parts.IntegerTokenIds, keras.Model):
     """An encoder-only (BERT-style) Transformer composed from layers.
 
     Wires `embedding -> blocks -> final_norm` into a functional model whose

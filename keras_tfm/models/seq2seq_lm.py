@@ -26,7 +26,7 @@ class Seq2SeqCache(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
-class Seq2SeqLM(_parts.EarlyAttributes, keras.Model):
+class Seq2SeqLM(_parts.EarlyAttributes, _parts.IntegerTokenIds, keras.Model):
     """An encoder-decoder Transformer composed from layers.
 
     Wires the encoder (`encoder_embedding -> encoder_blocks ->

@@ -20,6 +20,7 @@ from tests.helpers import (
     padding,
     random_inputs,
     randomize_torch,
+    run_layer_test,
     to_numpy,
 )
 
@@ -63,10 +64,14 @@ def numpy_attention(layer, query, value, key_mask=None, causal=False):
     query, value = query.astype("float64"), value.astype("float64")
     batch, tq, _ = query.shape
     tk = value.shape[1]
+    heads = layer.num_heads
     value_dim = layer.value_dim or layer.key_dim
-    q = numpy_dense(layer.query_dense, query).reshape(batch, tq, HEADS, -1)
-    k = numpy_dense(layer.key_dense, value).reshape(batch, tk, HEADS, -1)
-    v = numpy_dense(layer.value_dense, value).reshape(batch, tk, HEADS, -1)
+    kv_heads = layer.num_key_value_heads or heads
+    q = numpy_dense(layer.query_dense, query).reshape(batch, tq, heads, -1)
+    k = numpy_dense(layer.key_dense, value).reshape(batch, tk, kv_heads, -1)
+    v = numpy_dense(layer.value_dense, value).reshape(batch, tk, kv_heads, -1)
+    # Grouped heads: query head `h` reads key/value head `h // group`.
+    k, v = (np.repeat(t, heads // kv_heads, axis=2) for t in (k, v))
     if layer.position == "rotary":
         q, k = numpy_rotary(q), numpy_rotary(k)
     logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(layer.key_dim)
@@ -81,7 +86,7 @@ def numpy_attention(layer, query, value, key_mask=None, causal=False):
     total = weights.sum(axis=-1, keepdims=True)
     probabilities = np.where(total > 0, weights / np.maximum(total, 1e-30), 0)
     out = np.einsum("bhts,bshd->bthd", probabilities, v)
-    out = out.reshape(batch, tq, HEADS * value_dim)
+    out = out.reshape(batch, tq, heads * value_dim)
     return numpy_dense(layer.output_dense, out), probabilities
 
 
@@ -109,6 +114,40 @@ def test_matches_numpy_reference(position, value_dim, output_dim):
     np.testing.assert_allclose(to_numpy(output), expected, atol=1e-5)
     np.testing.assert_allclose(to_numpy(fused), expected, atol=1e-5)
     np.testing.assert_allclose(to_numpy(scores), probabilities, atol=1e-6)
+
+
+@pytest.mark.parametrize("value_dim", [KEY_DIM - 4, KEY_DIM + 4])
+@pytest.mark.parametrize("kv_heads", [None, 2, 1])
+def test_value_heads_of_another_size_match_numpy_reference(value_dim, kv_heads):
+    """`value_dim != key_dim`, narrower and wider, with and without grouped
+    key/value heads, on the fused call (which falls back to the explicit
+    path), with scores, and causal. A cache needs `value_dim == key_dim`."""
+    layer = MultiHeadAttention(
+        4,
+        KEY_DIM,
+        value_dim=value_dim,
+        num_key_value_heads=kv_heads,
+        bias_initializer="random_normal",
+    )
+    query, value = random_inputs(5), random_inputs(6, length=LENGTH - 1)
+    key_mask = padding([LENGTH - 1, 3], LENGTH - 1)
+    output, scores = layer(
+        query, value, value_mask=key_mask, return_attention_scores=True
+    )
+    fused = layer(query, value, value_mask=key_mask)
+    expected, probabilities = numpy_attention(layer, query, value, key_mask)
+    assert layer.value_dense.kernel.shape == (DIM, (kv_heads or 4) * value_dim)
+    assert tuple(output.shape) == (BATCH, LENGTH, DIM)
+    np.testing.assert_allclose(to_numpy(output), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(fused), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(scores), probabilities, atol=1e-6)
+    causal, _ = numpy_attention(layer, query, query, causal=True)
+    output = layer(query, query, use_causal_mask=True)
+    np.testing.assert_allclose(to_numpy(output), causal, atol=1e-5)
+    with pytest.raises(ValueError, match="value_dim"):
+        layer.empty_cache(BATCH, LENGTH)
+    with pytest.raises(ValueError, match="value_dim"):
+        layer.compute_cache(value)
 
 
 def test_matches_numpy_reference_causal_self_attention():
@@ -484,7 +523,7 @@ def test_bad_inputs_raise():
 # ------------------------------------------------- Keras integration
 
 
-def test_keras_masks_are_used_for_keys_only_and_propagated():
+def test_keras_masks_are_used_as_keras_does_and_propagated():
     ids = keras.Input((LENGTH,), dtype="int32")
     embedded = keras.layers.Embedding(30, DIM, mask_zero=True)(ids)
     layer = MultiHeadAttention(HEADS, KEY_DIM)
@@ -495,10 +534,12 @@ def test_keras_masks_are_used_for_keys_only_and_propagated():
     attended, pooled = (to_numpy(t) for t in model(tokens))
     vectors = to_numpy(model.layers[1](tokens))
     key_mask = tokens != 0
-    mask = np.repeat(key_mask[:, None, :], LENGTH, axis=1)
-    # The query mask is not used: padded queries attend like real ones.
+    # As Keras: the query mask AND the key mask; a padded query attends to
+    # nothing, which gives the output bias (zero with the default bias).
+    mask = key_mask[:, :, None] & key_mask[:, None, :]
     expected = to_numpy(layer(vectors, vectors, attention_mask=mask))
     np.testing.assert_allclose(attended, expected, atol=1e-6)
+    np.testing.assert_array_equal(attended[~key_mask], 0.0)
     # The output keeps the query's Keras mask: pooling skips padding.
     mean = (expected * key_mask[..., None]).sum(1) / key_mask.sum(1)[:, None]
     np.testing.assert_allclose(pooled, mean, atol=1e-5)
@@ -582,9 +623,12 @@ def test_fit_step_under_jit_compile():
     layer = MultiHeadAttention(HEADS, KEY_DIM, dropout=0.1, position="rotary")
     x = layer(x, x, use_causal_mask=True)
     model = keras.Model(ids, keras.layers.Dense(30)(x))
+    # The Dense gives logits. Read as probabilities, the padded query rows
+    # (the output bias: all zeros at initialization) would normalize to
+    # 0/0, and PyTorch's masked loss keeps that NaN.
     model.compile(
         optimizer="adam",
-        loss="sparse_categorical_crossentropy",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=BACKEND != "torch" or "auto",
     )
     rng = np.random.default_rng(20)
@@ -963,3 +1007,121 @@ def test_cache_shape_check_names_key_value_heads():
             cache_index=0,
             use_causal_mask=True,
         )
+
+
+# ------------------------------------------------- Keras drop-in
+
+
+def test_run_layer_test():
+    x = random_inputs(70)
+    run_layer_test(
+        MultiHeadAttention,
+        {"num_heads": HEADS, "key_dim": KEY_DIM, "dropout": 0.1, "seed": 3},
+        (x, x),
+        # query, key, value and output kernels and biases.
+        num_trainable_weights=8,
+        num_seed_generators=1,
+        expected_output_shape=x.shape,
+        input_mask=padding([LENGTH, 3]),
+    )
+
+
+def test_compute_output_shape_checks_ranks():
+    layer = MultiHeadAttention(HEADS, KEY_DIM)
+    with pytest.raises(ValueError, match="key"):
+        layer.compute_output_shape((2, 4, 8), (2, 2, 7), (2,))
+
+
+@pytest.mark.parametrize("shape", [(0, LENGTH, DIM), (BATCH, 0, DIM)])
+def test_empty_batch_or_sequence_gives_an_empty_output(shape):
+    x = np.zeros(shape, "float32")
+    output = MultiHeadAttention(HEADS, KEY_DIM)(x, x)
+    assert tuple(output.shape) == shape
+
+
+def _copy_from_keras(ours, theirs):
+    """Keras's EinsumDense kernels (dim, heads, head_dim) reshape to ours."""
+    pairs = [
+        (ours.query_dense, theirs._query_dense),
+        (ours.key_dense, theirs._key_dense),
+        (ours.value_dense, theirs._value_dense),
+        (ours.output_dense, theirs._output_dense),
+    ]
+    for dense, einsum in pairs:
+        kernel, bias = (to_numpy(w) for w in einsum.weights)
+        dense.kernel.assign(kernel.reshape(dense.kernel.shape))
+        dense.bias.assign(bias.reshape(dense.bias.shape))
+
+
+def test_keras_call_patterns_give_keras_results():
+    arguments = {
+        "num_heads": HEADS,
+        "key_dim": KEY_DIM,
+        "value_dim": KEY_DIM + 2,
+        "output_shape": 10,
+        "kernel_regularizer": "l2",
+        "bias_regularizer": "l1",
+        "activity_regularizer": "l2",
+        "kernel_constraint": "non_neg",
+        "bias_constraint": "unit_norm",
+        "seed": 1,
+    }
+    theirs = keras.layers.MultiHeadAttention(**arguments)
+    ours = MultiHeadAttention(**arguments)
+    query, value, key = (random_inputs(80 + i) for i in range(3))
+    # Keras's fused path fails on JAX when `value_dim != key_dim` (JAX's
+    # kernel wants equal head sizes); its explicit path, taken when scores
+    # are returned, builds the same weights. Ours takes the explicit path
+    # itself (see `MultiHeadAttention.call`).
+    theirs(query, value, key, return_attention_scores=True)
+    ours(query, value, key)
+    _copy_from_keras(ours, theirs)
+    for name in ("num_heads", "key_dim", "value_dim", "dropout", "use_bias"):
+        assert getattr(ours, name) == getattr(theirs, name)
+        with pytest.raises(AttributeError):
+            setattr(ours, name, 1)
+    config = ours.get_config()
+    assert config["output_dim"] == 10 and "output_shape" not in config
+    assert MultiHeadAttention.from_config(config).get_config() == config
+    assert len(ours.losses) == len(theirs.losses) > 0
+
+    query_mask = padding([LENGTH, 4])
+    value_mask = padding([LENGTH, 3])
+    mask = np.tril(np.ones((LENGTH, LENGTH), bool))[None].repeat(BATCH, 0)
+    patterns = [
+        ((query, value), {}),
+        ((query, value, key), {}),
+        # Masks go by keyword: Keras's `__call__` fills `query_mask` from
+        # the query's Keras mask by keyword, so a positional `None` there
+        # clashes, in Keras's layer as in ours.
+        ((query, value, key), {"key_mask": value_mask}),
+        ((query, value), {"attention_mask": mask}),
+        ((query, value), {"use_causal_mask": True}),
+        ((query, value), {"value_mask": value_mask}),
+    ]
+    for args, kwargs in patterns:
+        expected, expected_scores = theirs(
+            *args, return_attention_scores=True, **kwargs
+        )
+        got, scores = ours(*args, return_attention_scores=True, **kwargs)
+        np.testing.assert_allclose(to_numpy(got), to_numpy(expected), atol=1e-5)
+        np.testing.assert_allclose(
+            to_numpy(scores), to_numpy(expected_scores), atol=1e-5
+        )
+
+    # Keras reads the query's Keras mask: a padded query attends to
+    # nothing. The real queries agree; Keras gives padded ones the mean of
+    # the values, this layer the output bias.
+    inputs = keras.Input((LENGTH, DIM))
+    masked = keras.layers.Masking()(inputs)
+    for layer in (theirs, ours):
+        # Scores returned: the explicit path (see above).
+        output, _ = layer(masked, masked, return_attention_scores=True)
+        model = keras.Model(inputs, output)
+        data = np.where(query_mask[..., None], query, 0.0).astype("float32")
+        result = to_numpy(model(data))
+        if layer is theirs:
+            expected = result
+    np.testing.assert_allclose(
+        result[query_mask], expected[query_mask], atol=1e-5
+    )

@@ -294,6 +294,34 @@ def test_fully_padded_rows_are_finite(cross, norm_first, policy):
     assert np.isfinite(outputs).all(), f"non-finite output under {policy}"
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_cross_attention_sublayers_follow_the_block_dtype_policy(norm_first):
+    """Under `dtype="mixed_bfloat16"` every sublayer, cross-attention's
+    and the source mask reader included, computes in bfloat16 with
+    float32 weights, and the output is bfloat16."""
+    block = TransformerDecoderBlock(
+        **block_kwargs(norm_first=norm_first, cross_attention=True),
+        dtype="mixed_bfloat16",
+    )
+    outputs = block(
+        random_inputs(),
+        random_inputs(seed=1, length=SOURCE),
+        encoder_padding_mask=padding([SOURCE, 2], SOURCE),
+    )
+    sublayers = block._flatten_layers(include_self=False, recursive=True)
+    names = {layer.name for layer in sublayers}
+    assert {"cross_attention", "read_mask", "cross_attention_add_norm"} <= (
+        names
+    )
+    for layer in sublayers:
+        assert layer.dtype_policy.name == "mixed_bfloat16", (
+            layer.name,
+            layer.dtype_policy.name,
+        )
+    assert all(w.dtype == "float32" for w in block.weights)
+    assert keras.backend.standardize_dtype(outputs.dtype) == "bfloat16"
+
+
 # ---------------------------------------------------------- Keras masks
 
 

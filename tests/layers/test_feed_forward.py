@@ -173,3 +173,38 @@ def test_gelu_approximate_in_blocks_round_trips(tmp_path):
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0), expected, atol=1e-6
     )
+
+
+def _local_activation():
+    def doubled_relu(x):
+        return 2 * ops.relu(x)
+
+    return doubled_relu
+
+
+@pytest.mark.parametrize(
+    "activation", [lambda x: ops.relu(x), _local_activation()]
+)
+@pytest.mark.parametrize("block", [False, True])
+def test_saving_an_unnamed_activation_names_it(tmp_path, activation, block):
+    """A lambda or local function runs, but saving it names the callable
+    and the registered names to use, instead of failing at load time in
+    `from_config`."""
+    from keras_tfm.layers import TransformerEncoderBlock
+
+    layer = (
+        TransformerEncoderBlock(
+            num_heads=2, intermediate_dim=16, activation=activation
+        )
+        if block
+        else FeedForward(16, activation=activation)
+    )
+    inputs = keras.Input((4, 8))
+    model = keras.Model(inputs, layer(inputs))
+    assert tuple(model(np.ones((1, 4, 8), "float32")).shape) == (1, 4, 8)
+    with pytest.raises(
+        ValueError, match="unnamed activation.*gelu_approximate"
+    ):
+        layer.get_config()
+    with pytest.raises(ValueError, match=activation.__qualname__):
+        model.save(tmp_path / "model.keras")
