@@ -4,7 +4,6 @@ import math
 import operator
 
 import keras
-from keras import ops
 
 from keras_tfm import activations
 
@@ -163,22 +162,6 @@ def is_integer_dtype(dtype, allow_bool=False):
     """
     dtype = keras.backend.standardize_dtype(dtype)
     return "int" in dtype or (allow_bool and dtype == "bool")
-
-
-def concrete_value(tensor):
-    """`tensor` as a NumPy array when it holds values, else `None`.
-
-    Eager tensors (TensorFlow and JAX outside a traced function, PyTorch
-    always) hold values; inside `tf.function`, `jax.jit` or a symbolic
-    shape inference they do not, and no Keras op can raise at run time
-    there. The cost is one device-to-host copy of `tensor`.
-    """
-    try:
-        return ops.convert_to_numpy(tensor)
-    except (TypeError, NotImplementedError, RuntimeError):
-        # TypeError: a JAX tracer; NotImplementedError: a symbolic
-        # TensorFlow tensor or a PyTorch "meta" tensor.
-        return None
 
 
 def dtype_policy_config(layer, sublayers):

@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from keras_tfm import masks
+from keras_tfm._backend import static_value
 from keras_tfm._validation import (
     check_bool,
     check_choice,
@@ -17,7 +18,6 @@ from keras_tfm._validation import (
     check_positive_number,
     check_rate,
     clone_initializer,
-    concrete_value,
     is_integer_dtype,
 )
 from keras_tfm.layers.add_norm import NORMALIZATIONS, normalization_layer
@@ -87,7 +87,7 @@ def _check_id_range(ids, vocabulary_size):
     """
     if 0 in tuple(ids.shape):
         return None
-    bounds = concrete_value(ops.stack([ops.min(ids), ops.max(ids)]))
+    bounds = static_value(ops.stack([ops.min(ids), ops.max(ids)]))
     if bounds is not None:
         low, high = (int(b) for b in np.asarray(bounds))
         if low < 0 or high >= vocabulary_size:
