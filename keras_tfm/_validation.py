@@ -6,7 +6,7 @@ import operator
 import keras
 from keras import ops
 
-from keras_tfm import activations
+from keras_tfm import _backend, activations
 
 ACTIVATIONS_HINT = (
     'a name known to `keras.activations.get`, "gelu_approximate" or a callable'
@@ -169,8 +169,12 @@ def concrete_value(tensor):
     Eager tensors (TensorFlow and JAX outside a traced function, PyTorch
     always) hold values; inside `tf.function`, `jax.jit` or a symbolic
     shape inference they do not, and no Keras op can raise at run time
-    there. The cost is one device-to-host copy of `tensor`.
+    there. The cost is one device-to-host copy of `tensor`. Under
+    `torch.compile` the values exist, but reading them would break the
+    graph and check only the batch traced, so they count as unknown too.
     """
+    if _backend.torch_compiling():
+        return None
     try:
         return ops.convert_to_numpy(tensor)
     except (TypeError, NotImplementedError, RuntimeError):

@@ -752,6 +752,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 mask=None if mask is None else ops.expand_dims(mask, 1),
                 scale=1.0 / float(np.sqrt(self.key_dim)),
                 is_causal=is_causal,
+                flash_attention=_backend.flash_attention(),
             )
             output = ops.cast(output, fused_dtype)
         if has_key is not None:

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tfm import masks
+from keras_tfm import _backend, masks
 from keras_tfm._validation import (
     check_bool,
     check_choice,
@@ -87,7 +87,9 @@ def _check_id_range(ids, vocabulary_size):
     """
     if 0 in tuple(ids.shape):
         return None
-    bounds = concrete_value(ops.stack([ops.min(ids), ops.max(ids)]))
+    bounds = None
+    if not _backend.torch_compiling():  # no graph break on a value
+        bounds = concrete_value(ops.stack([ops.min(ids), ops.max(ids)]))
     if bounds is not None:
         low, high = (int(b) for b in np.asarray(bounds))
         if low < 0 or high >= vocabulary_size:
