@@ -25,7 +25,10 @@ Run from the repository root (the backend comes from `KERAS_BACKEND`):
     KERAS_BACKEND=jax python benchmarks/train_throughput.py
     KERAS_BACKEND=torch python benchmarks/train_throughput.py
 
-Add `--models keras_tfm,keras_hub` to drop the torch row,
+On PyTorch a "keras_tfm jit_compile" row (the keras_tfm model under
+`jit_compile=True`, i.e. `torch.compile` of Keras's train step) runs beside
+"keras_tfm" (eager: `auto` is eager there); its warm-up time is the
+compile. Add `--models keras_tfm,keras_hub` to drop the torch row,
 `--torch-threads 1` to pin the reference's threads (PyTorch's OpenMP pool
 slows down badly when the cores are shared), and `--quick` for a smoke run
 (tiny sizes, 2 rounds of 2 steps). Results go to `--output`, by default
@@ -69,9 +72,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
 
-ROWS = ("keras_tfm", "keras_hub", "torch")
+ROWS = ("keras_tfm", "keras_tfm_jit", "keras_hub", "torch")
+# keras_tfm_jit: the keras_tfm model under `jit_compile=True`, a row of its
+# own on PyTorch, where `--jit-compile auto` means eager (Keras's rule).
+DEFAULT_ROWS = {"torch": ROWS}
 LABELS = {
     "keras_tfm": "keras_tfm",
+    "keras_tfm_jit": "keras_tfm jit_compile",
     "keras_hub": "keras-hub",
     "torch": "torch reference",
 }
@@ -97,8 +104,9 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--models",
-        default=",".join(ROWS),
-        help="comma-separated subset of " + ",".join(ROWS),
+        default=None,
+        help="comma-separated subset of " + ",".join(ROWS) + " (default: "
+        "all but keras_tfm_jit; all on PyTorch)",
     )
     parser.add_argument("--matmul-size", type=int, default=1024)
     parser.add_argument("--matmul-iterations", type=int, default=10)
@@ -106,7 +114,8 @@ def parse_args(argv=None):
         "--torch-threads",
         type=int,
         default=None,
-        help="torch.set_num_threads for the reference (default: torch's)",
+        help="torch.set_num_threads for the reference, and on the PyTorch "
+        "backend for the Keras rows too (default: torch's)",
     )
     parser.add_argument(
         "--quick",
@@ -118,6 +127,10 @@ def parse_args(argv=None):
     if args.quick:
         for name, value in QUICK.items():
             setattr(args, name, value)
+    if args.models is None:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        default = [row for row in ROWS if row != "keras_tfm_jit"]
+        args.models = ",".join(DEFAULT_ROWS.get(backend, default))
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(args.models) - set(ROWS))
     if unknown:
@@ -283,6 +296,10 @@ def main(argv=None):
     data = _common.make_data(args)
     flops = training_flops(args)
 
+    if args.torch_threads and (backend == "torch" or "torch" in args.models):
+        import torch
+
+        torch.set_num_threads(args.torch_threads)  # every row's
     runners, rows = {}, {}
     builders = {
         "keras_tfm": _common.build_keras_tfm,
@@ -297,9 +314,12 @@ def main(argv=None):
                 rows[name]["skipped"] = "torch is not installed"
                 continue
             torch.manual_seed(args.seed)
-            if args.torch_threads:
-                torch.set_num_threads(args.torch_threads)
             runners[name] = TorchRunner(torch, args, data)
+        elif name == "keras_tfm_jit":
+            jit_args = argparse.Namespace(**vars(args))
+            jit_args.jit_compile = "true"
+            model = _common.build_keras_tfm(keras, jit_args)
+            runners[name] = _common.KerasRunner(keras, model, jit_args, data)
         else:
             model = builders[name](keras, args)
             runners[name] = _common.KerasRunner(keras, model, args, data)
@@ -372,7 +392,11 @@ def main(argv=None):
         rows["torch"]["torch_threads"] = runners["torch"].threads()
 
     keras_jit = sorted(
-        {rows[n]["jit_compile"] for n in runners if n != "torch"}
+        {
+            rows[n]["jit_compile"]
+            for n in runners
+            if n not in ("torch", "keras_tfm_jit")
+        }
     )
     environment = _common.environment(backend)
     result = {

@@ -46,8 +46,15 @@ RESUMABLE_CHANGES = {
     "prompt",
     "sample_length",
     "export",
+    "torch_threads",
 }
 EXIT_INTERRUPTED = 3
+
+# --torch-threads by default: 1 on a machine with at most FEW_CORES CPUs
+# (measured in README "Speed": on the 2-core development machine one thread
+# trained and generated faster than two), else PyTorch's default.
+FEW_CORES = 4
+TORCH_THREADS_FEW_CORES = 1
 
 
 def add_training_flags(
@@ -111,6 +118,18 @@ def add_training_flags(
         "device, JAX); --batch-size is the global batch, split over the "
         "replicas (default: %(default)s)",
     )
+    group.add_argument(
+        "--torch-threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="PyTorch backend only: torch.set_num_threads(N) for training "
+        "and generation (default: "
+        f"{TORCH_THREADS_FEW_CORES} on a machine with at most "
+        f"{FEW_CORES} CPUs, where a second thread of these small models "
+        "mostly waits on the other's and other jobs' cores; otherwise "
+        "PyTorch's own choice)",
+    )
     group = parser.add_argument_group("output")
     group.add_argument(
         "--output-dir",
@@ -166,6 +185,34 @@ def check_run_args(parser, args):
     after every other check, before touching any file."""
     check_distribute(parser, args)
     check_output_dir(parser, args)
+
+
+def torch_threads(parser, args, backend):
+    """Apply `--torch-threads` on PyTorch and print the choice; refuse it
+    elsewhere. Returns the thread count used, or None (not PyTorch)."""
+    if backend != "torch":
+        if args.torch_threads is not None:
+            parser.error(
+                f"--torch-threads applies to the PyTorch backend only; "
+                f"this run uses {backend} (set KERAS_BACKEND=torch, or "
+                "leave the flag out)"
+            )
+        return None
+    import torch
+
+    threads = args.torch_threads
+    reason = "--torch-threads"
+    if threads is None:
+        cores = os.cpu_count() or 1
+        if cores <= FEW_CORES:
+            threads = TORCH_THREADS_FEW_CORES
+            reason = f"default on {cores} CPUs (at most {FEW_CORES})"
+        else:
+            threads = torch.get_num_threads()
+            reason = f"PyTorch's default on {cores} CPUs"
+    torch.set_num_threads(threads)
+    print(f"PyTorch threads: {threads} ({reason})")
+    return threads
 
 
 def check_distribute(parser, args):
@@ -279,6 +326,9 @@ class Distribution:
 
         from keras_tfm import distribution
 
+        self.torch_threads = torch_threads(
+            parser, args, keras.backend.backend()
+        )
         self.name = args.distribute
         self.strategy = None
         if self.name == "mirrored":

@@ -51,7 +51,7 @@ def static_value(x):
         import torch
 
         if isinstance(x, torch.Tensor):
-            if _is_traced(x):
+            if torch_compiling() or _is_traced(x):
                 return None
             return x.detach().cpu().numpy()
         if isinstance(x, torch.SymInt):
@@ -59,6 +59,69 @@ def static_value(x):
             # compiled code on it, as a Python check needs.
             return np.asarray(int(x))
     return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def torch_compiling():
+    """Whether PyTorch is tracing with `torch.compile` (dynamo) now.
+
+    There a tensor reads like an eager one, but reading its value would
+    break the graph (and then check only the first batch it saw).
+    """
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
+def flash_attention():
+    """`flash_attention` of `keras.ops.dot_product_attention`.
+
+    None (Keras decides) except on PyTorch: there Keras decides by building
+    a `torch.backends.cuda.SDPAParams`, a C++ object that `torch.compile`
+    cannot trace, so every attention call broke the compiled training
+    step in two. `False` calls `scaled_dot_product_attention` plainly, and
+    PyTorch still picks its flash kernel itself where the inputs allow.
+    """
+    return False if keras.backend.backend() == "torch" else None
+
+
+def constant_result(function):
+    """Decorate `function`: Python constants in, NumPy arrays out (one or a
+    tuple), which the decorated function returns as tensors.
+
+    `torch.compile` then calls `function` while tracing and keeps its
+    arrays as constants of the graph, instead of tracing its NumPy code
+    (which it cannot do for every NumPy function, `np.frexp` for one, and
+    which breaks the graph at NumPy attributes such as `ndarray.dtype`,
+    as `keras.ops.convert_to_tensor` reads). Other backends trace Python
+    as Python: there it is `function` with its arrays converted.
+    """
+    if keras.backend.backend() != "torch":
+
+        def converted(*args, **kwargs):
+            arrays = function(*args, **kwargs)
+            return _map_arrays(keras.ops.convert_to_tensor, arrays)
+
+        return converted
+    import torch
+
+    constant = torch.compiler.assume_constant_result(function)
+
+    def as_tensors(*args, **kwargs):
+        # Not `keras.tree`: dynamo cannot flatten a constant result.
+        return _map_arrays(
+            lambda array: keras.ops.convert_to_tensor(torch.as_tensor(array)),
+            constant(*args, **kwargs),
+        )
+
+    return as_tensors
+
+
+def _map_arrays(function, arrays):
+    if isinstance(arrays, tuple):
+        return tuple(function(array) for array in arrays)
+    return function(arrays)
 
 
 def _is_traced(x):

@@ -979,3 +979,54 @@ def test_ding_to_tsv(tmp_path):
     from_deb = tmp_path / "from_deb.tsv"
     ding.main([str(tmp_path / "trans-de-en.deb"), "-o", str(from_deb)])
     assert from_deb.read_text(encoding="utf-8") == output.read_text("utf-8")
+
+
+def threads_parser():
+    parser = flags.make_parser("A test.\n")
+    training.add_training_flags(
+        parser,
+        epochs=1,
+        batch_size=2,
+        warmup_steps=1,
+        lr_scale=1.0,
+        label_smoothing=0.0,
+        output_dir="out",
+    )
+    return parser
+
+
+def test_torch_threads_flag(capsys):
+    parser = threads_parser()
+    assert parser.parse_args([]).torch_threads is None
+    assert parser.parse_args(["--torch-threads", "2"]).torch_threads == 2
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--torch-threads", "0"])
+    assert exit_info.value.code == 2
+    assert "--torch-threads" in capsys.readouterr().err
+    backend = keras.backend.backend()
+    if backend != "torch":
+        # Ignored when not given; refused, naming the backend, when given.
+        args = parser.parse_args([])
+        assert training.torch_threads(parser, args, backend) is None
+        args = parser.parse_args(["--torch-threads", "1"])
+        with pytest.raises(SystemExit) as exit_info:
+            training.torch_threads(parser, args, backend)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "PyTorch backend only" in err and backend in err
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        args = parser.parse_args(["--torch-threads", "2"])
+        assert training.torch_threads(parser, args, backend) == 2
+        assert torch.get_num_threads() == 2
+        assert "PyTorch threads: 2 (--torch-threads)" in capsys.readouterr().out
+        chosen = training.torch_threads(parser, parser.parse_args([]), backend)
+        assert torch.get_num_threads() == chosen
+        if (os.cpu_count() or 1) <= training.FEW_CORES:
+            assert chosen == training.TORCH_THREADS_FEW_CORES
+        assert f"PyTorch threads: {chosen} (" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(previous)

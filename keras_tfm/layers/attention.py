@@ -516,6 +516,7 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
             mask=None if mask is None else ops.expand_dims(mask, 1),
             scale=1.0 / float(np.sqrt(self.key_dim)),
             is_causal=is_causal,
+            flash_attention=_backend.flash_attention(),
         )
         return ops.cast(output, dtype)
 

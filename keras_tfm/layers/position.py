@@ -33,11 +33,44 @@ def _split_float32(values):
     return parts
 
 
+@_backend.constant_result
+def _turn_parts(max_wavelength, dim, scaling_items=None, rotary=False):
+    """`frequencies / 2pi` as three float32 tensors (`_split_float32`):
+    of `SinusoidalPositionEncoding`, or with `rotary` of `RotaryEmbedding`
+    (`scaling_items`: its scaling dict's items).
+
+    A constant of the traced step (`_backend.constant_result`): NumPy's
+    `frexp` is not something `torch.compile` can trace.
+    """
+    if rotary:
+        scaling = None if scaling_items is None else dict(scaling_items)
+        frequencies = rope_frequencies(max_wavelength, dim, scaling)
+    else:
+        frequencies = _sinusoid_frequencies(max_wavelength, dim)
+    turns = np.asarray(frequencies, "float64") / (2 * math.pi)
+    return tuple(_split_float32(turns))
+
+
+@_backend.constant_result
+def _even_features(dim):
+    """Boolean `(dim,)`: True at the even features (sines)."""
+    return np.arange(dim) % 2 == 0
+
+
+def _items(mapping):
+    return None if mapping is None else tuple(sorted(mapping.items()))
+
+
+def _sinusoid_frequencies(max_wavelength, dim):
+    pair = np.arange(dim) // 2
+    return np.power(float(max_wavelength), -2.0 * pair / dim)
+
+
 def _fraction(x):
     return x - ops.floor(x)
 
 
-def sinusoid_angles_in_turns(positions, inverse_wavelengths):
+def sinusoid_angles_in_turns(positions, turn_parts):
     """Return `frac(positions * inverse_wavelengths / 2pi)` accurately.
 
     A plain float32 `position * frequency` loses about `position * 6e-8`
@@ -47,14 +80,13 @@ def sinusoid_angles_in_turns(positions, inverse_wavelengths):
 
     Args:
         positions: int32 tensor of positions, any shape `S`.
-        inverse_wavelengths: NumPy float64 array `(D,)` of angular
-            frequencies.
+        turn_parts: the three float32 tensors `(D,)` of `_turn_parts`:
+            the angular frequencies over 2pi, in 12-bit pieces.
 
     Returns:
         float32 tensor of shape `S + (D,)` in `[0, 1)`.
     """
-    turns = np.asarray(inverse_wavelengths, "float64") / (2 * math.pi)
-    t1, t2, t3 = (ops.convert_to_tensor(t) for t in _split_float32(turns))
+    t1, t2, t3 = turn_parts
     positions = ops.expand_dims(ops.cast(positions, "int32"), -1)
     high = ops.cast(ops.floor_divide(positions, _SPLIT), "float32")
     low = ops.cast(ops.mod(positions, _SPLIT), "float32")
@@ -165,8 +197,7 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
 
     def inverse_wavelengths(self, dim):
         """Angular frequency of each feature, float64 `(dim,)`."""
-        pair = np.arange(dim) // 2
-        return np.power(float(self.max_wavelength), -2.0 * pair / dim)
+        return _sinusoid_frequencies(self.max_wavelength, dim)
 
     def call(self, inputs, start_index=0, positions=None):
         shape = ops.shape(inputs)
@@ -176,10 +207,10 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         else:
             positions = _check_positions(self, inputs, positions, start_index)
         turns = sinusoid_angles_in_turns(
-            positions, self.inverse_wavelengths(dim)
+            positions, _turn_parts(self.max_wavelength, dim)
         )
         angles = turns * (2 * math.pi)  # ([batch,] seq, dim)
-        is_even = ops.convert_to_tensor(np.arange(dim) % 2 == 0)
+        is_even = _even_features(dim)
         encoding = ops.where(is_even, ops.sin(angles), ops.cos(angles))
         encoding = ops.cast(encoding, self.compute_dtype)
         if len(encoding.shape) == 2:
@@ -531,12 +562,14 @@ class RotaryEmbedding(keras.layers.Layer):
     def call(self, inputs, start_index=0, positions=None):
         shape = ops.shape(inputs)
         dim = inputs.shape[-1]
-        frequencies = rope_frequencies(self.max_wavelength, dim, self.scaling)
+        parts = _turn_parts(
+            self.max_wavelength, dim, _items(self.scaling), rotary=True
+        )
         if positions is None:
             positions = _positions(shape[1], start_index)  # (seq,)
         else:
             positions = _check_positions(self, inputs, positions, start_index)
-        turns = sinusoid_angles_in_turns(positions, frequencies)
+        turns = sinusoid_angles_in_turns(positions, parts)
         angles = ops.concatenate([turns, turns], axis=-1) * (2 * math.pi)
         # ([batch,] seq, dim) -> broadcastable to (batch, seq, [heads,] dim)
         if len(angles.shape) == 2:
