@@ -273,7 +273,6 @@ def compile_function(
 def _torch_step(loops, cond, body, state, constants):
     """`body` and then `cond`, traced and compiled for these shapes."""
     import torch
-    from torch.fx.experimental.proxy_tensor import make_fx
     from torch.utils import _pytree
 
     leaves, spec = _pytree.tree_flatten((state, constants))
@@ -288,13 +287,14 @@ def _torch_step(loops, cond, body, state, constants):
         repr(static),
         tuple((tuple(leaves[i].shape), leaves[i].dtype) for i in where),
     )
+    variables = loops.variables
     step = loops.steps.get(key)
-    if step is not None:
+    if step is not None and step.current(variables):
         return step
     kind = type(state)
-    variables = loops.variables
 
-    def pure(values, tensors):
+    def pure(*flat):
+        values, tensors = flat[: len(variables)], flat[len(variables) :]
         leaves = [x for _, x in static]
         for i, x in zip(where, tensors, strict=True):
             leaves.insert(i, x)
@@ -306,38 +306,146 @@ def _torch_step(loops, cond, body, state, constants):
         return _pytree.tree_flatten(state)[0], going
 
     values = [v.value for v in variables]
+    tensors = [leaves[i] for i in where]
+    # Frozen unless this step was compiled frozen before and its weights
+    # have changed since: then they stay inputs, so that further changes
+    # (a model trained between generations) do not compile it again.
+    frozen = (
+        step is None
+        and TORCH_COMPILE is not None
+        and TORCH_FROZEN is not None
+        and all(x.device.type == "cpu" for x in values)
+    )
     loops.tracing = True
     try:
-        graph = make_fx(pure, tracing_mode="fake")(
-            values, [leaves[i] for i in where]
-        )
+        graph = torch.fx.experimental.proxy_tensor.make_fx(
+            pure, tracing_mode="fake"
+        )(*values, *tensors)
     finally:
         loops.tracing = False
     if loops.on_trace is not None:
         loops.on_trace()
-    if TORCH_COMPILE is not None:
-        graph = torch.compile(graph, **TORCH_COMPILE)
-    state_spec = _pytree.tree_flatten(state)[1]
-
-    calls = [0]
-
-    def step(state, constants):
-        leaves = _pytree.tree_flatten((state, constants))[0]
-        values = [v.value for v in variables]
-        tensors = [leaves[i] for i in where]
-        if calls[0] and TORCH_COMPILE is not None:
-            # Compiled on the first call; every later call has the shapes
-            # it was compiled for (its key): skip torch.compile's guard
-            # checks, a large part of a small step's time.
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                out, going = graph(values, tensors)
-        else:
-            out, going = graph(values, tensors)
-        calls[0] += 1
-        return kind(*_pytree.tree_unflatten(out, state_spec)), going
-
+    if frozen:
+        _weights_as_constants(graph, values)
+    step = _TorchStep(
+        graph,
+        kind,
+        _pytree.tree_flatten(state)[1],
+        where,
+        weights=_weights_key(variables) if frozen else None,
+    )
     loops.steps[key] = step
     return step
+
+
+# How `Generator` compiles its decoding step on CPU: inductor settings for
+# a step whose weights are constants of the compiled graph ("freezing").
+# With them inductor writes its own C++ kernels for the weight matrices
+# (its "CPP" GEMM template, with the weights packed once): a one-token step
+# takes half the time that ATen's `addmm` gives (benchmarks/generation.py,
+# README "Speed"). The packed copies hold as much memory again as the
+# weights. None compiles with the weights as inputs and ATen's kernels.
+TORCH_FROZEN = {"freezing": True, "max_autotune": True}
+
+
+def _weights_key(variables):
+    """What changes when a weight does: each tensor and its version counter
+    (which every in-place write, `assign` and optimizer steps included,
+    advances)."""
+    return tuple((id(v.value), v.value._version) for v in variables)
+
+
+def _weights_as_constants(graph, values):
+    """Make the first `len(values)` inputs of the traced `graph` its own
+    (frozen) parameters, holding `values` (sharing their memory)."""
+    import torch
+
+    inputs = [n for n in graph.graph.nodes if n.op == "placeholder"]
+    for i, (node, value) in enumerate(zip(inputs, values, strict=False)):
+        name = f"weight_{i}"
+        graph.register_parameter(
+            name, torch.nn.Parameter(value, requires_grad=False)
+        )
+        with graph.graph.inserting_before(node):
+            node.replace_all_uses_with(graph.graph.get_attr(name))
+        graph.graph.erase_node(node)
+    graph.recompile()
+
+
+class _TorchStep:
+    """One traced loop step, compiled on its first call:
+    `step(state, constants)` returns the next state and whether the loop
+    goes on.
+
+    `weights` is `_weights_key` of the weights frozen into it, or None
+    when it reads them as inputs.
+    """
+
+    def __init__(self, graph, kind, state_spec, where, weights):
+        self.graph = graph
+        self.kind = kind
+        self.state_spec = state_spec
+        self.where = where
+        self.weights = weights
+        self.compiled = None
+        self.gemm_backends = None  # what a frozen step compiled with
+
+    def current(self, variables):
+        return self.weights is None or self.weights == _weights_key(variables)
+
+    def __call__(self, state, constants, variables):
+        import torch
+        from torch.utils import _pytree
+
+        leaves = _pytree.tree_flatten((state, constants))[0]
+        tensors = [leaves[i] for i in self.where]
+        if self.weights is None:
+            tensors = [v.value for v in variables] + tensors
+        if self.compiled is None:
+            out, going = self._compile(tensors)
+        elif TORCH_COMPILE is None:
+            out, going = self.compiled(*tensors)
+        else:
+            # Every call after the first has the shapes the step was
+            # compiled for (its key): skip torch.compile's guard checks, a
+            # large part of a small step's time.
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                out, going = self.compiled(*tensors)
+        state = self.kind(*_pytree.tree_unflatten(out, self.state_spec))
+        return state, going
+
+    def _compile(self, tensors):
+        import torch
+
+        if TORCH_COMPILE is None:
+            self.compiled = self.graph
+            return self.compiled(*tensors)
+        if self.weights is None:
+            self.compiled = torch.compile(self.graph, **TORCH_COMPILE)
+            return self.compiled(*tensors)
+        # The C++ GEMM template alone compiles fastest (no autotuning
+        # against ATen); a matrix product it cannot take (one of two
+        # activations, not of a weight) needs ATen's kernel as well.
+        last = _GEMM_BACKENDS[-1]
+        for backends in _GEMM_BACKENDS:
+            options = {**TORCH_FROZEN, "max_autotune_gemm_backends": backends}
+            self.compiled = torch.compile(self.graph, **TORCH_COMPILE)
+            try:
+                with torch._inductor.config.patch(options):
+                    out = self.compiled(*tensors)
+            except (
+                torch._dynamo.exc.BackendCompilerFailed,
+                torch._inductor.exc.InductorError,
+            ):
+                if backends == last:
+                    raise
+                continue
+            self.gemm_backends = backends
+            return out
+
+
+# The GEMM backends a frozen step tries, in order (see `_TorchStep`).
+_GEMM_BACKENDS = ("CPP", "CPP,ATEN")
 
 
 def loop_index(index):
@@ -389,7 +497,7 @@ def while_loop(cond, body, state, constants=()):
     step = _torch_step(loops, cond, body, state, constants)
     going = cond(state, constants)
     while bool(going):
-        state, going = step(state, constants)
+        state, going = step(state, constants, loops.variables)
     return state
 
 
@@ -446,6 +554,24 @@ def column(x, index):
     start = [0] * (rank - 1) + [index]
     size = [*ops.shape(x)[:-1], 1]
     return ops.squeeze(ops.slice(x, start, size), -1)
+
+
+def rows(table, start, length):
+    """`table[start:start + length]` for a scalar `start` (an int or an int
+    tensor).
+
+    One dynamic slice; on PyTorch one gather, since `keras.ops.slice`
+    there reads a tensor start's value (four scalar reads in a compiled
+    step, which the compiler cannot fold).
+    """
+    if keras.backend.backend() == "torch" and not isinstance(start, int):
+        import torch
+
+        start = torch.as_tensor(start, device=table.device).to(torch.int64)
+        index = torch.arange(length, device=table.device) + start
+        return table.index_select(0, index)
+    start = keras.ops.cast(start, "int32")
+    return keras.ops.slice(table, (start, 0), (length, table.shape[1]))
 
 
 def set_column(x, index, values):

@@ -6,6 +6,8 @@ fixture: the C++ compile takes tens of seconds on a loaded 2-core box),
 and torch's own counters say how often.
 """
 
+from typing import NamedTuple
+
 import keras
 import numpy as np
 import pytest
@@ -118,3 +120,74 @@ def test_eager_fallback_is_an_option(compiled):
     generator.generate(compiled["prompts"][0], 20)
     assert unique_graphs() == before
     assert generator.trace_count == 0
+
+
+def test_changed_weights_compile_once_more_as_inputs(compiled):
+    # The step is compiled with the weights frozen in (as constants); new
+    # weights compile it once more, reading them as inputs from then on.
+    model, generator = compiled["model"], compiled["generator"]
+    prompts = compiled["prompts"][0]
+    saved = [keras.ops.copy(v.value) for v in model.weights]
+    try:
+        before = unique_graphs()
+        for round in range(2):
+            for variable in model.weights:
+                if len(variable.shape) == 2:
+                    variable.assign(
+                        RNG.normal(
+                            0, 3 / variable.shape[0] ** 0.5, variable.shape
+                        )
+                    )
+            ids = generator.generate(prompts, 20)
+            eager = Generator(model, jit_compile=False).generate(prompts, 20)
+            np.testing.assert_array_equal(ids, eager)
+            assert unique_graphs() - before == 1, round
+        assert not np.array_equal(ids, compiled["outputs"][0])
+    finally:
+        for variable, value in zip(model.weights, saved, strict=True):
+            variable.assign(value)
+    np.testing.assert_array_equal(
+        generator.generate(prompts, 20), compiled["outputs"][0]
+    )
+
+
+class _State(NamedTuple):
+    x: object
+    count: object
+
+
+def test_frozen_step_falls_back_to_aten_kernels(compiled):
+    # A product of two activations with more than one row has no C++ GEMM
+    # template: that first compile fails, and the step compiles again with
+    # ATen's kernels among the choices.
+    import torch
+
+    dense = keras.layers.Dense(8, use_bias=False)
+    dense.build((None, 8))
+
+    def body(state, constants):
+        x = keras.ops.matmul(state.x, constants)  # (4, 8) @ (8, 8)
+        return _State(dense(x), state.count + 1)
+
+    def cond(state, constants):
+        return state.count < 3
+
+    def loop(x, constants):
+        state = _State(x, keras.ops.convert_to_tensor(0))
+        return _backend.while_loop(cond, body, state, constants).x
+
+    steps = {}
+    run = _backend.compile_function(loop, dense.weights, steps=steps)
+    x = RNG.normal(size=(4, 8)).astype("float32")
+    a = RNG.normal(size=(8, 8)).astype("float32")
+    got = run(torch.as_tensor(x), torch.as_tensor(a))
+    want = x
+    kernel = keras.ops.convert_to_numpy(dense.kernel)
+    for _ in range(3):
+        want = want @ a @ kernel
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(got), want, rtol=1e-4, atol=1e-4
+    )
+    (step,) = steps.values()
+    assert step.weights is not None
+    assert step.gemm_backends == "CPP,ATEN"

@@ -385,11 +385,7 @@ class LearnedPositionEmbedding(keras.layers.Layer):
         if isinstance(start_index, int) and start_index == 0:
             rows = table[: shape[1]]
         else:
-            rows = ops.slice(
-                table,
-                (ops.cast(start_index, "int32"), 0),
-                (shape[1], shape[2]),
-            )
+            rows = _backend.rows(table, start_index, shape[1])
         rows = ops.cast(rows, self.compute_dtype)
         return ops.broadcast_to(ops.expand_dims(rows, 0), shape)
 
