@@ -4,8 +4,12 @@ The floor of `benchmarks/generation.py` on PyTorch: the same shapes as the
 benchmark's `decoder_lm` (learned positions, pre-norm blocks and a final
 norm, GELU feed-forward, tied head), written as one `nn.Module` the way
 Hugging Face's static cache is, its one-token step compiled with
-`torch.compile(fullgraph=True, dynamic=False)`, the greedy loop in Python.
+`torch.compile(fullgraph=True, dynamic=False)` and the inductor settings
+keras_tfm's compiled step uses on CPU (frozen weights, C++ GEMM kernels:
+`keras_tfm._backend.TORCH_FROZEN`), the greedy loop in Python.
 """
+
+import contextlib
 
 import torch
 from torch import nn
@@ -79,18 +83,26 @@ def build(args, compiled=True):
         args.num_layers,
     ).eval()
     step = model
+    settings = contextlib.nullcontext
     if compiled:
+        from keras_tfm import _backend
+
         step = torch.compile(model, fullgraph=True, dynamic=False)
+        options = {**_backend.TORCH_FROZEN, "max_autotune_gemm_backends": "CPP"}
+
+        def settings():
+            return torch._inductor.config.patch(options)
 
     @torch.no_grad()
     def generate(prompts, new_tokens):
         tokens = torch.as_tensor(prompts, dtype=torch.int64)
         caches = model.empty_cache(tokens.shape[0], new_tokens + 1)
         out = [tokens]
-        for index in range(new_tokens):
-            logits = step(tokens, caches, torch.tensor(index))
-            tokens = logits.argmax(-1, keepdim=True)
-            out.append(tokens)
+        with settings():
+            for index in range(new_tokens):
+                logits = step(tokens, caches, torch.tensor(index))
+                tokens = logits.argmax(-1, keepdim=True)
+                out.append(tokens)
         return torch.cat(out, 1)
 
     return model, generate

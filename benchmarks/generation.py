@@ -439,7 +439,7 @@ def main(argv=None):
         if args.torch_compile == "none":
             from keras_tfm import _backend
 
-            _backend.TORCH_COMPILE = None
+            _backend.TORCH_COMPILE = False
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(

@@ -168,12 +168,12 @@ def with_runtime_check(tensor, condition, message, value):
         return tf.identity(tensor)
 
 
-# How `Generator` compiles its decoding step on PyTorch (see
-# `compile_function`): `torch.compile` options, or None to run the traced
-# graph as it is (no compiler: what the test suite uses, so that it does not
-# spend minutes in the C++ compiler; the tests that check compilation set
-# this back themselves).
-TORCH_COMPILE = {"backend": "inductor", "fullgraph": True, "dynamic": False}
+# Whether `Generator` compiles its decoding step on PyTorch (see
+# `compile_function`) with inductor, or runs the traced graph as it is (no
+# compiler: what the test suite uses, so that it does not spend minutes in
+# the C++ compiler; the tests that check compilation set this back
+# themselves).
+TORCH_COMPILE = True
 
 
 class _TorchLoops:
@@ -206,10 +206,12 @@ def compile_function(
       its condition) once per shape: the step is traced once into one
       graph of aten operations over the weights as tensors (`make_fx`, in
       the spirit of `stateless_call`: Keras's per-call layer bookkeeping
-      runs at trace time only), then compiled with `torch.compile`
-      (`TORCH_COMPILE`, whole graph, static shapes). With `jit_compile`
-      False everything runs eagerly. Either way, under
-      `torch.no_grad()`.
+      runs at trace time only), then compiled by inductor, the compiler
+      of `torch.compile` (`torch._inductor.compile`: the graph is one
+      already, so dynamo, `torch.compile`'s tracer, has nothing to do but
+      cost 50 us a step). On CPU the weights are constants of the compiled
+      step (see `TORCH_FROZEN`). With `jit_compile` False everything runs
+      eagerly. Either way, under `torch.no_grad()`.
 
     Args:
         function: a function of tensors, written with `keras.ops`.
@@ -303,7 +305,7 @@ def _torch_step(loops, cond, body, state, constants):
         with keras.StatelessScope(state_mapping=mapping):
             state = kind(*body(state, constants))
             going = cond(state, constants)
-        return _pytree.tree_flatten(state)[0], going
+        return (*_pytree.tree_flatten(state)[0], going)
 
     values = [v.value for v in variables]
     tensors = [leaves[i] for i in where]
@@ -312,7 +314,7 @@ def _torch_step(loops, cond, body, state, constants):
     # (a model trained between generations) do not compile it again.
     frozen = (
         step is None
-        and TORCH_COMPILE is not None
+        and TORCH_COMPILE
         and TORCH_FROZEN is not None
         and all(x.device.type == "cpu" for x in values)
     )
@@ -394,7 +396,6 @@ class _TorchStep:
         return self.weights is None or self.weights == _weights_key(variables)
 
     def __call__(self, state, constants, variables):
-        import torch
         from torch.utils import _pytree
 
         leaves = _pytree.tree_flatten((state, constants))[0]
@@ -402,46 +403,31 @@ class _TorchStep:
         if self.weights is None:
             tensors = [v.value for v in variables] + tensors
         if self.compiled is None:
-            out, going = self._compile(tensors)
-        elif TORCH_COMPILE is None:
-            out, going = self.compiled(*tensors)
-        else:
-            # Every call after the first has the shapes the step was
-            # compiled for (its key): skip torch.compile's guard checks, a
-            # large part of a small step's time.
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                out, going = self.compiled(*tensors)
+            self.compiled = self._compile(tensors)
+        *out, going = self.compiled(*tensors)
         state = self.kind(*_pytree.tree_unflatten(out, self.state_spec))
         return state, going
 
     def _compile(self, tensors):
+        if not TORCH_COMPILE:
+            return self.graph
         import torch
 
-        if TORCH_COMPILE is None:
-            self.compiled = self.graph
-            return self.compiled(*tensors)
         if self.weights is None:
-            self.compiled = torch.compile(self.graph, **TORCH_COMPILE)
-            return self.compiled(*tensors)
+            return torch._inductor.compile(self.graph, tensors)
         # The C++ GEMM template alone compiles fastest (no autotuning
-        # against ATen); a matrix product it cannot take (one of two
+        # against ATen); a matrix product it cannot take (of two
         # activations, not of a weight) needs ATen's kernel as well.
-        last = _GEMM_BACKENDS[-1]
         for backends in _GEMM_BACKENDS:
             options = {**TORCH_FROZEN, "max_autotune_gemm_backends": backends}
-            self.compiled = torch.compile(self.graph, **TORCH_COMPILE)
             try:
-                with torch._inductor.config.patch(options):
-                    out = self.compiled(*tensors)
-            except (
-                torch._dynamo.exc.BackendCompilerFailed,
-                torch._inductor.exc.InductorError,
-            ):
-                if backends == last:
+                compiled = torch._inductor.compile(self.graph, tensors, options)
+            except torch._inductor.exc.InductorError:
+                if backends == _GEMM_BACKENDS[-1]:
                     raise
                 continue
             self.gemm_backends = backends
-            return out
+            return compiled
 
 
 # The GEMM backends a frozen step tries, in order (see `_TorchStep`).

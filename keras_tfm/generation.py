@@ -26,8 +26,9 @@ The whole search (encoder, prompt, loop) is one function over fixed-shape
 state, compiled once per input shape and search configuration (`jax.jit`
 on JAX, `tf.function` on TensorFlow; on PyTorch the loop is Python and
 each decoding step, a trace of the whole step over the weights as tensors,
-is compiled with `torch.compile`) and reused. Prompts are padded to length
-buckets first, so that prompts of other lengths reuse it. The model's
+is compiled by inductor, `torch.compile`'s compiler) and reused. Prompts
+are padded to length buckets first, so that prompts of other lengths reuse
+it. The model's
 `pad_id` is never generated; with `pad_id=None` every id can be.
 """
 
@@ -174,10 +175,14 @@ class Generator:
         model: a model with the cached-step protocol (see the module
             docstring), e.g. from `keras_tfm.models.decoder_lm`.
         jit_compile: whether TensorFlow compiles the search with XLA, and
-            PyTorch each decoding step with `torch.compile` (static shapes,
-            one graph; the first call of each shape pays the compile time).
-            JAX always compiles. `jit_compile=False` on PyTorch runs the
-            loop eagerly: no compile time, much slower steps.
+            PyTorch each decoding step with inductor, `torch.compile`'s
+            compiler (static shapes, one graph; the first call of each
+            shape pays the compile time, seconds). On CPU the step holds
+            the weights as constants (packed for inductor's C++ matrix
+            kernels, as much memory again as the weights); if they change
+            after that, the step compiles once more, reading them as
+            inputs. JAX always compiles. `jit_compile=False` on PyTorch
+            runs the loop eagerly: no compile time, much slower steps.
         prompt_buckets: the widths prompts (and sources) are padded to
             before the search, so that prompts of other lengths reuse one
             compiled search: None (the default) for powers of two, a list

@@ -33,7 +33,7 @@ if keras.backend.backend() == "torch":
     # Generators trace their decoding step into one graph as in use, but
     # run it without `torch.compile`: the C++ compiler would take tens of
     # seconds per test. tests/test_torch_compile.py compiles for real.
-    _backend.TORCH_COMPILE = None
+    _backend.TORCH_COMPILE = False
 
 
 def pytest_report_header(config):
