@@ -6,13 +6,18 @@ width 128, sequence 128, batch 32) and of the test suite's tiny one ("tiny":
 1 layer, width 16, sequence 32, batch 16), with each thread count in turn
 over `--rounds` rounds (alternating, so slow phases of a shared machine hit
 both alike). Prints the median ms per step / per generated token and the
-machine's load average; the examples' `--torch-threads` default comes from
-it (README, "Speed").
+machine's load average, and writes them to `--output` as JSON; the
+examples' `--torch-threads` default comes from it (README, "Speed").
+`--busy N` runs N spinning processes beside it (other jobs on a loaded
+machine).
 
     KERAS_BACKEND=torch python benchmarks/torch_threads.py
+    KERAS_BACKEND=torch python benchmarks/torch_threads.py --busy 2
 """
 
 import argparse
+import json
+import multiprocessing
 import os
 import statistics
 import time
@@ -47,7 +52,67 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="spinning processes to run beside the measurement",
+    )
+    parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
+    busy = [
+        multiprocessing.Process(target=_spin, daemon=True)
+        for _ in range(args.busy)
+    ]
+    for process in busy:
+        process.start()
+    try:
+        rows, load = _measure(args)
+    finally:
+        for process in busy:
+            process.terminate()
+    print(f"load average before / after: {load[0]} / {load[1]}")
+    print("| model | threads | train ms/step | generate ms/token (eager) |")
+    print("|---|---:|---:|---:|")
+    for name, count, step, token in rows:
+        print(f"| {name} | {count} | {step:.1f} | {token:.2f} |")
+    output = args.output or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)),
+        "results",
+        f"torch_threads_busy{args.busy}.json",
+    )
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    with open(output, "w") as f:
+        json.dump(
+            {
+                "benchmark": "torch_threads",
+                "cpus": os.cpu_count(),
+                "busy_processes": args.busy,
+                "load_average_before": load[0],
+                "load_average_after": load[1],
+                "config": vars(args),
+                "rows": [
+                    {
+                        "model": name,
+                        "threads": count,
+                        "train_ms_per_step": step,
+                        "generate_ms_per_token": token,
+                    }
+                    for name, count, step, token in rows
+                ],
+            },
+            f,
+            indent=2,
+        )
+    print(f"wrote {output}")
+
+
+def _spin():
+    while True:
+        pass
+
+
+def _measure(args):
     import keras
     import torch
 
@@ -57,7 +122,7 @@ def main(argv=None):
     assert keras.backend.backend() == "torch", "set KERAS_BACKEND=torch"
     threads = [int(t) for t in args.threads.split(",")]
     rng = np.random.default_rng(0)
-    print(f"load average before: {os.getloadavg()}, CPUs {os.cpu_count()}")
+    before = os.getloadavg()
     rows = []
     for name, size in SIZES.items():
         size = dict(size)
@@ -101,11 +166,7 @@ def main(argv=None):
                     statistics.median(generate[count]),
                 )
             )
-    print(f"load average after: {os.getloadavg()}")
-    print("| model | threads | train ms/step | generate ms/token (eager) |")
-    print("|---|---:|---:|---:|")
-    for name, count, step, token in rows:
-        print(f"| {name} | {count} | {step:.1f} | {token:.2f} |")
+    return rows, (before, os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -50,11 +50,13 @@ RESUMABLE_CHANGES = {
 }
 EXIT_INTERRUPTED = 3
 
-# --torch-threads by default: 1 on a machine with at most FEW_CORES CPUs
-# (measured in README "Speed": on the 2-core development machine one thread
-# trained and generated faster than two), else PyTorch's default.
+# --torch-threads by default: on a machine with at most FEW_CORES CPUs, the
+# CPUs idle when the run starts (at least 1), else PyTorch's default.
+# Measured in README "Speed" (benchmarks/torch_threads.py, 2-core machine):
+# quiet, two threads trained train_lm.py's model 1.7x faster than one; with
+# one or two other busy processes, two threads were 1.4x slower to train,
+# 2.4-2.7x slower to generate, and 7-20x slower for the tests' tiny model.
 FEW_CORES = 4
-TORCH_THREADS_FEW_CORES = 1
 
 
 def add_training_flags(
@@ -124,11 +126,10 @@ def add_training_flags(
         default=None,
         metavar="N",
         help="PyTorch backend only: torch.set_num_threads(N) for training "
-        "and generation (default: "
-        f"{TORCH_THREADS_FEW_CORES} on a machine with at most "
-        f"{FEW_CORES} CPUs, where a second thread of these small models "
-        "mostly waits on the other's and other jobs' cores; otherwise "
-        "PyTorch's own choice)",
+        "and generation (default: on a machine with at most "
+        f"{FEW_CORES} CPUs, the CPUs idle at the start, at least 1, "
+        "since a thread more than the idle cores mostly waits on other "
+        "jobs; otherwise PyTorch's own choice)",
     )
     group = parser.add_argument_group("output")
     group.add_argument(
@@ -205,14 +206,36 @@ def torch_threads(parser, args, backend):
     if threads is None:
         cores = os.cpu_count() or 1
         if cores <= FEW_CORES:
-            threads = TORCH_THREADS_FEW_CORES
-            reason = f"default on {cores} CPUs (at most {FEW_CORES})"
+            idle = idle_cpus()
+            threads = max(1, idle)
+            reason = f"default: {idle} of {cores} CPUs idle at the start"
         else:
             threads = torch.get_num_threads()
             reason = f"PyTorch's default on {cores} CPUs"
     torch.set_num_threads(threads)
     print(f"PyTorch threads: {threads} ({reason})")
     return threads
+
+
+def idle_cpus(seconds=0.25):
+    """How many CPUs no process is using now: the idle share of CPU time
+    over `seconds` (Linux's /proc/stat) times the CPU count, rounded; where
+    that file is missing, the CPU count less the 1-minute load average."""
+    cores = os.cpu_count() or 1
+
+    def times():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+    try:
+        total, idle = times()
+        time.sleep(seconds)
+        total2, idle2 = times()
+        share = (idle2 - idle) / max(total2 - total, 1)
+    except (OSError, ValueError, IndexError):
+        share = 1 - os.getloadavg()[0] / cores
+    return min(cores, max(0, round(share * cores)))
 
 
 def check_distribute(parser, args):

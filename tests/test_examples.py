@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
+from unittest import mock
 
 import keras
 import numpy as np
@@ -1025,8 +1027,32 @@ def test_torch_threads_flag(capsys):
         assert "PyTorch threads: 2 (--torch-threads)" in capsys.readouterr().out
         chosen = training.torch_threads(parser, parser.parse_args([]), backend)
         assert torch.get_num_threads() == chosen
-        if (os.cpu_count() or 1) <= training.FEW_CORES:
-            assert chosen == training.TORCH_THREADS_FEW_CORES
         assert f"PyTorch threads: {chosen} (" in capsys.readouterr().out
+        if (os.cpu_count() or 1) <= training.FEW_CORES:
+            # The default follows the idle CPUs, at least one.
+            for idle, want in [(0, 1), (1, 1), (2, 2)]:
+                with mock.patch.object(
+                    training, "idle_cpus", lambda idle=idle: idle
+                ):
+                    got = training.torch_threads(
+                        parser, parser.parse_args([]), backend
+                    )
+                assert got == want == torch.get_num_threads()
+                assert f"{idle} of" in capsys.readouterr().out
     finally:
         torch.set_num_threads(previous)
+
+
+def test_idle_cpus_counts_busy_ones():
+    cores = os.cpu_count() or 1
+    quiet = training.idle_cpus(0.3)
+    assert 0 <= quiet <= cores
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        loaded = training.idle_cpus(0.3)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    # A spinning process takes (about) one CPU away.
+    assert loaded <= cores - 1
