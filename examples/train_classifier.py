@@ -236,6 +236,7 @@ def main(argv=None):
         )
         model.compile(
             optimizer=training.optimizer(args),
+            jit_compile=training.jit_compile(args),
             loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
                 label_smoothing=args.label_smoothing, ignore_class=None
             ),

@@ -324,6 +324,7 @@ def main(argv=None):
             model.set_weights(lm.get_weights())  # the same start
         model.compile(
             optimizer=training.optimizer(args),
+            jit_compile=training.jit_compile(args),
             loss=tfm.losses.MaskedSparseCategoricalCrossentropy(
                 label_smoothing=args.label_smoothing
             ),

@@ -378,6 +378,7 @@ def main(argv=None):
             model.set_weights(translator.get_weights())  # the same start
         model.compile(
             optimizer=training.optimizer(args),
+            jit_compile=training.jit_compile(args),
             # The Keras padding mask covers padded *inputs* only; the label
             # after `<end>` is padding at a real input position, which only
             # the masked loss (ignore_class=0) leaves out.

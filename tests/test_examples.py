@@ -1043,6 +1043,16 @@ def test_torch_threads_flag(capsys):
         torch.set_num_threads(previous)
 
 
+def test_jit_compile_flag(capsys):
+    parser = threads_parser()
+    for flag, want in [(None, "auto"), ("true", True), ("false", False)]:
+        argv = [] if flag is None else ["--jit-compile", flag]
+        assert training.jit_compile(parser.parse_args(argv)) == want
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--jit-compile", "yes"])
+    assert "--jit-compile" in capsys.readouterr().err
+
+
 def test_idle_cpus_counts_busy_ones():
     cores = os.cpu_count() or 1
     quiet = training.idle_cpus(0.3)
