@@ -11,9 +11,11 @@ The weights are random (seeded) and made here with `transformers`,
 written with `save_pretrained` to a temporary directory; every row runs
 those same weights:
 
-- "keras_tfm JAX", "keras_tfm TensorFlow": `keras_tfm.checkpoints.load`
-  and `keras_tfm.generation.Generator(model).generate(prompts,
-  max_length=prompt + new)`, one compiled loop per shape (XLA on both);
+- "keras_tfm JAX", "keras_tfm TensorFlow", "keras_tfm PyTorch":
+  `keras_tfm.checkpoints.load` and
+  `keras_tfm.generation.Generator(model).generate(prompts,
+  max_length=prompt + new)`, one compiled loop per shape (XLA on JAX and
+  TensorFlow; on PyTorch a Python loop over one inductor-compiled step);
 - "transformers eager": `model.generate(do_sample=False,
   max_new_tokens=new)` on PyTorch, with its dynamic cache;
 - "transformers compiled": the same with `cache_implementation="static"`
@@ -114,7 +116,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--backends",
         nargs="*",
-        default=["jax", "tensorflow"],
+        default=["jax", "tensorflow", "torch"],
         help="Keras backends of the keras_tfm rows (one worker each)",
     )
     parser.add_argument(
