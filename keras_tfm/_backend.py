@@ -351,10 +351,10 @@ TORCH_FROZEN = {"freezing": True, "max_autotune": True}
 
 
 def _weights_key(variables):
-    """What changes when a weight does: each tensor and its version counter
-    (which every in-place write, `assign` and optimizer steps included,
-    advances)."""
-    return tuple((id(v.value), v.value._version) for v in variables)
+    """What changes when a weight does: each tensor (held, so that no other
+    tensor can take its place) and its version counter (which every
+    in-place write, `assign` and optimizer steps included, advances)."""
+    return [(v.value, v.value._version) for v in variables]
 
 
 def _weights_as_constants(graph, values):
@@ -393,7 +393,15 @@ class _TorchStep:
         self.gemm_backends = None  # what a frozen step compiled with
 
     def current(self, variables):
-        return self.weights is None or self.weights == _weights_key(variables)
+        if self.weights is None:
+            return True
+        now = _weights_key(variables)
+        return all(
+            tensor is held and version == seen
+            for (tensor, version), (held, seen) in zip(
+                now, self.weights, strict=True
+            )
+        )
 
     def __call__(self, state, constants, variables):
         from torch.utils import _pytree
