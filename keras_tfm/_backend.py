@@ -376,8 +376,9 @@ def _weights_as_constants(graph, values):
 
 class _TorchStep:
     """One traced loop step, compiled on its first call:
-    `step(state, constants)` returns the next state and whether the loop
-    goes on.
+    `step(state, constants, variables)` returns the next state and whether
+    the loop goes on (`variables` are read only when the weights are
+    inputs).
 
     `weights` is `_weights_key` of the weights frozen into it, or None
     when it reads them as inputs.

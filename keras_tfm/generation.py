@@ -28,8 +28,8 @@ on JAX, `tf.function` on TensorFlow; on PyTorch the loop is Python and
 each decoding step, a trace of the whole step over the weights as tensors,
 is compiled by inductor, `torch.compile`'s compiler) and reused. Prompts
 are padded to length buckets first, so that prompts of other lengths reuse
-it. The model's
-`pad_id` is never generated; with `pad_id=None` every id can be.
+it. The model's `pad_id` is never generated; with `pad_id=None` every id
+can be.
 """
 
 import collections

@@ -31,8 +31,8 @@ if keras.backend.backend() == "torch":
     from keras_tfm import _backend  # noqa: E402
 
     # Generators trace their decoding step into one graph as in use, but
-    # run it without `torch.compile`: the C++ compiler would take tens of
-    # seconds per test. tests/test_torch_compile.py compiles for real.
+    # run it without inductor: the C++ compiler would take seconds to tens
+    # of seconds per test. tests/test_torch_compile.py compiles for real.
     _backend.TORCH_COMPILE = False
 
 
