@@ -5,6 +5,8 @@ module of keras_tfm that imports TensorFlow, JAX or PyTorch; each import is
 made inside the function that needs it, for the backend in use only.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 
@@ -59,6 +61,33 @@ def static_value(x):
             # compiled code on it, as a Python check needs.
             return np.asarray(int(x))
     return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+_JOINED = [False]
+
+
+def joined_projections():
+    """Whether layers join the Dense products that share an input into one
+    (see `keras_tfm.layers._projections.project_together`)."""
+    return _JOINED[0]
+
+
+@contextlib.contextmanager
+def joining_projections(on=True):
+    """Join shared-input projections while a compiled decoding loop is
+    traced on XLA (JAX, TensorFlow with `jit_compile`).
+
+    XLA hoists the concatenation of loop-invariant kernels out of the loop
+    (once per call of the compiled function), so each step reads one wide
+    matrix per group. Off elsewhere: an eager step, or a PyTorch step that
+    reads its weights as inputs, would concatenate them every step.
+    """
+    previous = _JOINED[0]
+    _JOINED[0] = bool(on)
+    try:
+        yield
+    finally:
+        _JOINED[0] = previous
 
 
 def torch_compiling():

@@ -444,6 +444,15 @@ class Generator:
             return ids[..., 1:], scores
         return result[..., 1:]
 
+    def _joins_projections(self):
+        """Whether `generate`'s search joins the projections that share an
+        input (see `_backend.joining_projections`): where XLA compiles the
+        whole loop, JAX and TensorFlow with `jit_compile`."""
+        backend = keras.backend.backend()
+        return backend == "jax" or (
+            backend == "tensorflow" and self.jit_compile
+        )
+
     def _compiled(self, key, function):
         """`function` compiled once, cached under `key` (a name, then the
         input shapes and the plan's key). On PyTorch the functions of one
@@ -834,7 +843,8 @@ class Generator:
                 return ids.astype("int32")
 
         def function(inputs, settings):
-            return self._search(plan, inputs, settings)
+            with _backend.joining_projections(self._joins_projections()):
+                return self._search(plan, inputs, settings)
 
         result = self._compiled(("generate", *key), function)(inputs, settings)
         if isinstance(result, tuple):

@@ -1,7 +1,7 @@
 """The key/value cache methods of `MultiHeadAttention`.
 
 A mixin, so that `attention.py` keeps the layer's arguments, sublayers and
-call; these methods use its projections (`_project_key`, `_project_value`)
+call; these methods use its projections (`_project`, `_key_heads`)
 and sizes (`key_dim`, `_value_dim`, `_kv_heads`). Heads come before
 positions in a cache, so that each decoding step reads it in the layout the
 attention matmuls use (no per-step transpose).
@@ -67,10 +67,11 @@ class KeyValueCache:
         self._check_inputs(value=value, key=key)
         self._check_cacheable()
         # (batch, 2, heads, key_len, head_dim)
+        key_heads, value_heads = self._project(
+            [(self.key_dense, key), (self.value_dense, value)]
+        )
         cache = ops.transpose(
-            ops.stack(
-                [self._project_key(key), self._project_value(value)], axis=1
-            ),
+            ops.stack([self._key_heads(key_heads), value_heads], axis=1),
             (0, 1, 3, 2, 4),
         )
         if max_length is not None:

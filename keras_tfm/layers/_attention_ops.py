@@ -396,19 +396,26 @@ def merged_mask(
     return masks.combine_masks(mask, attention_mask, window), False
 
 
-def inert(mask, heads):
+def inert(mask, heads, keys=True):
     """Make masked positions inert: zero the queries, keys and values that
     no one may use (with `where`: NaN or inf there never reach real
     outputs), and let rows with no allowed key attend everywhere (finite;
     their output is zeroed by the caller). Returns the new mask, `has_key`
-    `(batch, query_len)` and the new heads."""
+    `(batch, query_len)` and the new heads.
+
+    `keys=False` leaves the keys: for a decoding step over a cache, whose
+    logits go through `where` (see `probabilities`) and which takes no
+    gradient. Zeroing them would copy the whole cache each step."""
     has_key = ops.any(mask, axis=-1)  # (batch, query_len)
     attended = ops.any(mask, axis=-2)  # (batch, key_len)
     heads = heads._replace(
         query=where_rows(has_key, heads.query),
-        key=where_rows(attended, heads.key, heads.key_axis),
         value=where_rows(attended, heads.value, heads.key_axis),
     )
+    if keys:
+        heads = heads._replace(
+            key=where_rows(attended, heads.key, heads.key_axis)
+        )
     mask = ops.logical_or(mask, ops.expand_dims(ops.logical_not(has_key), -1))
     return mask, has_key, heads
 

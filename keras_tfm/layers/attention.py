@@ -20,6 +20,7 @@ from keras_tfm.layers._attention_ops import (
     static_dim,
     where_rows,
 )
+from keras_tfm.layers._projections import project_together
 from keras_tfm.layers.add_norm import RMSNormalization
 from keras_tfm.layers.position import RotaryEmbedding
 
@@ -371,16 +372,37 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
                 f"with shape {tuple(query.shape)}"
             )
 
-    def _project(self, dense, x, head_dim, heads=None):
-        # (batch, seq, dim) -> (batch, seq, heads, head_dim), as one
-        # (tokens, dim) matmul: see FeedForward.call.
-        shape = ops.shape(x)
-        projected = dense(ops.reshape(x, (-1, shape[-1])))
-        heads = self.num_heads if heads is None else heads
-        return ops.reshape(projected, (shape[0], shape[1], heads, head_dim))
+    def _project(self, pairs):
+        """The heads `(batch, seq, heads, head_dim)` of `(dense, x)` pairs.
 
-    def _project_query(self, query, start_index=0, positions=None):
-        query = self._project(self.query_dense, query, self.key_dim)
+        Each product is one `(tokens, dim)` matmul (see FeedForward.call);
+        the denses of one tensor go through `project_together` (one joined
+        product while a decoding loop traces).
+        """
+        heads = [None] * len(pairs)
+        for i, (_, x) in enumerate(pairs):
+            if heads[i] is not None:
+                continue
+            group = [j for j, pair in enumerate(pairs) if pair[1] is x]
+            shape = ops.shape(x)
+            outputs = project_together(
+                [pairs[j][0] for j in group],
+                ops.reshape(x, (-1, shape[-1])),
+            )
+            for j, output in zip(group, outputs, strict=True):
+                dense = pairs[j][0]
+                size = (
+                    self._value_dim
+                    if dense is self.value_dense
+                    else self.key_dim
+                )
+                heads[j] = ops.reshape(
+                    output, (shape[0], shape[1], dense.units // size, size)
+                )
+        return heads
+
+    def _query_heads(self, query, start_index=0, positions=None):
+        """Norm and rotate the projected query heads, as the model says."""
         if self.query_key_norm:
             query = self.query_norm(query)
         if self.position == "rotary":
@@ -389,10 +411,8 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
             )
         return query
 
-    def _project_key(self, key, start_index=0, positions=None):
-        key = self._project(
-            self.key_dense, key, self.key_dim, heads=self._kv_heads
-        )
+    def _key_heads(self, key, start_index=0, positions=None):
+        """Norm and rotate the projected key heads, as the model says."""
         if self.query_key_norm:
             key = self.key_norm(key)
         if self.position == "rotary":
@@ -400,11 +420,6 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
                 key, start_index=start_index, positions=positions
             )
         return key
-
-    def _project_value(self, value):
-        return self._project(
-            self.value_dense, value, self._value_dim, heads=self._kv_heads
-        )
 
     def _padding_masks(self, key, cache, query_mask, value_mask, key_mask):
         """The query's and the key side's padding masks that apply.
@@ -439,24 +454,33 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
         )
         key = value if key is None else key
         start_index = 0 if cache_index is None else cache_index
-        query_heads = self._project_query(query, start_index, positions)
+        if cache is not None and cache_index is None:
+            # Cross-attention over a computed cache: the query alone.
+            (query_heads,) = self._project([(self.query_dense, query)])
+            query_heads = self._query_heads(query_heads, start_index)
+        else:
+            query_heads, key_heads, value_heads = self._project(
+                [
+                    (self.query_dense, query),
+                    (self.key_dense, key),
+                    (self.value_dense, value),
+                ]
+            )
+            query_heads = self._query_heads(query_heads, start_index, positions)
         if cache is None:
+            key_heads = self._key_heads(key_heads, positions=key_positions)
             return attention_ops.Heads(
-                query_heads,
-                self._project_key(key, positions=key_positions),
-                self._project_value(value),
-                "bsnh",
+                query_heads, key_heads, value_heads, "bsnh"
             ), None
         if cache_index is not None:
             # The new steps `(batch, 2, kv_heads, steps, key_dim)` are written
             # at `cache_index` with one update of the whole cache, which
             # compiled loops do in place.
+            key_heads = self._key_heads(key_heads, cache_index)
             update = ops.stack(
                 [
-                    ops.transpose(
-                        self._project_key(key, cache_index), (0, 2, 1, 3)
-                    ),
-                    ops.transpose(self._project_value(value), (0, 2, 1, 3)),
+                    ops.transpose(key_heads, (0, 2, 1, 3)),
+                    ops.transpose(value_heads, (0, 2, 1, 3)),
                 ],
                 axis=1,
             )
@@ -571,7 +595,9 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
         )
         has_key = None
         if mask is not None:
-            mask, has_key, heads = attention_ops.inert(mask, heads)
+            mask, has_key, heads = attention_ops.inert(
+                mask, heads, keys=cache is None
+            )
 
         dropout = self.dropout > 0 and bool(training)
         scores = None

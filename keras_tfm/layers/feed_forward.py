@@ -14,6 +14,7 @@ from keras_tfm._validation import (
     clone_initializer,
     dtype_policy_config,
 )
+from keras_tfm.layers._projections import project_together
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
@@ -147,9 +148,13 @@ class FeedForward(keras.layers.Layer):
         # products (TensorFlow's BatchMatMulV2 gradient); plain GEMMs give
         # the same results faster (measured in benchmarks/README.md).
         tokens = ops.reshape(inputs, (-1, shape[-1]))
-        hidden = self.intermediate_dense(tokens)
         if self.gated:
-            hidden = ops.multiply(self.gate_dense(tokens), hidden)
+            gate, hidden = project_together(
+                [self.gate_dense, self.intermediate_dense], tokens
+            )
+            hidden = ops.multiply(gate, hidden)
+        else:
+            hidden = self.intermediate_dense(tokens)
         hidden = self.dropout_layer(hidden, training=training)
         outputs = self.output_dense(hidden)
         return ops.reshape(outputs, (*shape[:-1], ops.shape(outputs)[-1]))
