@@ -66,6 +66,21 @@ def static_value(x):
 _JOINED = [False]
 
 
+def xla_loop_on_cpu(jit_compile):
+    """Whether a compiled function's loop runs on XLA on the CPU: JAX, or
+    TensorFlow with `jit_compile`, with no accelerator in use."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "cpu"
+    if backend == "tensorflow" and jit_compile:
+        import tensorflow as tf
+
+        return not tf.config.list_logical_devices("GPU")
+    return False
+
+
 def joined_projections():
     """Whether layers join the Dense products that share an input into one
     (see `keras_tfm.layers._projections.project_together`)."""
@@ -75,12 +90,14 @@ def joined_projections():
 @contextlib.contextmanager
 def joining_projections(on=True):
     """Join shared-input projections while a compiled decoding loop is
-    traced on XLA (JAX, TensorFlow with `jit_compile`).
+    traced on XLA on the CPU (see `xla_loop_on_cpu`).
 
     XLA hoists the concatenation of loop-invariant kernels out of the loop
     (once per call of the compiled function), so each step reads one wide
     matrix per group. Off elsewhere: an eager step, or a PyTorch step that
-    reads its weights as inputs, would concatenate them every step.
+    reads its weights as inputs, would concatenate them every step, and
+    on an accelerator the copy's memory is dearer than the gain, which was
+    measured on CPU only.
     """
     previous = _JOINED[0]
     _JOINED[0] = bool(on)

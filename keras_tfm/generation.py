@@ -183,6 +183,12 @@ class Generator:
             after that, the step compiles once more, reading them as
             inputs. JAX always compiles. `jit_compile=False` on PyTorch
             runs the loop eagerly: no compile time, much slower steps.
+            With XLA on the CPU (JAX, TensorFlow), `generate` (not
+            `stream`) computes the projections that read one input
+            (query/key/value, an FFN's gate and up) as one product over
+            their kernels, concatenated once per call: a temporary copy
+            of those kernels, for one wide product a step in place of
+            several narrow ones.
         prompt_buckets: the widths prompts (and sources) are padded to
             before the search, so that prompts of other lengths reuse one
             compiled search: None (the default) for powers of two, a list
@@ -446,12 +452,8 @@ class Generator:
 
     def _joins_projections(self):
         """Whether `generate`'s search joins the projections that share an
-        input (see `_backend.joining_projections`): where XLA compiles the
-        whole loop, JAX and TensorFlow with `jit_compile`."""
-        backend = keras.backend.backend()
-        return backend == "jax" or (
-            backend == "tensorflow" and self.jit_compile
-        )
+        input (see `_backend.joining_projections`)."""
+        return _backend.xla_loop_on_cpu(self.jit_compile)
 
     def _compiled(self, key, function):
         """`function` compiled once, cached under `key` (a name, then the
