@@ -460,6 +460,9 @@ tensorflow_only = pytest.mark.skipif(
 jax_only = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="runs in the jax pass of CI"
 )
+torch_only = pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="runs in the torch pass of CI"
+)
 
 
 def subprocess_env(**extra):
@@ -809,7 +812,7 @@ def _lm_task(rng):
 
 
 # Each builder's tiny training task: `(model, x, y, loss)` from a NumPy
-# generator (test_mixed_precision, test_xla).
+# generator (test_mixed_precision).
 TRAINING_TASKS = {
     "seq2seq": _seq2seq_task,
     "classifier": _classifier_task,

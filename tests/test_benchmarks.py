@@ -8,7 +8,13 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, run_processes, subprocess_env, tensorflow_only
+from tests.helpers import (
+    REPO,
+    run_processes,
+    subprocess_env,
+    tensorflow_only,
+    torch_only,
+)
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
@@ -59,6 +65,9 @@ def test_paired_ratios_from_known_timings():
         _common.paired_ratios(ours, hub[:-1], seed=0)
 
 
+# One backend's pass runs each backend-neutral script (compiled training
+# is tested on every backend in test_torch_training.py).
+@torch_only
 def test_train_throughput_quick_run_writes_paired_ratios(tmp_path):
     result, log = _run(
         "train_throughput.py", tmp_path, "--models", "keras_tfm,keras_hub"
@@ -168,6 +177,8 @@ def test_generation_quick_run_writes_every_row(tmp_path):
     assert result["first_call_table"] in log
 
 
+# The naive loop is a row of the PyTorch run only.
+@torch_only
 def test_generation_naive_loop_matches_generator():
     keras.utils.set_random_seed(3)
     args = generation.parse_args(["--quick", "--lengths", "6"])
@@ -180,6 +191,9 @@ def test_generation_naive_loop_matches_generator():
     np.testing.assert_array_equal(generation.ids_of(naive), expected)
 
 
+# One backend's pass runs each backend-neutral script (the library's
+# packing is tested on every backend in test_packing.py).
+@torch_only
 def test_packing_quick_run_reports_fill_and_real_tokens(tmp_path):
     result, log = _run("packing.py", tmp_path)
     rows = {row["name"]: row for row in result["rows"]}

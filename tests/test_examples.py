@@ -28,6 +28,7 @@ from tests.helpers import (
     run_processes,
     subprocess_env,
     tensorflow_only,
+    torch_only,
 )
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
@@ -502,6 +503,9 @@ DECODING_RUNS = [
 ]  # fmt: skip
 
 
+# The flags' path to the Generator is the same on every backend (each
+# sampler is tested on every backend in test_generation.py): one pass.
+@torch_only
 @pytest.mark.parametrize("name, args", DECODING_RUNS)
 def test_decoding_flags_reach_the_generator(name, args, tmp_path, monkeypatch):
     calls = []
@@ -704,6 +708,9 @@ def test_seq2seq_reads_pairs(data_files, tmp_path):
     assert not os.path.exists(tmp_path / "out")  # loading writes nothing
 
 
+# Resuming is the same on every backend (test_resumes_an_interrupted_run
+# runs in each pass): one pass.
+@torch_only
 def test_seq2seq_on_data_resumes_with_its_tokenizer(
     data_files, tmp_path, capsys, monkeypatch
 ):

@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from keras_tfm import checkpoints
 from tests.helpers import to_numpy
@@ -32,6 +34,15 @@ def test_finetunes_and_writes_a_checkpoint(tmp_path, capsys):
     # LoRA trains a small part of the model.
     model = checkpoints.load(metrics["finetuned"])
     assert 0 < metrics["trained_weights"] < model.count_params() / 4
+    # The merged checkpoint reads in transformers, to the same logits.
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        metrics["finetuned"], attn_implementation="eager"
+    ).eval()
+    ids = np.array([[5, 0, 9, 300, 17, 4]])
+    with torch.no_grad():
+        want = theirs(torch.tensor(ids)).logits.numpy()
+    got = to_numpy(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
 
     # The fine-tuned checkpoint is a user's --checkpoint: all weights train.
     again = finetune().main(
@@ -47,24 +58,6 @@ def test_finetunes_and_writes_a_checkpoint(tmp_path, capsys):
     assert again["perplexity_before"] == pytest.approx(
         metrics["perplexity_after"], rel=1e-3
     )
-
-
-def test_merged_lora_checkpoint_reads_in_transformers(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
-    metrics = finetune().main(
-        [*TINY, "--epochs", "1", "--output-dir", str(tmp_path)]
-    )
-    ours = checkpoints.load(metrics["finetuned"])
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(
-        metrics["finetuned"], attn_implementation="eager"
-    ).eval()
-    ids = np.array([[5, 0, 9, 300, 17, 4]])
-    mask = np.ones_like(ids)
-    with torch.no_grad():
-        want = theirs(torch.tensor(ids)).logits.numpy()
-    got = to_numpy(ours({"token_ids": ids, "padding_mask": mask}))
-    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
 
 
 def test_help_documents_every_flag(capsys):
