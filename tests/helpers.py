@@ -812,7 +812,7 @@ def _lm_task(rng):
 
 
 # Each builder's tiny training task: `(model, x, y, loss)` from a NumPy
-# generator (test_mixed_precision).
+# generator (test_mixed_precision, test_xla).
 TRAINING_TASKS = {
     "seq2seq": _seq2seq_task,
     "classifier": _classifier_task,

@@ -60,12 +60,15 @@ def close(got, expected, mode):
 BUILDERS = ["decoder_lm", "seq2seq_transformer", "encoder_classifier"]
 
 
-# Both modes, in two runs (each costs a compile per quantized layer on
-# JAX): the encoder-decoder holds every kind of block and attention, the
-# decoder-only LM the causal blocks alone; each saves and loads.
+# Every builder and both modes, in three runs (each costs a compile per
+# quantized layer on JAX); each saves and loads.
 @pytest.mark.parametrize(
     "builder, mode",
-    [("decoder_lm", "int8"), ("seq2seq_transformer", "int4")],
+    [
+        ("decoder_lm", "int8"),
+        ("seq2seq_transformer", "int4"),
+        ("encoder_classifier", "int8"),
+    ],
 )
 def test_quantized_builders_stay_close_and_save(builder, mode, tmp_path):
     model, inputs = build(builder)

@@ -158,20 +158,16 @@ CASES = {
 
 # On PyTorch each case costs one inductor compile: 20-42 s each on the quiet
 # 2-core box (all six passed there with KERAS_TFM_ALL_COMPILES=1, 193 s),
-# 65-120 s loaded, so CI compiles one there: the checkpoint-built model
-# (grouped heads, explicit padding, rotary, gated FFN). On JAX and
-# TensorFlow CI runs the packed encoder-decoder too (every block kind,
-# segments, cross-attention). The rest run with KERAS_TFM_ALL_COMPILES=1;
-# CI compiles their models elsewhere on every backend (test_packing's
-# compiled packed LM, the encoder's and decoder's
-# `test_fit_step_under_jit_compile`).
-OPTIONAL = {
+# 65-120 s loaded. CI runs two there: the packed encoder-decoder (every block
+# kind, segments, cross-attention) and the checkpoint-built model (grouped
+# heads, explicit padding, rotary); the rest run with
+# KERAS_TFM_ALL_COMPILES=1 (and on the other backends always).
+TORCH_OPTIONAL = {
     "decoder_lm_packed",
     "encoder_classifier",
     "composed_causal_lm",
     "composed_seq2seq_lm",
 }
-TORCH_OPTIONAL = OPTIONAL | {"seq2seq_packed"}
 
 
 def train(model, weights, x, y, loss, jit_compile):
@@ -195,11 +191,12 @@ def train(model, weights, x, y, loss, jit_compile):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_jit_compile_trains_as_eager(name):
-    optional = (
-        TORCH_OPTIONAL if keras.backend.backend() == "torch" else OPTIONAL
-    )
-    if name in optional and not os.environ.get("KERAS_TFM_ALL_COMPILES"):
-        pytest.skip("set KERAS_TFM_ALL_COMPILES=1 (a compile each)")
+    if (
+        keras.backend.backend() == "torch"
+        and name in TORCH_OPTIONAL
+        and not os.environ.get("KERAS_TFM_ALL_COMPILES")
+    ):
+        pytest.skip("PyTorch: set KERAS_TFM_ALL_COMPILES=1 (a compile each)")
     model, x, y, loss = CASES[name]()
     model(x)  # built
     weights = model.get_weights()
