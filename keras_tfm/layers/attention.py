@@ -20,7 +20,7 @@ from keras_tfm.layers._attention_ops import (
     static_dim,
     where_rows,
 )
-from keras_tfm.layers._projections import project_together
+from keras_tfm.layers._projections import project, project_together
 from keras_tfm.layers.add_norm import RMSNormalization
 from keras_tfm.layers.position import RotaryEmbedding
 
@@ -549,8 +549,9 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
         projection to `(batch, query_len, output_dim)`."""
         shape = ops.shape(output)
         # (batch * query_len, heads * value_dim): one matmul over tokens.
-        output = self.output_dense(
-            ops.reshape(output, (-1, self.num_heads * self._value_dim))
+        output = project(
+            self.output_dense,
+            ops.reshape(output, (-1, self.num_heads * self._value_dim)),
         )
         # Sizes, not -1: an empty batch or sequence has no size to infer.
         return ops.reshape(

@@ -14,7 +14,7 @@ from keras_tfm._validation import (
     clone_initializer,
     dtype_policy_config,
 )
-from keras_tfm.layers._projections import project_together
+from keras_tfm.layers._projections import project, project_together
 
 
 @keras.saving.register_keras_serializable(package="keras_tfm")
@@ -154,9 +154,9 @@ class FeedForward(keras.layers.Layer):
             )
             hidden = ops.multiply(gate, hidden)
         else:
-            hidden = self.intermediate_dense(tokens)
+            hidden = project(self.intermediate_dense, tokens)
         hidden = self.dropout_layer(hidden, training=training)
-        outputs = self.output_dense(hidden)
+        outputs = project(self.output_dense, hidden)
         return ops.reshape(outputs, (*shape[:-1], ops.shape(outputs)[-1]))
 
     def compute_mask(self, inputs, mask=None):

@@ -1,6 +1,6 @@
 """Joined projections: one product for the Dense layers that share an input,
-the same numbers as the layers one by one, and on only where XLA compiles
-the decoding loop."""
+a sliced product for one row, the same numbers as the layers one by one,
+and on only where XLA compiles the decoding loop."""
 
 import keras
 import numpy as np
@@ -9,8 +9,8 @@ from keras import ops
 
 from keras_tfm import _backend
 from keras_tfm.generation import Generator
-from keras_tfm.layers import FeedForward, MultiHeadAttention
-from keras_tfm.layers._projections import project_together
+from keras_tfm.layers import FeedForward, MultiHeadAttention, _projections
+from keras_tfm.layers._projections import project, project_together
 from keras_tfm.models import decoder_lm
 
 X = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
@@ -58,6 +58,50 @@ def test_joined_equals_separate(dense_calls, use_bias, lora):
     assert [tuple(y.shape) for y in joined] == [(5, 8), (5, 4), (5, 3)]
     for a, b in zip(separate, joined, strict=True):
         np.testing.assert_allclose(a, ops.convert_to_numpy(b), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [256, 768, 6])
+@pytest.mark.parametrize("lora", [False, True])
+def test_one_row_is_a_sliced_product(dense_calls, monkeypatch, dim, lora):
+    keras.utils.set_random_seed(4)
+    dense = keras.layers.Dense(5, activation="gelu", name="a")
+    dense.build((None, dim))
+    dense.bias.assign(np.linspace(-1, 1, 5))
+    if lora:
+        dense.enable_lora(2)
+        dense.lora_kernel_b.assign(np.ones((2, 5)) * 0.3)
+    x = np.random.default_rng(5).normal(size=(1, dim)).astype("float32")
+    expected = ops.convert_to_numpy(dense(x))
+    products = []
+    matmul = ops.matmul
+
+    def spy(a, b):
+        products.append(tuple(b.shape))
+        return matmul(a, b)
+
+    monkeypatch.setattr(_projections.ops, "matmul", spy)
+    del dense_calls[:]
+    with _backend.joining_projections():
+        result = project(dense, x)
+    assert dense_calls == []
+    rows = {256: 128, 768: 192, 6: None}[dim]
+    sliced = [(dim // rows, rows, 5)] if rows else [(dim, 5)]
+    assert products == sliced
+    np.testing.assert_allclose(
+        expected, ops.convert_to_numpy(result), rtol=1e-5, atol=1e-6
+    )
+    # bfloat16 keeps one product (its partial products would be rounded).
+    dense.dtype_policy = "mixed_bfloat16"
+    del products[:]
+    with _backend.joining_projections():
+        project(dense, x)
+    assert products == [(dim, 5)]
+    dense.dtype_policy = "float32"
+    # Several rows, or the switch off: the layer itself.
+    with _backend.joining_projections():
+        project(dense, np.concatenate([x, x]))
+    project(dense, x)
+    assert dense_calls == ["a", "a"]
 
 
 def test_mixed_biases_and_quantized_layers_stay_separate(dense_calls):
