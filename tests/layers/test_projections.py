@@ -104,6 +104,19 @@ def test_one_row_is_a_sliced_product(dense_calls, monkeypatch, dim, lora):
     assert dense_calls == ["a", "a"]
 
 
+def test_joined_one_row_is_sliced_too():
+    keras.utils.set_random_seed(6)
+    denses = [keras.layers.Dense(units, name=str(units)) for units in (7, 3)]
+    for dense in denses:
+        dense.build((None, 384))
+    x = np.random.default_rng(7).normal(size=(1, 384)).astype("float32")
+    expected = [ops.convert_to_numpy(dense(x)) for dense in denses]
+    with _backend.joining_projections():
+        joined = project_together(denses, x)
+    for a, b in zip(expected, joined, strict=True):
+        np.testing.assert_allclose(a, ops.convert_to_numpy(b), rtol=1e-5)
+
+
 def test_mixed_biases_and_quantized_layers_stay_separate(dense_calls):
     denses = _denses()
     mixed = denses[:2] + [keras.layers.Dense(3, use_bias=False, name="d")]
