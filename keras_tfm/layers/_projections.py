@@ -24,9 +24,10 @@ def _matvec(x, kernel):
 
     XLA on the CPU reads a `(dim, units)` kernel at batch 1 faster when
     the product is a batch of `(1, ~200)` by `(~200, units)` products
-    summed afterwards: 10-20% faster for GPT-2's 768-row kernels, 30-40%
+    summed afterwards: 4-19% faster for GPT-2's 768-row kernels, 25-36%
     for its 3072-row output kernel of the feed-forward network, on JAX and
-    TensorFlow alike (measured on this project's 2-core CPU). The reshape
+    TensorFlow (measured on this project's 2-core CPU; figures in
+    benchmarks/README.md, "Batch 1 after sliced one-row products"). The reshape
     of the kernel is free (its slices are contiguous). With more rows the
     partial sums cost more than they save, so this is for one row only,
     and a kernel whose rows do not divide evenly keeps the plain product;
@@ -65,7 +66,7 @@ def project_together(denses, x):
     one_row = x.shape[0] == 1
     if (
         not _backend.joined_projections()
-        or not (len(denses) > 1 or one_row)
+        or (len(denses) == 1 and not one_row)
         or not _joinable(denses)
     ):
         return [dense(x) for dense in denses]

@@ -60,9 +60,23 @@ def test_joined_equals_separate(dense_calls, use_bias, lora):
         np.testing.assert_allclose(a, ops.convert_to_numpy(b), rtol=1e-6)
 
 
+@pytest.fixture
+def products(monkeypatch):
+    """The kernel shapes of the matmuls `_projections` computes."""
+    shapes = []
+    matmul = ops.matmul
+
+    def spy(a, b):
+        shapes.append(tuple(b.shape))
+        return matmul(a, b)
+
+    monkeypatch.setattr(_projections.ops, "matmul", spy)
+    return shapes
+
+
 @pytest.mark.parametrize("dim", [256, 768, 6])
 @pytest.mark.parametrize("lora", [False, True])
-def test_one_row_is_a_sliced_product(dense_calls, monkeypatch, dim, lora):
+def test_one_row_is_a_sliced_product(dense_calls, products, dim, lora):
     keras.utils.set_random_seed(4)
     dense = keras.layers.Dense(5, activation="gelu", name="a")
     dense.build((None, dim))
@@ -72,14 +86,6 @@ def test_one_row_is_a_sliced_product(dense_calls, monkeypatch, dim, lora):
         dense.lora_kernel_b.assign(np.ones((2, 5)) * 0.3)
     x = np.random.default_rng(5).normal(size=(1, dim)).astype("float32")
     expected = ops.convert_to_numpy(dense(x))
-    products = []
-    matmul = ops.matmul
-
-    def spy(a, b):
-        products.append(tuple(b.shape))
-        return matmul(a, b)
-
-    monkeypatch.setattr(_projections.ops, "matmul", spy)
     del dense_calls[:]
     with _backend.joining_projections():
         result = project(dense, x)
@@ -104,7 +110,7 @@ def test_one_row_is_a_sliced_product(dense_calls, monkeypatch, dim, lora):
     assert dense_calls == ["a", "a"]
 
 
-def test_joined_one_row_is_sliced_too():
+def test_joined_one_row_is_sliced_too(products):
     keras.utils.set_random_seed(6)
     denses = [keras.layers.Dense(units, name=str(units)) for units in (7, 3)]
     for dense in denses:
@@ -113,6 +119,7 @@ def test_joined_one_row_is_sliced_too():
     expected = [ops.convert_to_numpy(dense(x)) for dense in denses]
     with _backend.joining_projections():
         joined = project_together(denses, x)
+    assert products == [(2, 192, 10)]  # one joined kernel, in two slices
     for a, b in zip(expected, joined, strict=True):
         np.testing.assert_allclose(a, ops.convert_to_numpy(b), rtol=1e-5)
 
