@@ -107,6 +107,35 @@ def joining_projections(on=True):
         _JOINED[0] = previous
 
 
+_CACHE_PREFIX = [None]
+
+
+def cache_prefix():
+    """How many leading slots of a self-attention cache the step being
+    traced reads, or None for all (see `reading_cache_prefix`)."""
+    return _CACHE_PREFIX[0]
+
+
+@contextlib.contextmanager
+def reading_cache_prefix(length):
+    """Let self-attention over a cache read only its first `length` slots
+    while a stretch of a decoding loop is traced in which every step writes
+    and attends below position `length`.
+
+    The slots past it are masked for every query of that stretch, so the
+    outputs do not change; what shrinks is the cache each step reads (and,
+    on XLA, copies: at batch > 1 the keys and values are strided halves of
+    the cache). `Generator` splits its loop into such stretches on XLA on
+    the CPU (see `Generator._segments`).
+    """
+    previous = _CACHE_PREFIX[0]
+    _CACHE_PREFIX[0] = length
+    try:
+        yield
+    finally:
+        _CACHE_PREFIX[0] = previous
+
+
 def torch_compiling():
     """Whether PyTorch is tracing with `torch.compile` (dynamo) now.
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_tfm import _backend, generation, sampling
 from keras_tfm import layers as tfm_layers
-from keras_tfm import sampling
 from keras_tfm.generation import Generator
 from keras_tfm.models import (
     CausalLM,
@@ -948,3 +948,52 @@ def test_search_function_is_the_generate_search():
     ids = ops.convert_to_numpy(search(inputs))
     expected = generator.generate(PROMPTS, 6, sampler="beam", num_beams=2)
     np.testing.assert_array_equal(ids, expected)
+
+
+# --------------------------------------------- a long loop, in stretches
+
+
+@pytest.mark.parametrize("kind", ("seq2seq", "decoder_lm"))
+def test_a_long_loop_in_stretches_equals_one_loop(kind, monkeypatch):
+    """Where the loop compiles on XLA on the CPU, `generate` runs it in
+    stretches whose steps read only the cache below the stretch's end; the
+    tokens equal one loop over the whole cache, and each is the argmax of
+    the full model's logits."""
+    length = 260
+    builder = seq2seq_transformer if kind == "seq2seq" else decoder_lm
+    model = randomize(
+        builder(
+            VOCAB,
+            length,
+            num_layers=1,
+            embedding_dim=16,
+            num_heads=2,
+            intermediate_dim=32,
+            position="rotary",
+        ),
+        seed=26 if kind == "seq2seq" else 21,
+    )
+    prefixes = []
+    reading = _backend.reading_cache_prefix
+
+    def spy(prefix):
+        prefixes.append(prefix)
+        return reading(prefix)
+
+    monkeypatch.setattr(_backend, "reading_cache_prefix", spy)
+    options = dict(end_id=None, **starting(kind))
+    stretched = Generator(model).generate(inputs_for(kind), length, **options)
+    stretches = 1
+    if _backend.xla_loop_on_cpu(True):
+        stretches = 2 if keras.backend.backend() == "tensorflow" else 4
+    # Ends at a quarter, a half, ... of the buffer (a start id adds one).
+    ends = [
+        -(-(length + (kind == "seq2seq")) * k // stretches) for k in (1, 2, 3)
+    ]
+    assert prefixes == ends[: stretches - 1] + [None]
+    monkeypatch.setattr(generation, "_SEGMENT_MIN", length + 1)
+    whole = Generator(model).generate(inputs_for(kind), length, **options)
+    assert prefixes[-1] is None
+    np.testing.assert_array_equal(stretched, whole)
+    assert_greedy_is_argmax(model, kind, stretched)
+    assert len(np.unique(stretched[:, -100:])) > 1

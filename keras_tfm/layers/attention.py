@@ -488,12 +488,25 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
                 cache, [0, 0, 0, cache_index, 0], ops.cast(update, cache.dtype)
             )
         keys, values = cache[:, 0], cache[:, 1]
+        prefix = self._cache_prefix(cache, cache_index)
+        if prefix is not None:
+            keys, values = keys[:, :, :prefix], values[:, :, :prefix]
         return attention_ops.Heads(
             query_heads,
             ops.cast(keys, self.compute_dtype),
             ops.cast(values, self.compute_dtype),
             "bnsh",
         ), cache
+
+    def _cache_prefix(self, cache, cache_index):
+        """The leading slots of a self-attention cache this step reads,
+        when a decoding loop's stretch is traced below a position (see
+        `_backend.reading_cache_prefix`); None: every slot."""
+        prefix = _backend.cache_prefix()
+        length = static_dim(cache, 3)
+        if cache_index is None or prefix is None or length is None:
+            return None
+        return prefix if prefix < length else None
 
     def _explicit_attention(self, heads, mask, is_causal, has_key, dropout):
         """Logits, float32 softmax, dropout and the weighted sum: the output
@@ -584,6 +597,10 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
         heads, cache = self._heads(
             query, value, key, cache, cache_index, positions, key_positions
         )
+        if attention_mask is not None and cache is not None:
+            prefix = self._cache_prefix(cache, cache_index)
+            if prefix is not None:
+                attention_mask = attention_mask[..., :prefix]
         mask, is_causal = attention_ops.merged_mask(
             query,
             heads,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from keras import ops
 
-from keras_tfm import masks
+from keras_tfm import _backend, masks
 from keras_tfm.layers.attention import MultiHeadAttention
 from tests.helpers import (
     assert_real_positions_close,
@@ -1125,3 +1125,61 @@ def test_keras_call_patterns_give_keras_results():
     np.testing.assert_allclose(
         result[query_mask], expected[query_mask], atol=1e-5
     )
+
+
+def test_a_cache_prefix_reads_only_the_leading_slots():
+    """While a decoding loop's stretch below position 6 is traced
+    (`_backend.reading_cache_prefix`), a cached step reads the cache's first
+    6 slots: the same output and cache as reading all 12, scores over 6
+    keys, and an attention mask over all 12 slots cut to match."""
+    layer = MultiHeadAttention(
+        num_heads=4, num_key_value_heads=2, key_dim=8, position="rotary"
+    )
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(2, 1, 16)).astype("float32")
+    cache = rng.normal(size=(2, 2, 2, 12, 8)).astype("float32")
+    mask = np.ones((2, 1, 12), bool)
+    mask[0, 0, 1] = False
+    layer(query, query, cache=cache, cache_index=4)
+
+    def step():
+        return layer(
+            query,
+            query,
+            attention_mask=mask,
+            cache=cache,
+            cache_index=4,
+            use_causal_mask=True,
+            return_attention_scores=True,
+        )
+
+    full_output, full_scores, full_cache = step()
+    with _backend.reading_cache_prefix(6):
+        output, scores, new_cache = step()
+    assert tuple(scores.shape) == (2, 4, 1, 6)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(output),
+        ops.convert_to_numpy(full_output),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(scores),
+        ops.convert_to_numpy(full_scores)[..., :6],
+        atol=1e-6,
+    )
+    assert float(ops.convert_to_numpy(scores)[0, :, 0, 1].max()) == 0.0
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(new_cache), ops.convert_to_numpy(full_cache)
+    )
+    # A prefix as long as the cache, and cross-attention, read it all.
+    with _backend.reading_cache_prefix(12):
+        assert tuple(step()[1].shape) == (2, 4, 1, 12)
+    with _backend.reading_cache_prefix(6):
+        _, cross_scores, _ = layer(
+            query,
+            query,
+            cache=cache,
+            return_attention_scores=True,
+        )
+    assert tuple(cross_scores.shape) == (2, 4, 1, 12)
