@@ -125,7 +125,7 @@ def reading_cache_prefix(length):
     The slots past it are masked for every query of that stretch, so the
     outputs do not change; what shrinks is the cache each step reads (and,
     on XLA, copies: at batch > 1 the keys and values are strided halves of
-    the cache). `Generator` splits its loop into such stretches on XLA on
+    the cache). `Generator` splits its loop into such stretches on JAX on
     the CPU (see `Generator._segments`).
     """
     previous = _CACHE_PREFIX[0]

@@ -16,6 +16,11 @@ A generation model owns its cached step (`keras_tfm.models.CausalLM`,
 - calling the model itself: `model(token_ids)`, or for encoder-decoder
   models `model({"encoder_token_ids": ..., "decoder_token_ids": ...})`.
 
+A step at `cache_index` writes the cache from that slot on and attends to
+the slots up to its own positions, never past them: on XLA on the CPU the
+loop runs in stretches whose steps read only the slots below the stretch's
+end (`Generator._segments`).
+
 `Generator` relies on that protocol only, never on layer names. When it
 starts, it decodes a short probe with the cache and compares it with the
 model's own full forward pass; a difference beyond float tolerance is a
@@ -445,16 +450,19 @@ class Generator:
         the slots past it: the work shrinks with the position (on average
         to 5/8 of the cache with 4 stretches).
 
-        Only where the loop compiles on XLA on the CPU, where it was
-        measured (each stretch compiles its own copy of the step), with
-        stretches of at least `_SEGMENT_MIN` positions; TensorFlow's XLA
-        bridge fails on a third loop in one function ("Cannot find body
-        function ..._const_0"), so it takes two.
+        Only on JAX on the CPU, where it was measured (each stretch
+        compiles its own copy of the step), with stretches of at least
+        `_SEGMENT_MIN` positions. TensorFlow with XLA takes one loop: its
+        XLA bridge fails on a third loop in one function ("Cannot find
+        body function ..._const_0"), and two made no difference there.
         """
-        if not (plan.use_cache and self._joins_projections()):
+        if not (
+            plan.use_cache
+            and keras.backend.backend() == "jax"
+            and self._joins_projections()
+        ):
             return []
-        most = 2 if keras.backend.backend() == "tensorflow" else 4
-        count = min(most, plan.length // _SEGMENT_MIN)
+        count = min(4, plan.length // _SEGMENT_MIN)
         return [-(-plan.length * k // count) for k in range(1, count)]
 
     def _search(self, plan, inputs, settings):
