@@ -17,7 +17,7 @@ A generation model owns its cached step (`keras_tfm.models.CausalLM`,
   models `model({"encoder_token_ids": ..., "decoder_token_ids": ...})`.
 
 A step at `cache_index` writes the cache from that slot on and attends to
-the slots up to its own positions, never past them: on XLA on the CPU the
+the slots up to its own positions, never past them: on JAX on the CPU the
 loop runs in stretches whose steps read only the slots below the stretch's
 end (`Generator._segments`).
 
