@@ -8,6 +8,7 @@ in closed form and the loops run without a Transformer.
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from keras import ops
@@ -108,14 +109,18 @@ def test_beam_search_is_exhaustive_when_beams_cover_everything(seed):
     logits = rng.normal(0, 2, (4, 4))
     logits[:, 0] = -30.0  # padding, never generated
     table = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    best = max(
-        itertools.product((1, 2, 3), repeat=3),
-        key=lambda seq: (
+
+    def score(seq):
+        return (
             table[START, seq[0]] + table[seq[0], seq[1]] + table[seq[1], seq[2]]
-        ),
-    )
+        )
+
+    best = max(itertools.product((1, 2, 3), repeat=3), key=score)
     found = search(beam_search, table, length=4, num_beams=9)
-    assert found == list(best)
+    # Sequences that take the same transitions in another order tie
+    # exactly (1-3-1 and 3-1-1 after START 1): either is the best.
+    assert set(found) <= {1, 2, 3} and len(found) == 3
+    assert score(found) == pytest.approx(score(best), abs=1e-9)
     greedy = search(decode, table, length=4)
     one_beam = search(beam_search, table, length=4, num_beams=1)
     assert one_beam == greedy
