@@ -1,7 +1,7 @@
 """The key/value cache methods of `MultiHeadAttention`.
 
 A mixin, so that `attention.py` keeps the layer's arguments, sublayers and
-call; these methods use its projections (`_project`, `_key_heads`)
+call; these methods use its projections (`_project`, `_rotated`)
 and sizes (`key_dim`, `_value_dim`, `_kv_heads`). Heads come before
 positions in a cache, so that each decoding step reads it in the layout the
 attention matmuls use (no per-step transpose).
@@ -71,7 +71,9 @@ class KeyValueCache:
             [(self.key_dense, key), (self.value_dense, value)]
         )
         cache = ops.transpose(
-            ops.stack([self._key_heads(key_heads), value_heads], axis=1),
+            ops.stack(
+                [self._rotated(key_heads, "key_norm"), value_heads], axis=1
+            ),
             (0, 1, 3, 2, 4),
         )
         if max_length is not None:

@@ -401,25 +401,16 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
                 )
         return heads
 
-    def _query_heads(self, query, start_index=0, positions=None):
-        """Norm and rotate the projected query heads, as the model says."""
+    def _rotated(self, heads, norm, start_index=0, positions=None):
+        """Projected query or key heads, normed by the sublayer `norm`
+        (`"query_norm"` or `"key_norm"`) and rotated, as the model says."""
         if self.query_key_norm:
-            query = self.query_norm(query)
+            heads = getattr(self, norm)(heads)
         if self.position == "rotary":
-            query = self.rotary_embedding(
-                query, start_index=start_index, positions=positions
+            heads = self.rotary_embedding(
+                heads, start_index=start_index, positions=positions
             )
-        return query
-
-    def _key_heads(self, key, start_index=0, positions=None):
-        """Norm and rotate the projected key heads, as the model says."""
-        if self.query_key_norm:
-            key = self.key_norm(key)
-        if self.position == "rotary":
-            key = self.rotary_embedding(
-                key, start_index=start_index, positions=positions
-            )
-        return key
+        return heads
 
     def _padding_masks(self, key, cache, query_mask, value_mask, key_mask):
         """The query's and the key side's padding masks that apply.
@@ -457,7 +448,7 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
         if cache is not None and cache_index is None:
             # Cross-attention over a computed cache: the query alone.
             (query_heads,) = self._project([(self.query_dense, query)])
-            query_heads = self._query_heads(query_heads, start_index)
+            query_heads = self._rotated(query_heads, "query_norm", start_index)
         else:
             query_heads, key_heads, value_heads = self._project(
                 [
@@ -466,9 +457,13 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
                     (self.value_dense, value),
                 ]
             )
-            query_heads = self._query_heads(query_heads, start_index, positions)
+            query_heads = self._rotated(
+                query_heads, "query_norm", start_index, positions
+            )
         if cache is None:
-            key_heads = self._key_heads(key_heads, positions=key_positions)
+            key_heads = self._rotated(
+                key_heads, "key_norm", positions=key_positions
+            )
             return attention_ops.Heads(
                 query_heads, key_heads, value_heads, "bsnh"
             ), None
@@ -476,7 +471,7 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
             # The new steps `(batch, 2, kv_heads, steps, key_dim)` are written
             # at `cache_index` with one update of the whole cache, which
             # compiled loops do in place.
-            key_heads = self._key_heads(key_heads, cache_index)
+            key_heads = self._rotated(key_heads, "key_norm", cache_index)
             update = ops.stack(
                 [
                     ops.transpose(key_heads, (0, 2, 1, 3)),
