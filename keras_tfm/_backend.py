@@ -243,6 +243,39 @@ def with_runtime_check(tensor, condition, message, value):
         return tf.identity(tensor)
 
 
+def map_rows(function, elements, shape, dtype):
+    """`function` on each row of the tensors `elements` (a tuple), stacked:
+    `tf.map_fn` with the output signature `shape` and `dtype` of one row,
+    so that a TensorFlow graph traces `function` once (`keras.ops.map`
+    traces it a second time to find that signature). Other backends:
+    `keras.ops.map`."""
+    if keras.backend.backend() != "tensorflow":
+        return keras.ops.map(function, elements)
+    import tensorflow as tf
+
+    return tf.map_fn(
+        function,
+        elements,
+        fn_output_signature=tf.TensorSpec(shape, dtype),
+    )
+
+
+def serving_function(function, name, shape, dtype, jit_compile):
+    """`function` of one tensor as a `tf.function` with the input signature
+    `name`, `shape`, `dtype` and `jit_compile` (XLA), for a SavedModel
+    endpoint (`keras.export.ExportArchive.add_endpoint`, given a
+    `tf.function`, keeps its `jit_compile`; given an input signature it
+    builds its own function without one). TensorFlow only."""
+    import tensorflow as tf
+
+    return tf.function(
+        function,
+        input_signature=[tf.TensorSpec(shape, dtype, name=name)],
+        jit_compile=jit_compile,
+        autograph=False,
+    )
+
+
 # Whether `Generator` compiles its decoding step on PyTorch (see
 # `compile_function`) with inductor, or runs the traced graph as it is (no
 # compiler: what the test suite uses, so that it does not spend minutes in

@@ -12,18 +12,21 @@ A model's forward pass alone exports with Keras itself:
 `export_onnx` does the latter for models with exact GELU too, whose
 TensorFlow `Erfc` op `tf2onnx` cannot convert by itself.
 
-TensorFlow is imported inside the functions that need it, so importing
-this module works on every backend; exporting needs the TensorFlow
-backend. A model trained under JAX or PyTorch exports from a TensorFlow
-process: `model.save("model.keras")` there, then with
-`KERAS_BACKEND=tensorflow`, `keras.saving.load_model("model.keras")` and
-export (the weights are the same on every backend).
+The serving function is written with `keras.ops`; its TensorFlow pieces
+(the `tf.function` signature, `tf.map_fn`, the graph-time prompt checks)
+come from `keras_tfm._backend`, so importing this module works on every
+backend; exporting needs the TensorFlow backend. A model trained under
+JAX or PyTorch exports from a TensorFlow process: `model.save(
+"model.keras")` there, then with `KERAS_BACKEND=tensorflow`,
+`keras.saving.load_model("model.keras")` and export (the weights are the
+same on every backend).
 """
 
 import keras
 import numpy as np
+from keras import ops
 
-from keras_tfm import sampling
+from keras_tfm import _backend, sampling
 from keras_tfm.generation import Generator
 
 SIGNATURE_KEY = "serving_default"
@@ -123,8 +126,6 @@ def export_generator(model, path, max_length, *, jit_compile=False, **options):
     ...     assert ids["token_ids"].shape == (2, 6)
     """
     _check_backend()
-    import tensorflow as tf
-
     generator = Generator(model, jit_compile=jit_compile)
     search = generator.search_function(max_length, **options)
     plan = search.plan
@@ -141,39 +142,42 @@ def export_generator(model, path, max_length, *, jit_compile=False, **options):
 
     def real_tokens(token_ids):
         if pad_id is None:
-            return tf.ones_like(token_ids, dtype=tf.bool)
-        return token_ids != pad_id
+            return ops.ones_like(token_ids, dtype="bool")
+        return ops.not_equal(token_ids, pad_id)
 
     def prompts(token_ids):
         real = real_tokens(token_ids)
-        lengths = tf.reduce_sum(tf.cast(real, "int32"), axis=1)
-        width = tf.shape(token_ids)[1]
-        before = tf.range(width)[None, :] < lengths[:, None]
+        lengths = ops.sum(ops.cast(real, "int32"), axis=1)
+        before = ops.arange(ops.shape(token_ids)[1])[None, :] < lengths[:, None]
+        # Each failing check names the first offending row.
         checks = [
-            tf.debugging.assert_positive(
-                lengths, message="Every prompt needs at least one token"
+            (lengths > 0, "Every prompt needs at least one token. Row:"),
+            (
+                ops.all(ops.equal(real, before), axis=1),
+                f"Prompts must be right-padded with {pad_id}. Row:",
             ),
-            tf.debugging.assert_equal(
-                real,
-                before,
-                message=f"Prompts must be right-padded with {pad_id}",
-            ),
-            tf.debugging.assert_less_equal(
-                lengths,
-                max_length,
-                message=f"Prompts must be at most max_length={max_length} "
-                "tokens long",
+            (
+                lengths <= max_length,
+                f"Prompts must be at most max_length={max_length} tokens "
+                "long. Row:",
             ),
         ]
-        with tf.control_dependencies(checks):
-            ids = token_ids[:, :max_length]
-        ids = tf.pad(
+        ids = token_ids[:, :max_length]
+        for passed, message in checks:
+            ids = _backend.with_runtime_check(
+                ids,
+                ops.all(passed),
+                message,
+                ops.argmin(ops.cast(passed, "int32")),
+            )
+        ids = ops.pad(
             ids,
-            [[0, 0], [0, max_length - tf.shape(ids)[1]]],
+            [[0, 0], [0, max_length - ops.shape(ids)[1]]],
             constant_values=fill,
         )
-        ids = tf.ensure_shape(ids, (None, max_length))
-        return ids, tf.range(max_length)[None, :] < lengths[:, None]
+        # The width, static again after the pad of a traced amount.
+        ids = ops.reshape(ids, (-1, max_length))
+        return ids, ops.arange(max_length)[None, :] < lengths[:, None]
 
     def serve(token_ids):
         if seq2seq:
@@ -187,24 +191,17 @@ def export_generator(model, path, max_length, *, jit_compile=False, **options):
                 inputs = {names[0]: ids[None], names[1]: row_mask[None]}
                 return search(inputs)[0]
 
-            ids = tf.map_fn(
-                one_row,
-                (token_ids, mask),
-                fn_output_signature=tf.TensorSpec((max_length,), tf.int32),
+            ids = _backend.map_rows(
+                one_row, (token_ids, mask), (max_length,), "int32"
             )
         else:
             ids = search({names[0]: token_ids, names[1]: mask})
-        return {"token_ids": tf.cast(ids, "int32")}
+        return {"token_ids": ops.cast(ids, "int32")}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    function = tf.function(
-        serve,
-        input_signature=[
-            tf.TensorSpec((None, None), tf.int32, name="token_ids")
-        ],
-        jit_compile=jit_compile,
-        autograph=False,
+    function = _backend.serving_function(
+        serve, "token_ids", (None, None), "int32", jit_compile
     )
     archive.add_endpoint(SIGNATURE_KEY, function)
     archive.write_out(str(path), verbose=False)

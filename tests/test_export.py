@@ -326,3 +326,18 @@ def test_export_onnx_exact_gelu(tmp_path):
     session = onnxruntime.InferenceSession(path)
     (outputs,) = session.run(None, {"token_ids": PROMPTS})
     np.testing.assert_allclose(outputs, expected, atol=1e-4)
+
+
+@tensorflow_only
+def test_export_generator_keeps_jit_compile(tmp_path):
+    import tensorflow as tf
+
+    model = decoder_lm(VOCAB, SEQ, **COMMON)
+    export.export_generator(model, str(tmp_path), MAX_LENGTH, jit_compile=True)
+    serve = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    library = serve.graph.as_graph_def().library.function
+    (served,) = [f for f in library if "_serve_" in f.signature.name]
+    assert served.attr["_XlaMustCompile"].b
+    ids = serve(token_ids=tf.constant(PROMPTS))["token_ids"].numpy()
+    expected = Generator(model).generate(PROMPTS, max_length=MAX_LENGTH)
+    np.testing.assert_array_equal(ids, ops.convert_to_numpy(expected))
