@@ -448,6 +448,67 @@ def _torch_step(loops, cond, body, state, constants):
     return step
 
 
+def traced_call(function, *args):
+    """`function(*args)`: a nest of tensors in and out, called once per
+    search (a prompt's prefill, with the encoder of an encoder-decoder).
+
+    On PyTorch, inside a function from `compile_function` with
+    `jit_compile`, it is traced once per shape into one graph of aten
+    operations over the weights (as a loop step is, see `_torch_step`),
+    and that graph runs: Keras's per-layer dispatch, which eagerly costs
+    more than the arithmetic of a short prompt, runs at trace time only.
+    The graph is not given to inductor: its compile costs more at the
+    first call of a shape than it saves in hundreds of calls (numbers in
+    `benchmarks/README.md`, "Measurements behind choices in the code").
+    Elsewhere, and while a step traces, it is `function(*args)`.
+    """
+    loops = _TorchLoops.active
+    if keras.backend.backend() != "torch" or loops is None or loops.tracing:
+        return function(*args)
+    import torch
+    from torch.utils import _pytree
+
+    leaves, spec = _pytree.tree_flatten(args)
+    where = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
+    static = [(i, x) for i, x in enumerate(leaves) if i not in set(where)]
+    key = (
+        "call",
+        function.__code__,
+        str(spec),
+        repr(static),
+        tuple((tuple(leaves[i].shape), leaves[i].dtype) for i in where),
+    )
+    variables = loops.variables
+    tensors = [leaves[i] for i in where]
+    values = [v.value for v in variables]
+    call = loops.steps.get(key)
+    if call is None:
+        outputs = []
+
+        def pure(*flat):
+            weights, inputs = flat[: len(variables)], flat[len(variables) :]
+            rebuilt = [x for _, x in static]
+            for i, x in zip(where, inputs, strict=True):
+                rebuilt.insert(i, x)
+            mapping = list(zip(variables, weights, strict=True))
+            with keras.StatelessScope(state_mapping=mapping):
+                result = function(*_pytree.tree_unflatten(rebuilt, spec))
+            flat_result, result_spec = _pytree.tree_flatten(result)
+            outputs.append(result_spec)
+            return flat_result
+
+        loops.tracing = True
+        try:
+            graph = torch.fx.experimental.proxy_tensor.make_fx(
+                pure, tracing_mode="fake"
+            )(*values, *tensors)
+        finally:
+            loops.tracing = False
+        call = loops.steps[key] = (graph, outputs[-1])
+    graph, result_spec = call
+    return _pytree.tree_unflatten(graph(*values, *tensors), result_spec)
+
+
 # How `Generator` compiles its decoding step on CPU: inductor settings for
 # a step whose weights are constants of the compiled graph ("freezing").
 # With them inductor writes its own C++ kernels for the weight matrices

@@ -302,6 +302,24 @@ class Generator:
         ids = [choices[(i * 7) % len(choices)] for i in range(count)]
         return ops.convert_to_tensor(np.array([ids], dtype="int32"))
 
+    def _prefill(self, prompts, source, source_mask, length):
+        """The cache of a search of `length` positions (the encoder's
+        outputs, for an encoder-decoder) with the keys and values of the
+        prompts' first `width - 1` positions, prefilled in one call.
+
+        The loop starts at the shortest prompt and runs the token before
+        each position it fills, so it writes every later slot itself (and
+        rewrites the slots where shorter rows got keys for padding before
+        any query sees them).
+        """
+        batch_size, width = ops.shape(prompts)[0], prompts.shape[1]
+        cache = self._initial_cache(source, source_mask, batch_size, length)
+        if width > 1:
+            _, cache = self.model.call_with_cache(
+                prompts[:, : width - 1], cache, 0
+            )
+        return cache
+
     def _initial_cache(self, source, source_mask, batch_size, length):
         if self.seq2seq:
             return self.model.encode(source, length, source_mask)
@@ -379,20 +397,10 @@ class Generator:
             if self.seq2seq:
                 cache = {"source": source, "source_mask": source_mask}
         else:
-            batch_size = ops.shape(prompts)[0]
-            cache = self._initial_cache(
-                source, source_mask, batch_size, plan.length
+            # One compiled call on PyTorch (see `_backend.traced_call`).
+            cache = _backend.traced_call(
+                self._prefill, prompts, source, source_mask, plan.length
             )
-            if width > 1:
-                # Prefill the keys and values of the prompts' first
-                # `width - 1` positions in one call. The loop starts at
-                # the shortest prompt and runs the token before each
-                # position it fills, so it writes every later slot itself
-                # (and rewrites the slots where shorter rows got keys for
-                # padding before any query sees them).
-                _, cache = self.model.call_with_cache(
-                    prompts[:, : width - 1], cache, 0
-                )
         state = search.start_state(ids, lengths, cache, self.pad_id)
         return state, lengths
 

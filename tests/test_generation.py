@@ -294,8 +294,23 @@ def test_prompt_buckets_compile_once_decoder_lm():
         ids = generator.generate(prompts, 16)
         np.testing.assert_array_equal(ids, unbucketed.generate(prompts, 16))
         np.testing.assert_array_equal(ids[1, :width], prompts[1])
+        if keras.backend.backend() == "torch":  # against an eager prefill
+            eager = Generator(model, jit_compile=False)
+            np.testing.assert_array_equal(ids, eager.generate(prompts, 16))
     assert generator.trace_count == 1
     assert unbucketed.trace_count == 5
+    assert prefill_graphs(generator) == torch_only(1)
+    assert prefill_graphs(unbucketed) == torch_only(5)
+
+
+def prefill_graphs(generator):
+    """How many prefill graphs PyTorch traced (`_backend.traced_call`)."""
+    steps = generator._steps.values()
+    return sum(key[0] == "call" for graphs in steps for key in graphs)
+
+
+def torch_only(count):
+    return count if keras.backend.backend() == "torch" else 0
 
 
 def test_prompt_buckets_argument_seq2seq():
@@ -315,8 +330,14 @@ def test_prompt_buckets_argument_seq2seq():
         ids = generator.generate(inputs, SEQ)
         np.testing.assert_array_equal(ids, unbucketed.generate(inputs, SEQ))
         assert ids.shape == (2, SEQ)
+        if keras.backend.backend() == "torch":  # the encoder eager too
+            eager = Generator(model, jit_compile=False)
+            np.testing.assert_array_equal(ids, eager.generate(inputs, SEQ))
     assert generator.trace_count == 1
     assert unbucketed.trace_count == 5
+    # The encoder and the decoder prompts' prefill: one graph.
+    assert prefill_graphs(generator) == torch_only(1)
+    assert prefill_graphs(unbucketed) == torch_only(5)
 
 
 @pytest.mark.parametrize("buckets", ([], [0, 4], "pow2", [True]))
