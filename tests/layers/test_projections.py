@@ -188,4 +188,7 @@ def test_generate_joins_where_xla_compiles_the_loop(monkeypatch, jit_compile):
     assert (True in seen) == expected
     del seen[:]
     list(generator.stream([[3, 4, 5]], max_length=8))
-    assert seen and True not in seen
+    assert True not in seen
+    # Compiled on PyTorch, `stream` traces nothing: it reuses the prefill
+    # graph and the step that `generate` traced.
+    assert bool(seen) != (backend == "torch" and jit_compile)
