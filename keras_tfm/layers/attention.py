@@ -425,13 +425,21 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
         return (query_mask if self._use_query_mask else None), key_padding
 
     def _heads(
-        self, query, value, key, cache, cache_index, positions, key_positions
+        self,
+        query,
+        value,
+        key,
+        cache,
+        cache_index,
+        positions,
+        key_positions,
+        prefix=None,
     ):
         """Project the heads; return them and the (updated) cache.
 
         Without a cache keys and values are `(batch, key_len, kv_heads,
         dim)`; with one they are the cache's `(batch, kv_heads, max_length,
-        dim)`.
+        dim)`, or its first `prefix` slots (see `_cache_prefix`).
         """
         key_positions = attention_ops.check_positions(
             self.position,
@@ -483,7 +491,6 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
                 cache, [0, 0, 0, cache_index, 0], ops.cast(update, cache.dtype)
             )
         keys, values = cache[:, 0], cache[:, 1]
-        prefix = self._cache_prefix(cache, cache_index)
         if prefix is not None:
             keys, values = keys[:, :, :prefix], values[:, :, :prefix]
         return attention_ops.Heads(
@@ -498,8 +505,10 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
         when a decoding loop's stretch is traced below a position (see
         `_backend.reading_cache_prefix`); None: every slot."""
         prefix = _backend.cache_prefix()
+        if cache is None or cache_index is None or prefix is None:
+            return None
         length = static_dim(cache, 3)
-        if cache_index is None or prefix is None or length is None:
+        if length is None:
             return None
         return prefix if prefix < length else None
 
@@ -589,13 +598,20 @@ class MultiHeadAttention(KeyValueCache, keras.layers.Layer):
         query_mask, key_padding = self._padding_masks(
             key, cache, query_mask, value_mask, key_mask
         )
+        # The cache slots this step reads (None: all), keys and mask alike.
+        prefix = self._cache_prefix(cache, cache_index)
         heads, cache = self._heads(
-            query, value, key, cache, cache_index, positions, key_positions
+            query,
+            value,
+            key,
+            cache,
+            cache_index,
+            positions,
+            key_positions,
+            prefix,
         )
-        if attention_mask is not None and cache is not None:
-            prefix = self._cache_prefix(cache, cache_index)
-            if prefix is not None:
-                attention_mask = attention_mask[..., :prefix]
+        if attention_mask is not None and prefix is not None:
+            attention_mask = attention_mask[..., :prefix]
         mask, is_causal = attention_ops.merged_mask(
             query,
             heads,
