@@ -380,43 +380,81 @@ def compile_function(
     return function
 
 
+class _Inputs:
+    """A nest split for tracing: its tensors are a graph's inputs, anything
+    else (None, Python numbers) a constant of the graph, part of `key`
+    with the tensors' shapes and dtypes. `rebuild(tensors)` makes the nest
+    again from (traced) tensors."""
+
+    def __init__(self, nest):
+        import torch
+        from torch.utils import _pytree
+
+        leaves, self.spec = _pytree.tree_flatten(nest)
+        self.where = [
+            i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)
+        ]
+        self.static = [
+            (i, x) for i, x in enumerate(leaves) if i not in set(self.where)
+        ]
+        self.tensors = [leaves[i] for i in self.where]
+        self.key = (
+            str(self.spec),
+            repr(self.static),
+            tuple((tuple(x.shape), x.dtype) for x in self.tensors),
+        )
+
+    def rebuild(self, tensors):
+        from torch.utils import _pytree
+
+        leaves = [x for _, x in self.static]
+        for i, x in zip(self.where, tensors, strict=True):
+            leaves.insert(i, x)
+        return _pytree.tree_unflatten(leaves, self.spec)
+
+
+def _trace(loops, function, values, tensors):
+    """`function(weights, tensors)` traced with fake tensors into one graph
+    of aten operations over the weights `values` and `tensors` (Keras's
+    bookkeeping runs now, once), with the Keras variables stateless."""
+    import torch
+
+    variables = loops.variables
+
+    def pure(*flat):
+        weights, inputs = flat[: len(variables)], flat[len(variables) :]
+        mapping = list(zip(variables, weights, strict=True))
+        with keras.StatelessScope(state_mapping=mapping):
+            return function(inputs)
+
+    loops.tracing = True
+    try:
+        return torch.fx.experimental.proxy_tensor.make_fx(
+            pure, tracing_mode="fake"
+        )(*values, *tensors)
+    finally:
+        loops.tracing = False
+
+
 def _torch_step(loops, cond, body, state, constants):
     """`body` and then `cond`, traced and compiled for these shapes."""
-    import torch
     from torch.utils import _pytree
 
-    leaves, spec = _pytree.tree_flatten((state, constants))
-    # Tensors are the step's inputs; anything else (None, Python numbers)
-    # is a constant of it, part of its key.
-    where = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
-    static = [(i, x) for i, x in enumerate(leaves) if i not in set(where)]
-    key = (
-        body.__code__,
-        cond.__code__,
-        str(spec),
-        repr(static),
-        tuple((tuple(leaves[i].shape), leaves[i].dtype) for i in where),
-    )
+    inputs = _Inputs((state, constants))
+    key = (body.__code__, cond.__code__, *inputs.key)
     variables = loops.variables
     step = loops.steps.get(key)
     if step is not None and step.current(variables):
         return step
     kind = type(state)
 
-    def pure(*flat):
-        values, tensors = flat[: len(variables)], flat[len(variables) :]
-        leaves = [x for _, x in static]
-        for i, x in zip(where, tensors, strict=True):
-            leaves.insert(i, x)
-        state, constants = _pytree.tree_unflatten(leaves, spec)
-        mapping = list(zip(variables, values, strict=True))
-        with keras.StatelessScope(state_mapping=mapping):
-            state = kind(*body(state, constants))
-            going = cond(state, constants)
+    def one_step(tensors):
+        state, constants = inputs.rebuild(tensors)
+        state = kind(*body(state, constants))
+        going = cond(state, constants)
         return (*_pytree.tree_flatten(state)[0], going)
 
     values = [v.value for v in variables]
-    tensors = [leaves[i] for i in where]
     # Frozen unless this step was compiled frozen before and its weights
     # have changed since: then they stay inputs, so that further changes
     # (a model trained between generations) do not compile it again.
@@ -426,13 +464,7 @@ def _torch_step(loops, cond, body, state, constants):
         and TORCH_FROZEN is not None
         and all(x.device.type == "cpu" for x in values)
     )
-    loops.tracing = True
-    try:
-        graph = torch.fx.experimental.proxy_tensor.make_fx(
-            pure, tracing_mode="fake"
-        )(*values, *tensors)
-    finally:
-        loops.tracing = False
+    graph = _trace(loops, one_step, values, inputs.tensors)
     if loops.on_trace is not None:
         loops.on_trace()
     if frozen:
@@ -441,7 +473,7 @@ def _torch_step(loops, cond, body, state, constants):
         graph,
         kind,
         _pytree.tree_flatten(state)[1],
-        where,
+        inputs.where,
         weights=_weights_key(variables) if frozen else None,
     )
     loops.steps[key] = step
@@ -465,48 +497,25 @@ def traced_call(function, *args):
     loops = _TorchLoops.active
     if keras.backend.backend() != "torch" or loops is None or loops.tracing:
         return function(*args)
-    import torch
     from torch.utils import _pytree
 
-    leaves, spec = _pytree.tree_flatten(args)
-    where = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
-    static = [(i, x) for i, x in enumerate(leaves) if i not in set(where)]
-    key = (
-        "call",
-        function.__code__,
-        str(spec),
-        repr(static),
-        tuple((tuple(leaves[i].shape), leaves[i].dtype) for i in where),
-    )
-    variables = loops.variables
-    tensors = [leaves[i] for i in where]
-    values = [v.value for v in variables]
+    inputs = _Inputs(args)
+    key = ("call", function.__code__, *inputs.key)
+    values = [v.value for v in loops.variables]
     call = loops.steps.get(key)
     if call is None:
-        outputs = []
+        specs = []
 
-        def pure(*flat):
-            weights, inputs = flat[: len(variables)], flat[len(variables) :]
-            rebuilt = [x for _, x in static]
-            for i, x in zip(where, inputs, strict=True):
-                rebuilt.insert(i, x)
-            mapping = list(zip(variables, weights, strict=True))
-            with keras.StatelessScope(state_mapping=mapping):
-                result = function(*_pytree.tree_unflatten(rebuilt, spec))
-            flat_result, result_spec = _pytree.tree_flatten(result)
-            outputs.append(result_spec)
-            return flat_result
+        def once(tensors):
+            result = function(*inputs.rebuild(tensors))
+            flat, spec = _pytree.tree_flatten(result)
+            specs.append(spec)
+            return flat
 
-        loops.tracing = True
-        try:
-            graph = torch.fx.experimental.proxy_tensor.make_fx(
-                pure, tracing_mode="fake"
-            )(*values, *tensors)
-        finally:
-            loops.tracing = False
-        call = loops.steps[key] = (graph, outputs[-1])
-    graph, result_spec = call
-    return _pytree.tree_unflatten(graph(*values, *tensors), result_spec)
+        graph = _trace(loops, once, values, inputs.tensors)
+        call = loops.steps[key] = (graph, specs[-1])
+    graph, spec = call
+    return _pytree.tree_unflatten(graph(*values, *inputs.tensors), spec)
 
 
 # How `Generator` compiles its decoding step on CPU: inductor settings for
