@@ -397,7 +397,7 @@ class Generator:
             if self.seq2seq:
                 cache = {"source": source, "source_mask": source_mask}
         else:
-            # One compiled call on PyTorch (see `_backend.traced_call`).
+            # One traced graph on PyTorch, not eager (`_backend.traced_call`).
             cache = _backend.traced_call(
                 self._prefill, prompts, source, source_mask, plan.length
             )
